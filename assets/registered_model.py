@@ -1,0 +1,180 @@
+"""registered_model: the fine-tuned model as a version in the MLflow registry, promoted or not."""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
+
+
+class GateConfig(dg.Config):
+    min_improvement: float = Field(
+        default=0.0,
+        description="How much the tuned primary metric must exceed the base's (and the champion's).",
+    )
+
+
+def promotion_decision(
+    primary: str, base: float, tuned: float, champion: float | None, min_improvement: float
+) -> tuple[bool, str]:
+    """Whether the tuned model may become champion, and why, in words for a tag.
+
+    It must beat the base model, and the current champion when there is one, by more than
+    `min_improvement` on the primary metric.
+    """
+    if not tuned > base + min_improvement:
+        return False, f"tuned {primary} {tuned:.4f} does not beat base {base:.4f} by more than {min_improvement}"
+    if champion is not None and not tuned > champion + min_improvement:
+        return False, (
+            f"tuned {primary} {tuned:.4f} does not beat champion {champion:.4f} by more than {min_improvement}"
+        )
+    versus = f"base {base:.4f}" + (f" and champion {champion:.4f}" if champion is not None else "")
+    return True, f"tuned {primary} {tuned:.4f} beats {versus}"
+
+
+def flat_params(prefix: str, values: dict) -> dict[str, str]:
+    return {f"{prefix}.{k}": str(v) for k, v in values.items()}
+
+
+def serving_requirements() -> list[str]:
+    import accelerate
+    import torch
+    import transformers
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"transformers=={transformers.__version__}",
+        f"accelerate=={accelerate.__version__}",
+    ]
+
+
+def chat_pipeline(merged_dir: str):
+    import torch
+    from transformers import pipeline
+
+    return pipeline("text-generation", model=merged_dir, dtype=torch.float32)
+
+
+@dg.asset(group_name="model", kinds={"mlflow"})
+def registered_model(
+    context: dg.AssetExecutionContext,
+    config: GateConfig,
+    raw_records: pd.DataFrame,
+    validated_records: pd.DataFrame,
+    rejected_records: pd.DataFrame,
+    instruction_pairs: pd.DataFrame,
+    base_model: str,
+    fine_tuned_model: dict,
+    model_evaluation: dict,
+    mlflow_registry: MlflowRegistry,
+) -> dict:
+    """A new version of the registered model in MLflow: an MLflow run with the data counts,
+    training settings, base and tuned metrics, loss curve and sample generations; the merged model
+    logged as a chat model; alias `challenger` on the new version, and `champion` too when it beats
+    the base and the current champion on the primary metric. The value names the version and the verdict.
+    """
+    import mlflow
+
+    primary = model_evaluation["primary_metric"]
+    base, tuned = model_evaluation["base"], model_evaluation["tuned"]
+    train = instruction_pairs[instruction_pairs["split"] == "train"]
+    from assets.instruction_pairs import content_hash
+
+    train_hash = content_hash(train)
+    drops = ",".join(sorted(train["drop"].unique()))
+    run_id = context.run.run_id
+
+    champion = mlflow_registry.version_by_alias(CHAMPION)
+    champion_value = None
+    if champion is not None:
+        champion_metrics = mlflow_registry.client().get_run(champion.run_id).data.metrics
+        champion_value = champion_metrics.get(f"tuned.{primary}")
+    promote, reason = promotion_decision(
+        primary, base[primary], tuned[primary], champion_value, config.min_improvement
+    )
+
+    with mlflow_registry.start_run(
+        run_name=f"{mlflow_registry.model_name}-{run_id[:8]}",
+        tags={"dagster.run_id": run_id, "eval.primary_metric": primary},
+    ) as run:
+        mlflow.log_params(
+            {
+                "data.rows_raw": len(raw_records),
+                "data.rows_valid": len(validated_records),
+                "data.rows_rejected": len(rejected_records),
+                "data.train_rows": len(train),
+                "data.eval_rows": model_evaluation["eval_examples"],
+                "data.train_set_hash": train_hash,
+                "data.eval_set_hash": model_evaluation["eval_set_hash"],
+                "data.drops": drops,
+                "preset": fine_tuned_model["preset"],
+                "base_model": base_model,
+                "train.max_length": fine_tuned_model["max_length"],
+                "train.device": fine_tuned_model["device"],
+                **flat_params("train", {k: v for k, v in fine_tuned_model["settings"].items() if k != "preset"}),
+            }
+        )
+        mlflow.log_metrics({f"base.{k}": v for k, v in base.items()})
+        mlflow.log_metrics({f"tuned.{k}": v for k, v in tuned.items()})
+        mlflow.log_metrics({"train.loss_mean": fine_tuned_model["train_loss"], "train.seconds": fine_tuned_model["train_seconds"]})
+        for step, loss in fine_tuned_model["loss_curve"]:
+            mlflow.log_metric("train.loss", loss, step=step)
+        mlflow.log_artifact(fine_tuned_model["loss_curve_png"], "training")
+        mlflow.log_table(pd.DataFrame(model_evaluation["samples"]), "eval/samples.json")
+        mlflow.log_dict({k: v for k, v in model_evaluation.items() if k != "samples"}, "eval/metrics.json")
+        mlflow.log_artifacts(fine_tuned_model["adapter_dir"], "adapter")
+        # MLflow's "log from a local checkpoint path" path breaks on transformers 5; a loaded
+        # pipeline works and serves chat requests (task llm/v1/chat, OpenAI-style schema).
+        info = mlflow.transformers.log_model(
+            transformers_model=chat_pipeline(fine_tuned_model["merged_dir"]),
+            name="model",
+            task="llm/v1/chat",
+            pip_requirements=serving_requirements(),
+        )
+        mlflow.set_tags({"gate.promoted": str(promote).lower(), "gate.reason": reason})
+
+    version = mlflow.register_model(
+        info.model_uri,
+        mlflow_registry.model_name,
+        tags={
+            "dagster.run_id": run_id,
+            "data.drops": drops,
+            "data.train_set_hash": train_hash,
+            "data.eval_set_hash": model_evaluation["eval_set_hash"],
+            "base_model": base_model,
+            "preset": fine_tuned_model["preset"],
+            "eval.primary_metric": primary,
+            f"eval.{primary}": f"{tuned[primary]:.4f}",
+            "gate.promoted": str(promote).lower(),
+            "gate.reason": reason,
+        },
+    )
+    mlflow_registry.set_alias(CHALLENGER, version.version)
+    if promote:
+        mlflow_registry.set_alias(CHAMPION, version.version)
+
+    aliases = [CHALLENGER] + ([CHAMPION] if promote else [])
+    context.add_output_metadata(
+        {
+            "model": mlflow_registry.model_name,
+            "version": int(version.version),
+            "aliases": ", ".join(aliases),
+            "promoted": promote,
+            "reason": reason,
+            f"base_{primary}": base[primary],
+            f"tuned_{primary}": tuned[primary],
+            "mlflow_run_id": run.info.run_id,
+            "model_uri": f"models:/{mlflow_registry.model_name}/{version.version}",
+        }
+    )
+    return {
+        "model_name": mlflow_registry.model_name,
+        "version": str(version.version),
+        "aliases": aliases,
+        "promoted": promote,
+        "reason": reason,
+        "mlflow_run_id": run.info.run_id,
+        "primary_metric": primary,
+        "base": base[primary],
+        "tuned": tuned[primary],
+    }

@@ -1,0 +1,23 @@
+"""Asset checks on instruction_pairs."""
+
+import dagster as dg
+import pandas as pd
+
+from assets._chat_format import normalize
+
+
+@dg.asset_check(asset="instruction_pairs", blocking=True)
+def train_eval_disjoint(instruction_pairs: pd.DataFrame) -> dg.AssetCheckResult:
+    """No prompt is on both sides of the split, compared exactly and case/whitespace-normalized."""
+    prompts = instruction_pairs["messages"].map(lambda m: m[1]["content"])
+    is_eval = instruction_pairs["split"] == "eval"
+    exact = set(prompts[is_eval]) & set(prompts[~is_eval])
+    normalized = set(prompts[is_eval].map(normalize)) & set(prompts[~is_eval].map(normalize))
+    return dg.AssetCheckResult(
+        passed=not exact and not normalized,
+        metadata={
+            "shared_exact": len(exact),
+            "shared_normalized": len(normalized),
+            "examples": dg.MetadataValue.json(sorted(normalized)[:5]),
+        },
+    )

