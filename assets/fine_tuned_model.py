@@ -31,7 +31,9 @@ class TrainingConfig(dg.Config):
     lora_target_modules: str = Field(
         default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
     )
-    bf16: bool = Field(default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU).")
+    bf16: bool = Field(
+        default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU)."
+    )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations to save memory (costs ~20% speed)."
     )

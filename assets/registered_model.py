@@ -10,23 +10,36 @@ from resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 class GateConfig(dg.Config):
     min_improvement: float = Field(
         default=0.0,
-        description="How much the tuned primary metric must exceed the base's (and the champion's).",
+        description="How much the tuned primary metric must exceed the base model's.",
+    )
+    min_gain_over_champion: float = Field(
+        default=0.0,
+        description="How much it must exceed the current champion's (0: any strict improvement).",
     )
 
 
 def promotion_decision(
-    primary: str, base: float, tuned: float, champion: float | None, min_improvement: float
+    primary: str,
+    base: float,
+    tuned: float,
+    champion: float | None,
+    min_improvement: float = 0.0,
+    min_gain_over_champion: float = 0.0,
 ) -> tuple[bool, str]:
     """Whether the tuned model may become champion, and why, in words for a tag.
 
-    It must beat the base model, and the current champion when there is one, by more than
-    `min_improvement` on the primary metric.
+    It must beat the base model by more than `min_improvement` on the primary metric, and the
+    current champion, when there is one, by more than `min_gain_over_champion`.
     """
     if not tuned > base + min_improvement:
-        return False, f"tuned {primary} {tuned:.4f} does not beat base {base:.4f} by more than {min_improvement}"
-    if champion is not None and not tuned > champion + min_improvement:
+        return (
+            False,
+            f"tuned {primary} {tuned:.4f} does not beat base {base:.4f} by more than {min_improvement}",
+        )
+    if champion is not None and not tuned > champion + min_gain_over_champion:
         return False, (
-            f"tuned {primary} {tuned:.4f} does not beat champion {champion:.4f} by more than {min_improvement}"
+            f"tuned {primary} {tuned:.4f} does not beat champion {champion:.4f} "
+            f"by more than {min_gain_over_champion}"
         )
     versus = f"base {base:.4f}" + (f" and champion {champion:.4f}" if champion is not None else "")
     return True, f"tuned {primary} {tuned:.4f} beats {versus}"
@@ -90,7 +103,12 @@ def registered_model(
         champion_metrics = mlflow_registry.client().get_run(champion.run_id).data.metrics
         champion_value = champion_metrics.get(f"tuned.{primary}")
     promote, reason = promotion_decision(
-        primary, base[primary], tuned[primary], champion_value, config.min_improvement
+        primary,
+        base[primary],
+        tuned[primary],
+        champion_value,
+        config.min_improvement,
+        config.min_gain_over_champion,
     )
 
     with mlflow_registry.start_run(
@@ -111,12 +129,19 @@ def registered_model(
                 "base_model": base_model,
                 "train.max_length": fine_tuned_model["max_length"],
                 "train.device": fine_tuned_model["device"],
-                **flat_params("train", {k: v for k, v in fine_tuned_model["settings"].items() if k != "preset"}),
+                **flat_params(
+                    "train", {k: v for k, v in fine_tuned_model["settings"].items() if k != "preset"}
+                ),
             }
         )
         mlflow.log_metrics({f"base.{k}": v for k, v in base.items()})
         mlflow.log_metrics({f"tuned.{k}": v for k, v in tuned.items()})
-        mlflow.log_metrics({"train.loss_mean": fine_tuned_model["train_loss"], "train.seconds": fine_tuned_model["train_seconds"]})
+        mlflow.log_metrics(
+            {
+                "train.loss_mean": fine_tuned_model["train_loss"],
+                "train.seconds": fine_tuned_model["train_seconds"],
+            }
+        )
         for step, loss in fine_tuned_model["loss_curve"]:
             mlflow.log_metric("train.loss", loss, step=step)
         mlflow.log_artifact(fine_tuned_model["loss_curve_png"], "training")

@@ -115,6 +115,4 @@ def validated_records(
         },
     )
     yield suite_check_result(recheck)
-    yield share_check_result(
-        len(frame), list(rejected["reason"]), examples, config.max_rejected_fraction
-    )
+    yield share_check_result(len(frame), list(rejected["reason"]), examples, config.max_rejected_fraction)

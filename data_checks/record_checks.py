@@ -58,9 +58,7 @@ def share_check_result(
         check_name=SHARE_CHECK,
         passed=share <= max_fraction,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=(
-            f"{len(reasons)} of {rows_raw} rows rejected ({share:.1%}); limit {max_fraction:.1%}"
-        ),
+        description=(f"{len(reasons)} of {rows_raw} rows rejected ({share:.1%}); limit {max_fraction:.1%}"),
         metadata={
             "rejected_fraction": float(share),
             "max_rejected_fraction": float(max_fraction),

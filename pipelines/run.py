@@ -13,9 +13,13 @@ def main() -> int:
     defs = build_definitions(settings)
     instance = dg.DagsterInstance.get()
     print(f"Running job 'finetune' with preset '{settings.preset}'; state in {settings.home}")
-    result = defs.get_job_def("finetune").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("finetune").execute_in_process(instance=instance, raise_on_error=False)
     if not result.success:
-        failed = [e for e in result.all_events if e.is_step_failure or e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        failed = [
+            e
+            for e in result.all_events
+            if e.is_step_failure or e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
         print(f"\nRun {result.run_id} failed. Details: `make dev` and open the run in the Dagster UI.")
         for event in failed:
             if event.is_step_failure:

@@ -1,0 +1,48 @@
+import dagster as dg
+
+from pipelines.settings import BUNDLED_BASE_MODEL
+from tests.conftest import make_settings
+
+ASSET_KEYS = {
+    "base_model",
+    "raw_records",
+    "validated_records",
+    "rejected_records",
+    "instruction_pairs",
+    "fine_tuned_model",
+    "model_evaluation",
+    "registered_model",
+}
+
+
+def test_definitions_module_loads_with_the_graph_checks_and_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("FT_HOME", str(tmp_path))
+    import importlib
+
+    import pipelines.definitions as module
+
+    defs = importlib.reload(module).defs
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSET_KEYS
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert checks == {
+        ("validated_records", "rows_pass_record_suite"),
+        ("validated_records", "rejected_share_within_limit"),
+        ("instruction_pairs", "train_eval_disjoint"),
+    }
+    assert defs.resolve_job_def("finetune") is not None
+
+
+def test_lineage_runs_from_raw_data_to_the_registry(tmp_path):
+    from pipelines.definitions import build_definitions
+
+    graph = build_definitions(make_settings(tmp_path, BUNDLED_BASE_MODEL)).resolve_asset_graph()
+
+    def parents(key):
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
+
+    assert parents("validated_records") == {"raw_records", "base_model"}
+    assert parents("instruction_pairs") == {"validated_records"}
+    assert parents("fine_tuned_model") == {"base_model", "instruction_pairs"}
+    assert parents("model_evaluation") == {"base_model", "fine_tuned_model", "instruction_pairs"}
+    assert {"fine_tuned_model", "model_evaluation", "rejected_records"} <= parents("registered_model")

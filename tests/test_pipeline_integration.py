@@ -1,0 +1,153 @@
+"""The real graph, materialized in-process: a tiny Llama, the bundled sample data, a temp FT_HOME.
+
+Real Dagster runs, real Great Expectations, real TRL training, real MLflow registry on sqlite.
+"""
+
+import copy
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from pipelines.definitions import build_definitions
+from pipelines.presets import load_preset
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.integration
+
+REQUIRED_PARAMS = {
+    "data.rows_raw",
+    "data.rows_valid",
+    "data.rows_rejected",
+    "data.train_rows",
+    "data.eval_rows",
+    "preset",
+    "base_model",
+    "train.learning_rate",
+    "train.max_steps",
+    "train.lora_r",
+    "train.lora_alpha",
+    "train.per_device_train_batch_size",
+    "train.max_length",
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_model_dir):
+    """Two runs of the whole job. A tiny random model learns nothing, so both runs lower the bar over
+    the base (margin -1): the first becomes champion, the second must still beat the first."""
+    home = tmp_path_factory.mktemp("ft_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+    settings = make_settings(home, str(tiny_model_dir)).prepare()
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def("finetune")
+    instance = dg.DagsterInstance.ephemeral()
+
+    first_config = copy.deepcopy(load_preset("smoke"))
+    first_config["ops"]["registered_model"] = {"config": {"min_improvement": -1.0}}
+    first = job.execute_in_process(run_config=first_config, instance=instance)
+    second = job.execute_in_process(run_config=first_config, instance=instance)
+    yield {"settings": settings, "job": job, "instance": instance, "first": first, "second": second}
+    mp.undo()
+
+
+def client(settings):
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+
+def test_both_runs_succeed_with_every_check_passing(pipeline):
+    for result in (pipeline["first"], pipeline["second"]):
+        assert result.success
+        checks = [
+            e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        assert {c.asset_check_key.name for c in checks} == {
+            "rows_pass_record_suite",
+            "rejected_share_within_limit",
+            "train_eval_disjoint",
+        }
+        assert all(c.passed for c in checks)
+
+
+def test_bad_sample_rows_are_rejected_with_their_reason(pipeline):
+    rejected = pipeline["first"].output_for_node("validated_records", "rejected_records")
+    reasons = dict(
+        zip(rejected["source_file"] + ":" + rejected["source_line"].astype(str), rejected["reason"])
+    )
+    assert len(reasons) == 6
+    assert reasons["2026-01-05/tickets.jsonl:18"] == "output is blank"
+    assert reasons["2026-01-05/tickets.jsonl:89"] == "instruction is blank"
+    assert reasons["2026-01-12/tickets.csv:101"] == "instruction is blank"
+    assert (
+        reasons["2026-01-12/tickets.csv:42"].startswith("duplicate")
+        and "2026-01-05/tickets.jsonl:6" in reasons["2026-01-12/tickets.csv:42"]
+    )
+    assert "2026-01-05/tickets.jsonl:61" in reasons["2026-01-19/tickets.jsonl:34"]
+    assert reasons["2026-01-19/tickets.jsonl:72"].startswith(
+        "formatted example is longer than max_tokens=256"
+    )
+
+
+def test_first_version_is_champion_and_second_only_challenger(pipeline):
+    settings = pipeline["settings"]
+    c = client(settings)
+    champion = c.get_model_version_by_alias(settings.model_name, "champion")
+    challenger = c.get_model_version_by_alias(settings.model_name, "challenger")
+    assert str(champion.version) == "1" and str(challenger.version) == "2"
+    assert champion.tags["gate.promoted"] == "true"
+    assert challenger.tags["gate.promoted"] == "false"
+    assert "does not beat champion" in challenger.tags["gate.reason"]
+    second = pipeline["second"].output_for_node("registered_model")
+    assert second["aliases"] == ["challenger"] and not second["promoted"]
+
+
+def test_mlflow_run_carries_the_contract(pipeline):
+    settings = pipeline["settings"]
+    c = client(settings)
+    version = c.get_model_version(settings.model_name, "1")
+    run = c.get_run(version.run_id)
+    assert set(run.data.params) >= REQUIRED_PARAMS
+    assert run.data.params["preset"] == "smoke"
+    assert run.data.params["data.rows_raw"] == "400" and run.data.params["data.rows_rejected"] == "6"
+    assert int(run.data.params["data.rows_valid"]) == 394
+    assert int(run.data.params["data.train_rows"]) + int(run.data.params["data.eval_rows"]) <= 394
+    evaluation = pipeline["first"].output_for_node("model_evaluation")
+    for metric in evaluation["tuned"]:
+        assert run.data.metrics[f"base.{metric}"] == pytest.approx(evaluation["base"][metric])
+        assert run.data.metrics[f"tuned.{metric}"] == pytest.approx(evaluation["tuned"][metric])
+    assert {"exact_match", "json_valid", "field_accuracy", "eval_loss"} <= set(evaluation["tuned"])
+    assert run.data.tags["eval.primary_metric"] == "exact_match"
+    assert version.tags["dagster.run_id"] == pipeline["first"].run_id
+    assert version.tags["data.drops"] == "2026-01-05,2026-01-12,2026-01-19"
+    assert len(version.tags["data.train_set_hash"]) == 16
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train.loss")] == [1, 2, 3]
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"adapter", "eval", "training"} <= artifacts
+
+
+def test_training_changes_the_adapter_and_leaves_base_weights_alone(pipeline, tiny_model_dir):
+    trained = pipeline["first"].output_for_node("fine_tuned_model")
+    base_dir = pipeline["first"].output_for_node("base_model")
+    original = load_file(tiny_model_dir / "model.safetensors")
+    for name, tensor in load_file(f"{base_dir}/model.safetensors").items():
+        assert (tensor == original[name]).all(), f"base weight {name} changed"
+    adapter = load_file(f"{trained['adapter_dir']}/adapter_model.safetensors")
+    lora_b = [t for n, t in adapter.items() if "lora_B" in n]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b), "LoRA B starts at zero; training must move it"
+    merged = load_file(f"{trained['merged_dir']}/model.safetensors")
+    changed = [n for n, t in merged.items() if n in original and not (t == original[n]).all()]
+    assert any("q_proj" in n for n in changed)
+
+
+def test_an_asset_rematerializes_alone_from_stored_upstream(pipeline):
+    result = pipeline["job"].execute_in_process(
+        instance=pipeline["instance"],
+        asset_selection=[dg.AssetKey("model_evaluation")],
+        run_config={"ops": {"model_evaluation": {"config": {"max_eval_examples": 3}}}},
+    )
+    assert result.success
+    evaluation = result.output_for_node("model_evaluation")
+    assert evaluation["eval_examples"] == 3
+    assert [e.step_key for e in result.get_step_success_events()] == ["model_evaluation"]

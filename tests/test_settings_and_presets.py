@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.fine_tuned_model import TrainingConfig, trainer_configs
+from assets.instruction_pairs import SplitConfig
+from assets.model_evaluation import EvaluationConfig
+from assets.validated_records import ValidationConfig
+from pipelines.definitions import build_definitions
+from pipelines.presets import available, load_preset
+from pipelines.settings import BUNDLED_BASE_MODEL, REPO_ROOT, SAMPLE_LANDING, Settings
+from tests.conftest import make_settings
+
+STAGE_CONFIGS = {
+    "validated_records": ValidationConfig,
+    "instruction_pairs": SplitConfig,
+    "fine_tuned_model": TrainingConfig,
+    "model_evaluation": EvaluationConfig,
+}
+
+
+def test_defaults_keep_all_state_under_one_home():
+    s = Settings.from_env({})
+    assert s.home == REPO_ROOT / ".ft"
+    assert s.landing_dir == str(SAMPLE_LANDING)
+    assert s.base_model == BUNDLED_BASE_MODEL and s.preset == "cpu"
+    assert s.mlflow_tracking_uri == f"sqlite:///{REPO_ROOT / '.ft' / 'mlflow' / 'mlflow.db'}"
+    assert s.dagster_home == s.home / "dagster"
+
+
+def test_environment_overrides_each_setting(tmp_path):
+    s = Settings.from_env(
+        {
+            "FT_HOME": str(tmp_path / "h"),
+            "FT_LANDING_DIR": "/data/in",
+            "FT_BASE_MODEL": "/models/x",
+            "FT_MODEL_NAME": "m",
+            "FT_PRESET": "gpu",
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        }
+    )
+    assert (s.home, s.landing_dir, s.base_model, s.model_name, s.preset, s.mlflow_tracking_uri) == (
+        tmp_path / "h",
+        "/data/in",
+        "/models/x",
+        "m",
+        "gpu",
+        "http://127.0.0.1:5000",
+    )
+
+
+def test_relative_home_becomes_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({"FT_HOME": "state"}).home == tmp_path / "state"
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_preset_is_valid_run_config_for_the_job(name, tmp_path):
+    assert (Path(__file__).parents[1] / "pipelines" / "presets" / f"{name}.yaml").read_text().startswith("# ")
+    defs = build_definitions(make_settings(tmp_path, BUNDLED_BASE_MODEL, preset=name))
+    job = defs.resolve_job_def("finetune")
+    preset = load_preset(name)
+    assert dg.validate_run_config(job, preset)
+    assert preset["ops"]["fine_tuned_model"]["config"]["preset"] == name
+
+
+def test_presets_include_smoke_cpu_and_gpu():
+    assert {"smoke", "cpu", "gpu"} <= set(available())
+
+
+def test_cpu_preset_spells_out_the_stage_defaults():
+    for op, values in load_preset("cpu")["ops"].items():
+        defaults = STAGE_CONFIGS[op]()
+        for key, value in values["config"].items():
+            assert getattr(defaults, key) == value, f"cpu.yaml {op}.{key}={value} but the default differs"
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ValueError, match="Available: cpu, gpu, smoke"):
+        load_preset("fast")
+
+
+def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
+    config = TrainingConfig(lora_target_modules="q_proj, v_proj", bf16=False, max_steps=7)
+    sft, lora = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
+    assert sft.max_steps == 7 and sft.max_length == 99
+    assert sft.assistant_only_loss is True
+    assert sft.bf16 is False and sft.gradient_checkpointing is False
+    assert sft.save_strategy == "no" and sft.report_to == []
+    assert sorted(lora.target_modules) == ["q_proj", "v_proj"]
+    assert lora.r == 16 and lora.lora_alpha == 32
+
+
+def test_every_config_field_is_described():
+    for config in STAGE_CONFIGS.values():
+        for name, field in config.model_fields.items():
+            assert field.description, f"{config.__name__}.{name} has no description"
