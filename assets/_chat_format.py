@@ -1,15 +1,11 @@
-"""How a record becomes a chat example; shared by the data, training and evaluation assets.
+"""Rules about chat examples shared by the data, training and evaluation assets.
 
-Not an asset itself (hence the underscore): the rules here must be identical wherever an example
-is measured, trained on or scored, so they live in one place.
+Not an asset itself (hence the underscore): how an example is normalized, keyed, split and
+rendered for training must be identical wherever it is measured, trained on or scored.
 """
 
 import hashlib
 import re
-
-# The columns of a canonical record (alpaca style, plus an optional per-row system prompt).
-INSTRUCTION, INPUT, OUTPUT, SYSTEM = "instruction", "input", "output", "system"
-RECORD_COLUMNS = (INSTRUCTION, INPUT, OUTPUT, SYSTEM)
 
 DEFAULT_SYSTEM_PROMPT = "You are a precise assistant. Follow the instruction exactly."
 
@@ -32,40 +28,33 @@ CHATML_TRAINING_TEMPLATE = (
 )
 
 
-def text(value) -> str:
-    """A cell as text: missing values (None, NaN) become the empty string."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    return str(value)
-
-
-def user_content(record: dict) -> str:
-    instruction, extra = text(record.get(INSTRUCTION)).strip(), text(record.get(INPUT)).strip()
-    return f"{instruction}\n\n{extra}" if extra else instruction
-
-
-def to_messages(record: dict) -> list[dict]:
-    """system / user / assistant messages for one record (its `system` cell must already be set)."""
-    return [
-        {"role": "system", "content": text(record.get(SYSTEM))},
-        {"role": "user", "content": user_content(record)},
-        {"role": "assistant", "content": text(record.get(OUTPUT)).strip()},
-    ]
-
-
 def normalize(value: str) -> str:
     """Case- and whitespace-insensitive form used to find duplicates and to split."""
     return re.sub(r"\s+", " ", value).strip().casefold()
 
 
-def example_key(record: dict) -> str:
-    """Normalized identity of a whole example (prompt and answer): two rows with it are duplicates."""
-    return normalize(user_content(record)) + "\x1f" + normalize(text(record.get(OUTPUT)))
+def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
+    """`messages` with `system_prompt` in front unless they open with a system message already."""
+    if messages and messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def prompt_hash(record: dict) -> str:
+def prompt_turns(messages: list[dict]) -> list[dict]:
+    """The turns a model is prompted with: all but a final assistant answer, system excluded."""
+    turns = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    return [m for m in turns if m["role"] != "system"]
+
+
+def conversation_text(messages: list[dict], *answers: str | None) -> str:
+    parts = [f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system"]
+    return "\x1f".join(parts + [a for a in answers if a is not None])
+
+
+def prompt_hash(messages: list[dict]) -> str:
     """Content hash of the normalized prompt; the train/eval split is a pure function of it."""
-    return hashlib.sha256(normalize(user_content(record)).encode("utf-8")).hexdigest()
+    text = normalize(conversation_text(prompt_turns(messages)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def training_chat_template(tokenizer) -> str | None:

@@ -31,9 +31,7 @@ class TrainingConfig(dg.Config):
     lora_target_modules: str = Field(
         default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
     )
-    bf16: bool = Field(
-        default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU)."
-    )
+    bf16: bool = Field(default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU).")
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations to save memory (costs ~20% speed)."
     )
@@ -114,7 +112,7 @@ def fine_tuned_model(
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    train = instruction_pairs[instruction_pairs["split"] == "train"]
+    train = instruction_pairs[(instruction_pairs["split"] == "train") & (instruction_pairs["kind"] == "sft")]
     # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
     max_length = int(train["n_tokens"].max())
     device = models.resolved_device()

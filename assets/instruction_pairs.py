@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets._chat_format import prompt_hash, to_messages
+from assets._chat_format import prompt_hash
 
 SPLIT_BUCKETS = 10_000
 
@@ -29,12 +29,14 @@ def split_of(prompt_digest: str, eval_fraction: float, salt: str = "") -> str:
 
 
 def build_pairs(validated: pd.DataFrame, eval_fraction: float, salt: str = "") -> pd.DataFrame:
-    records = validated.to_dict("records")
-    hashes = [prompt_hash(r) for r in records]
+    hashes = [prompt_hash(m) for m in validated["messages"]]
     return pd.DataFrame(
         {
             "example_id": hashes,
-            "messages": [to_messages(r) for r in records],
+            "kind": validated["kind"].tolist(),
+            "messages": validated["messages"].tolist(),
+            "chosen": validated["chosen"].tolist(),
+            "rejected": validated["rejected"].tolist(),
             "split": [split_of(h, eval_fraction, salt) for h in hashes],
             "n_tokens": validated["n_tokens"].tolist(),
             "drop": validated["drop"].tolist(),
@@ -60,15 +62,18 @@ def show_example(messages: list[dict]) -> str:
 def instruction_pairs(
     context: dg.AssetExecutionContext, config: SplitConfig, validated_records: pd.DataFrame
 ) -> pd.DataFrame:
-    """Chat examples, one per validated row: `messages` (system, user, assistant), `split`
-    ('train' or 'eval', decided by a hash of the normalized prompt, so the split is deterministic
-    and an example never changes side), `example_id` (that hash), `n_tokens`, and the row's source.
+    """Chat examples, one per validated row: `kind` ('sft', or 'preference' for prompt/chosen/rejected
+    pairs kept for preference training; SFT uses only 'sft'), `messages` (system, then alternating
+    user/assistant turns), `chosen`/`rejected`, `split` ('train' or 'eval', decided by a hash of the
+    normalized prompt, so the split is deterministic and an example never changes side),
+    `example_id` (that hash), `n_tokens`, and the row's source.
     """
     pairs = build_pairs(validated_records, config.eval_fraction, config.split_salt)
-    train, evals = pairs[pairs["split"] == "train"], pairs[pairs["split"] == "eval"]
+    sft = pairs[pairs["kind"] == "sft"]
+    train, evals = sft[sft["split"] == "train"], sft[sft["split"] == "eval"]
     if len(train) == 0 or len(evals) == 0:
         raise ValueError(
-            f"The split left {len(train)} train and {len(evals)} eval examples from {len(pairs)} rows; "
+            f"The split left {len(train)} train and {len(evals)} eval SFT examples from {len(pairs)} rows; "
             "both need at least one. Add data or change eval_fraction."
         )
     context.add_output_metadata(
@@ -77,6 +82,7 @@ def instruction_pairs(
             "eval_rows": len(evals),
             "train_set_hash": content_hash(train),
             "eval_set_hash": content_hash(evals),
+            "preference_pairs": int((pairs["kind"] == "preference").sum()),
             "example": dg.MetadataValue.md(show_example(pairs["messages"].iloc[0])),
         }
     )

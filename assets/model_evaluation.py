@@ -130,7 +130,8 @@ def model_evaluation(
     """
     from peft import PeftModel
 
-    evals = instruction_pairs[instruction_pairs["split"] == "eval"].sort_values("example_id")
+    evals = instruction_pairs[(instruction_pairs["split"] == "eval") & (instruction_pairs["kind"] == "sft")]
+    evals = evals.sort_values("example_id")
     if config.max_eval_examples:
         evals = evals.head(config.max_eval_examples)
     conversations = list(evals["messages"])
@@ -141,9 +142,7 @@ def model_evaluation(
     model = models.load_model(base_model).eval()
     base, base_answers, base_speed = score_model(model, tokenizer, conversations, expected, template, config)
     tuned_model = PeftModel.from_pretrained(model, fine_tuned_model["adapter_dir"]).eval()
-    tuned, tuned_answers, tuned_speed = score_model(
-        tuned_model, tokenizer, conversations, expected, template, config
-    )
+    tuned, tuned_answers, tuned_speed = score_model(tuned_model, tokenizer, conversations, expected, template, config)
     if config.primary_metric not in tuned:
         raise ValueError(
             f"primary_metric {config.primary_metric!r} is not among the computed metrics "
@@ -152,7 +151,7 @@ def model_evaluation(
 
     samples = pd.DataFrame(
         {
-            "prompt": [c[1]["content"] for c in conversations],
+            "prompt": [c[-2]["content"] for c in conversations],
             "expected": expected,
             "base": base_answers,
             "tuned": tuned_answers,

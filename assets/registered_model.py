@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from assets.instruction_pairs import content_hash
 from resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 
 
@@ -38,8 +39,7 @@ def promotion_decision(
         )
     if champion is not None and not tuned > champion + min_gain_over_champion:
         return False, (
-            f"tuned {primary} {tuned:.4f} does not beat champion {champion:.4f} "
-            f"by more than {min_gain_over_champion}"
+            f"tuned {primary} {tuned:.4f} does not beat champion {champion:.4f} by more than {min_gain_over_champion}"
         )
     versus = f"base {base:.4f}" + (f" and champion {champion:.4f}" if champion is not None else "")
     return True, f"tuned {primary} {tuned:.4f} beats {versus}"
@@ -90,9 +90,7 @@ def registered_model(
 
     primary = model_evaluation["primary_metric"]
     base, tuned = model_evaluation["base"], model_evaluation["tuned"]
-    train = instruction_pairs[instruction_pairs["split"] == "train"]
-    from assets.instruction_pairs import content_hash
-
+    train = instruction_pairs[(instruction_pairs["split"] == "train") & (instruction_pairs["kind"] == "sft")]
     train_hash = content_hash(train)
     drops = ",".join(sorted(train["drop"].unique()))
     run_id = context.run.run_id
@@ -129,9 +127,7 @@ def registered_model(
                 "base_model": base_model,
                 "train.max_length": fine_tuned_model["max_length"],
                 "train.device": fine_tuned_model["device"],
-                **flat_params(
-                    "train", {k: v for k, v in fine_tuned_model["settings"].items() if k != "preset"}
-                ),
+                **flat_params("train", {k: v for k, v in fine_tuned_model["settings"].items() if k != "preset"}),
             }
         )
         mlflow.log_metrics({f"base.{k}": v for k, v in base.items()})

@@ -3,13 +3,13 @@
 import dagster as dg
 import pandas as pd
 
-from assets._chat_format import normalize
+from assets._chat_format import conversation_text, normalize, prompt_turns
 
 
 @dg.asset_check(asset="instruction_pairs", blocking=True)
 def train_eval_disjoint(instruction_pairs: pd.DataFrame) -> dg.AssetCheckResult:
     """No prompt is on both sides of the split, compared exactly and case/whitespace-normalized."""
-    prompts = instruction_pairs["messages"].map(lambda m: m[1]["content"])
+    prompts = instruction_pairs["messages"].map(lambda m: conversation_text(prompt_turns(m)))
     is_eval = instruction_pairs["split"] == "eval"
     exact = set(prompts[is_eval]) & set(prompts[~is_eval])
     normalized = set(prompts[is_eval].map(normalize)) & set(prompts[~is_eval].map(normalize))

@@ -1,16 +1,19 @@
 """Asset checks on validated_records, built from the Great Expectations results of its own run.
 
-Both are blocking: a failure stops training on data that did not pass the gate.
+The suite and share checks are blocking: a failure stops training on data that did not pass the
+gate. The personal-data scan only warns: it flags rows for a person to look at.
 """
 
 from collections import Counter
 
 import dagster as dg
+import pandas as pd
 
 from resources.expectations import ValidationReport
 
 SUITE_CHECK = "rows_pass_record_suite"
 SHARE_CHECK = "rejected_share_within_limit"
+PII_CHECK = "personal_data_scan"
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -24,6 +27,12 @@ CHECK_SPECS = [
         asset="validated_records",
         blocking=True,
         description="The share of rejected rows stays within max_rejected_fraction.",
+    ),
+    dg.AssetCheckSpec(
+        PII_CHECK,
+        asset="validated_records",
+        description="Possible e-mail addresses, phone and card numbers in the examples (warning; "
+        "set pii: redact to replace them).",
     ),
 ]
 
@@ -45,26 +54,57 @@ def suite_check_result(report: ValidationReport) -> dg.AssetCheckResult:
         metadata={
             "expectations": dg.MetadataValue.md(expectation_table(report)),
             "failing_expectations": sum(not o.success for o in report.outcomes),
+            "data_docs": dg.MetadataValue.url(report.docs_url or ""),
         },
     )
 
 
 def share_check_result(
-    rows_raw: int, reasons: list[str], examples: list[str], max_fraction: float
+    rows_raw: int, reasons: dict, examples: list[str], max_fraction: float, report: ValidationReport
 ) -> dg.AssetCheckResult:
+    """Rejected share against its limit; the metadata shows both, the top rules and example rows."""
     share = len(reasons) / rows_raw if rows_raw else 0.0
-    top = Counter(reasons).most_common(5)
+    rules = Counter(rule for rules in report.failing_reasons().values() for rule in rules)
     return dg.AssetCheckResult(
         check_name=SHARE_CHECK,
         passed=share <= max_fraction,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=(f"{len(reasons)} of {rows_raw} rows rejected ({share:.1%}); limit {max_fraction:.1%}"),
+        description=f"{len(reasons)} of {rows_raw} rows rejected ({share:.1%}); limit {max_fraction:.1%}",
         metadata={
             "rejected_fraction": float(share),
             "max_rejected_fraction": float(max_fraction),
             "rows_rejected": len(reasons),
             "rows_raw": rows_raw,
-            "top_reasons": dg.MetadataValue.json({reason: n for reason, n in top}),
+            "top_reasons": dg.MetadataValue.json(dict(rules.most_common(5))),
             "example_rows": dg.MetadataValue.json(examples[:10]),
+            "expectations": dg.MetadataValue.md(expectation_table(report)),
+            "data_docs": dg.MetadataValue.url(report.docs_url or ""),
+        },
+    )
+
+
+def pii_check_result(frame: pd.DataFrame, mode: str) -> dg.AssetCheckResult:
+    flagged = frame[frame["pii"].notna()]
+    totals: Counter = Counter()
+    for counts in flagged["pii"]:
+        totals.update(counts)
+    examples = [
+        f"{r['source_file']}:{r['source_line']}: {', '.join(sorted(r['pii']))}"
+        for r in flagged.head(10).to_dict("records")
+    ]
+    return dg.AssetCheckResult(
+        check_name=PII_CHECK,
+        passed=flagged.empty or mode == "redact",
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            "no possible personal data found"
+            if flagged.empty
+            else f"{len(flagged)} rows with possible personal data ({'redacted' if mode == 'redact' else 'kept'})"
+        ),
+        metadata={
+            "rows_flagged": len(flagged),
+            "counts": dg.MetadataValue.json(dict(totals)),
+            "mode": mode,
+            "example_rows": dg.MetadataValue.json(examples),
         },
     )

@@ -41,7 +41,7 @@ def build_resources(settings: Settings) -> dict:
         "state": StateStore(home=str(settings.home)),
         "landing": LandingZone(path=settings.landing_dir),
         "models": ModelLoader(base_model=settings.base_model),
-        "gx": GreatExpectations(),
+        "gx": GreatExpectations(project_dir=str(settings.home / "gx")),
         "mlflow_registry": MlflowRegistry(
             tracking_uri=settings.mlflow_tracking_uri,
             artifact_root=str(settings.mlflow_artifacts_dir),

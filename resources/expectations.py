@@ -1,6 +1,11 @@
-"""Great Expectations behind one resource: validate a data frame against a suite, row by row."""
+"""Great Expectations behind one resource: validate a data frame against a suite, row by row.
 
+Each validation is kept: its result as JSON and an HTML Data Docs page, both under FT_HOME/gx.
+"""
+
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -25,43 +30,71 @@ class ValidationReport:
     suite: str
     success: bool
     outcomes: list[ExpectationOutcome]
+    result_path: str | None = None
+    """The Great Expectations validation result, as JSON."""
+    docs_url: str | None = None
+    """The Data Docs page of this validation (file:// URL)."""
 
-    def failing_reasons(self) -> dict[Any, list[str]]:
-        """Row id -> the rules that row broke, in suite order."""
-        reasons: dict[Any, list[str]] = {}
+    def failing(self) -> dict[Any, list[ExpectationOutcome]]:
+        """Row id -> the expectations that row broke, in suite order."""
+        rows: dict[Any, list[ExpectationOutcome]] = {}
         for outcome in self.outcomes:
             for row_id in outcome.unexpected_ids:
-                reasons.setdefault(row_id, []).append(outcome.rule)
-        return reasons
+                rows.setdefault(row_id, []).append(outcome)
+        return rows
+
+    def failing_reasons(self) -> dict[Any, list[str]]:
+        return {row: [o.rule for o in outcomes] for row, outcomes in self.failing().items()}
 
 
 class GreatExpectations(dg.ConfigurableResource):
-    """Runs Great Expectations 1.x suites on pandas frames in an ephemeral context."""
+    """Runs Great Expectations 1.x suites on pandas frames in a file context under FT_HOME/gx."""
 
+    project_dir: str = Field(description="Folder of the GX file context (results and Data Docs).")
     id_column: str = Field(default="row_id", description="Column that identifies rows in results.")
 
-    def validate(self, frame, suite) -> ValidationReport:
+    def _context(self):
+        import great_expectations as gx
+
+        context = gx.get_context(mode="file", project_root_dir=self.project_dir)
+        context.variables.progress_bars = {"globally": False}
+        return context
+
+    def validate(self, frame, suite, run_name: str = "adhoc") -> ValidationReport:
         """Validate `frame` against `suite` (a gx.ExpectationSuite); every failing row id is reported.
 
         Each expectation's `meta["rule"]` is the human wording of the rule used in rejection reasons.
+        `run_name` (the Dagster run id) names the result in Data Docs.
         """
         import great_expectations as gx
 
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = {"globally": False}
-        batch = (
-            context.data_sources.add_or_update_pandas("records")
-            .add_dataframe_asset(suite.name)
-            .add_batch_definition_whole_dataframe("all rows")
-        )
+        context = self._context()
+        source = context.data_sources.add_or_update_pandas("records")
+        asset = next((a for a in source.assets if a.name == suite.name), None)
+        asset = asset or source.add_dataframe_asset(suite.name)
+        batch = next((b for b in asset.batch_definitions if b.name == "all rows"), None)
+        batch = batch or asset.add_batch_definition_whole_dataframe("all rows")
         suite = context.suites.add_or_update(suite)
         definition = context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
         )
-        result = definition.run(
-            batch_parameters={"dataframe": frame},
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [self.id_column]},
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=suite.name,
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [self.id_column]},
+            )
         )
+        run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name))
+        identifier, result = next(iter(run.run_results.items()))
+
+        results_dir = Path(self.project_dir) / "results" / run_name
+        results_dir.mkdir(parents=True, exist_ok=True)
+        result_path = results_dir / f"{suite.name}.json"
+        result_path.write_text(json.dumps(result.to_json_dict(), indent=1, default=str))
+        urls = context.get_docs_sites_urls(resource_identifier=identifier)
+
         outcomes = []
         for r in result.results:
             config = r.expectation_config
@@ -75,7 +108,13 @@ class GreatExpectations(dg.ConfigurableResource):
                     success=bool(r.success),
                     element_count=int(res.get("element_count", len(frame))),
                     unexpected_count=int(res.get("unexpected_count", len(ids))),
-                    unexpected_ids=[int(i) if hasattr(i, "__int__") else i for i in ids],
+                    unexpected_ids=[int(i) for i in ids],
                 )
             )
-        return ValidationReport(suite=suite.name, success=bool(result.success), outcomes=outcomes)
+        return ValidationReport(
+            suite=suite.name,
+            success=bool(result.success),
+            outcomes=outcomes,
+            result_path=str(result_path),
+            docs_url=urls[0]["site_url"] if urls else None,
+        )

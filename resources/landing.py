@@ -1,49 +1,78 @@
-"""The landing folder: where raw data files arrive. Read-only: nothing here writes, moves or deletes."""
+"""The landing location: where raw data files arrive. Read-only: nothing here writes, moves or deletes.
 
+A local folder by default; any fsspec URL (s3://, gs://, https://, file://, hf://datasets/...) works
+the same way when its driver is installed. Credentials come from the driver's own environment
+variables or config files (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, HF_TOKEN), never from here.
+"""
+
+import gzip
 from dataclasses import dataclass
-from pathlib import Path
+from typing import IO
 
 import dagster as dg
 from pydantic import Field
 
-SUPPORTED_SUFFIXES = (".jsonl", ".csv")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def data_suffix(name: str) -> str | None:
+    """The data type of a file name ('.jsonl', ...), looking through one '.gz', or None."""
+    base = name[:-3] if name.endswith(".gz") else name
+    return next((s for s in DATA_SUFFIXES if base.endswith(s)), None)
 
 
 @dataclass(frozen=True)
 class LandingFile:
-    path: Path
-    """Absolute path of the file."""
+    path: str
+    """Full path or URL of the file, as the filesystem knows it."""
     name: str
-    """Path relative to the landing folder, as shown in errors and lineage."""
+    """Path relative to the landing location, as shown in errors and lineage."""
     drop: str
     """The data drop the file belongs to: its dated sub-folder, or its own name at the top level."""
 
+    @property
+    def suffix(self) -> str:
+        return data_suffix(self.name) or ""
+
+    @property
+    def compressed(self) -> bool:
+        return self.name.endswith(".gz")
+
 
 class LandingZone(dg.ConfigurableResource):
-    """A local folder of raw data files, each file or dated sub-folder one data drop."""
+    """A folder or fsspec URL of raw data files, each file or dated sub-folder one data drop."""
 
-    path: str = Field(description="Folder holding the raw files (FT_LANDING_DIR).")
+    path: str = Field(description="Folder or fsspec URL holding the raw files (FT_LANDING_DIR).")
+
+    def _fs(self):
+        from fsspec.core import url_to_fs
+
+        return url_to_fs(self.path)
 
     def files(self) -> list[LandingFile]:
-        """Every supported data file under the folder, in a stable order (by relative path)."""
-        root = Path(self.path)
-        if not root.is_dir():
+        """Every data file under the location, in a stable order (by relative path)."""
+        fs, root = self._fs()
+        if not fs.isdir(root):
             raise FileNotFoundError(
-                f"Landing folder {root} does not exist. Set FT_LANDING_DIR to the folder holding your "
-                "raw data files, or unset it to use the bundled sample data."
+                f"Landing location {self.path} does not exist or is not a folder. Set FT_LANDING_DIR to "
+                "the folder (or fsspec URL) holding your raw data files, or unset it for the sample data."
             )
+        root = root.rstrip("/")
         found = []
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and path.suffix in SUPPORTED_SUFFIXES and not path.name.startswith("."):
-                rel = path.relative_to(root)
-                drop = rel.parts[0] if len(rel.parts) > 1 else rel.name
-                found.append(LandingFile(path=path, name=rel.as_posix(), drop=drop))
+        for full in sorted(fs.find(root)):
+            rel = full[len(root) :].lstrip("/")
+            parts = rel.split("/")
+            if data_suffix(rel) and not any(p.startswith(".") for p in parts):
+                found.append(LandingFile(path=full, name=rel, drop=parts[0] if len(parts) > 1 else rel))
         if not found:
             raise FileNotFoundError(
-                f"Landing folder {root} holds no data files ({', '.join(SUPPORTED_SUFFIXES)}). "
-                "Put your raw files there, one file or dated sub-folder per data drop."
+                f"Landing location {self.path} holds no data files ({', '.join(DATA_SUFFIXES)}, "
+                "optionally .gz). Put your raw files there, one file or dated sub-folder per data drop."
             )
         return found
 
-    def read_text(self, file: LandingFile) -> str:
-        return file.path.read_text(encoding="utf-8")
+    def open(self, file: LandingFile) -> IO[bytes]:
+        """The file's bytes, decompressed when it ends in .gz. Opened read-only."""
+        fs, _ = self._fs()
+        raw = fs.open(file.path, "rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb") if file.compressed else raw

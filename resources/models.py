@@ -50,16 +50,12 @@ class ModelLoader(dg.ConfigurableResource):
         if self.base_model == BUNDLED_BASE_MODEL:
             gguf = bundled_gguf()
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            quantized = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-            )
+            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             # The dequantized model keeps a GGUF quantization flag that makes the Trainer refuse to
             # train it and save_pretrained refuse to save it: rebuild a plain model around its weights.
             config = quantized.config.to_dict()
             config.pop("quantization_config", None)
-            model = AutoModelForCausalLM.from_config(
-                type(quantized.config).from_dict(config), dtype=torch.float32
-            )
+            model = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(config), dtype=torch.float32)
             model.load_state_dict(quantized.state_dict())
             del quantized
         else:

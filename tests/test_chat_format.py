@@ -1,58 +1,53 @@
 from assets._chat_format import (
     CHATML_TRAINING_TEMPLATE,
-    example_key,
     normalize,
     prompt_hash,
-    to_messages,
+    prompt_turns,
     training_chat_template,
-    user_content,
+    with_system,
 )
 
-ROW = {
-    "instruction": "Triage this.",
-    "input": "My router broke.",
-    "output": '{"a": 1}',
-    "system": "Be brief.",
-}
 
-
-def test_messages_have_system_user_assistant_in_order():
-    assert to_messages(ROW) == [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Triage this.\n\nMy router broke."},
-        {"role": "assistant", "content": '{"a": 1}'},
+def chat(user="Triage this.\n\nMy router broke.", answer='{"a": 1}', system="Be brief."):
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": answer},
     ]
 
 
-def test_empty_or_missing_input_leaves_the_instruction_alone():
-    assert user_content({"instruction": " Say hi ", "input": float("nan")}) == "Say hi"
-    assert user_content({"instruction": "Say hi", "input": ""}) == "Say hi"
+def test_system_prompt_is_added_only_when_missing():
+    assert with_system(chat()[1:], "Default.")[0] == {"role": "system", "content": "Default."}
+    assert with_system(chat(), "Default.") == chat()
 
 
-def test_normalization_ignores_case_and_spacing_only():
+def test_prompt_turns_drop_the_system_and_the_final_answer():
+    assert prompt_turns(chat()) == [chat()[1]]
+    assert prompt_turns(chat()[:2]) == [chat()[1]]
+
+
+def test_split_hash_depends_on_the_normalized_prompt_only():
     assert normalize("  Hello\n  WORLD ") == "hello world"
-    assert example_key(ROW) == example_key({**ROW, "input": "  MY   ROUTER broke. "})
-    assert example_key(ROW) != example_key({**ROW, "output": '{"a": 2}'})
-    assert prompt_hash(ROW) == prompt_hash({**ROW, "output": "other", "instruction": "TRIAGE this."})
-    assert prompt_hash(ROW) != prompt_hash({**ROW, "input": "My phone broke."})
+    assert prompt_hash(chat()) == prompt_hash(chat(user="  TRIAGE this.\n\nmy ROUTER   broke.", answer="x"))
+    assert prompt_hash(chat()) == prompt_hash(chat(system="Other system prompt."))
+    assert prompt_hash(chat()) != prompt_hash(chat(user="Triage this.\n\nMy phone broke."))
 
 
 def test_training_template_renders_exactly_like_the_base_template(bundled_tokenizer):
-    messages = to_messages(ROW)
+    messages = chat()
     assert training_chat_template(bundled_tokenizer) == CHATML_TRAINING_TEMPLATE
-    for msgs, gen in ((messages, False), (messages[:2], True), (messages[1:], False)):
+    multi = messages + [{"role": "user", "content": "And?"}, {"role": "assistant", "content": "Done."}]
+    for msgs, gen in ((messages, False), (messages[:2], True), (messages[1:], False), (multi, False)):
         ours = bundled_tokenizer.apply_chat_template(
             msgs, tokenize=False, add_generation_prompt=gen, chat_template=CHATML_TRAINING_TEMPLATE
         )
         assert ours == bundled_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
 
-def test_assistant_mask_covers_the_answer_and_its_end_of_turn_token(bundled_tokenizer):
+def test_assistant_mask_covers_every_answer_and_its_end_of_turn_token(bundled_tokenizer):
+    multi = chat() + [{"role": "user", "content": "And?"}, {"role": "assistant", "content": "Done."}]
     enc = bundled_tokenizer.apply_chat_template(
-        to_messages(ROW),
-        chat_template=CHATML_TRAINING_TEMPLATE,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
+        multi, chat_template=CHATML_TRAINING_TEMPLATE, return_dict=True, return_assistant_tokens_mask=True
     )
     masked = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
-    assert bundled_tokenizer.decode(masked) == '{"a": 1}<|im_end|>'
+    assert bundled_tokenizer.decode(masked) == '{"a": 1}<|im_end|>Done.<|im_end|>'

@@ -26,6 +26,8 @@ def test_definitions_module_loads_with_the_graph_checks_and_job(tmp_path, monkey
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSET_KEYS
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {
+        ("raw_records", "every_drop_readable"),
+        ("validated_records", "personal_data_scan"),
         ("validated_records", "rows_pass_record_suite"),
         ("validated_records", "rejected_share_within_limit"),
         ("instruction_pairs", "train_eval_disjoint"),

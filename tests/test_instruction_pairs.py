@@ -4,13 +4,21 @@ from assets.instruction_pairs import build_pairs, content_hash, split_of
 from data_checks.pair_checks import train_eval_disjoint
 
 
+def conversation(i):
+    return [
+        {"role": "system", "content": "Be precise."},
+        {"role": "user", "content": f"Triage.\n\nTicket number {i}"},
+        {"role": "assistant", "content": f"answer {i}"},
+    ]
+
+
 def validated(n, start=0):
     return pd.DataFrame(
         {
-            "instruction": ["Triage."] * n,
-            "input": [f"Ticket number {i}" for i in range(start, start + n)],
-            "output": [f"answer {i}" for i in range(start, start + n)],
-            "system": ["Be precise."] * n,
+            "kind": ["sft"] * n,
+            "messages": [conversation(i) for i in range(start, start + n)],
+            "chosen": [None] * n,
+            "rejected": [None] * n,
             "n_tokens": [20] * n,
             "drop": ["d1"] * n,
             "source_file": ["d1/t.jsonl"] * n,

@@ -37,9 +37,7 @@ def test_mean_scores_average_per_metric():
 
 
 def test_metrics_table_marks_the_primary_metric():
-    table = metrics_table(
-        {"exact_match": 0.1, "eval_loss": 2.0}, {"exact_match": 0.9, "eval_loss": 0.5}, "exact_match"
-    )
+    table = metrics_table({"exact_match": 0.1, "eval_loss": 2.0}, {"exact_match": 0.9, "eval_loss": 0.5}, "exact_match")
     assert "| exact_match (primary) | 0.1000 | 0.9000 | +0.8000 |" in table
 
 

@@ -1,103 +1,123 @@
-import json
+"""Reading raw files: every supported type, precise errors for the bad-file corpus, drop isolation."""
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 
-from assets.raw_records import IngestError, build_frame, read_file
-from resources.landing import LandingFile, LandingZone
+from assets.raw_records import IngestConfig, IngestError, read_drops
+from resources.landing import LandingZone
+
+BAD_FILES = Path(__file__).parent / "bad_files"
+
+# bad file -> the message it must produce (a regular expression); each names file, place and problem
+EXPECTED_ERRORS = {
+    "malformed_line.jsonl": r"malformed_line\.jsonl, line 3: not valid JSON \(Expecting value at column 38\)",
+    "latin1.jsonl": r"latin1\.jsonl, line 2: not valid UTF-8 \(byte 0xe9 at byte offset 64\)\. Re-save .* as UTF-8",
+    "truncated.jsonl.gz": r"truncated\.jsonl\.gz: the gzip stream is truncated or corrupt .*Re-copy the file",
+    "empty.jsonl": r"empty\.jsonl: the file holds no records",
+    "empty.csv": r"empty\.csv, line 1: the CSV file is empty; it needs a header row",
+    "unknown_columns.jsonl": (
+        r"unknown_columns\.jsonl: its fields \(answer, question\) match no known format .*column_mapping"
+    ),
+    "ragged.csv": r"ragged\.csv, line 3: 2 fields where the header has 3 \(instruction, input, output\)",
+    "latin1.csv": r"latin1\.csv, line 3: not valid UTF-8 \(byte 0xe9 at byte offset 34\)",
+    "not_an_array.json": r"not_an_array\.json: expected a JSON array of records, found dict",
+    "broken_array.json": r"broken_array\.json, line 4: not valid JSON \(Expecting ':' delimiter",
+    "not_parquet.parquet": r"not_parquet\.parquet: not a readable Parquet file",
+    "scalar_line.jsonl": r"scalar_line\.jsonl, line 2: expected a JSON object, found list",
+}
 
 
-def landing_file(tmp_path, name, content):
-    path = tmp_path / name
+def write(root: Path, name: str, text: str) -> Path:
+    path = root / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content, encoding="utf-8")
-    rel = path.relative_to(tmp_path)
-    return LandingFile(path=path, name=rel.as_posix(), drop=rel.parts[0] if len(rel.parts) > 1 else rel.name)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
-def read(file):
-    return read_file(file, file.path.read_text(encoding="utf-8"))
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_jsonl_rows_keep_content_and_their_line_numbers(tmp_path):
-    rows = [
-        {"instruction": "a", "output": "b", "extra": 3},
-        {"instruction": "c", "input": "d", "output": "e"},
+def test_every_bad_file_in_the_corpus_has_a_test():
+    corpus = {p.name for p in BAD_FILES.iterdir() if p.suffix != ".py"}
+    assert corpus == set(EXPECTED_ERRORS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
+def test_bad_file_stops_its_drop_with_a_precise_message(name, tmp_path):
+    shutil.copy(BAD_FILES / name, tmp_path / name)
+    before = digest(tmp_path)
+    rows, failed, _ = read_drops(LandingZone(path=str(tmp_path)), IngestConfig())
+    assert rows == []
+    assert list(failed) == [name]
+    assert re.search(EXPECTED_ERRORS[name], failed[name]), failed[name]
+    assert "fix it at its source" in failed[name] or "column_mapping" in failed[name] or "Remove it" in failed[name]
+    assert digest(tmp_path) == before, "raw files are never modified"
+
+
+def test_a_bad_file_holds_back_its_whole_drop_and_no_other(tmp_path):
+    write(tmp_path, "2026-01-01/good.jsonl", '{"instruction": "a", "output": "b"}\n')
+    write(tmp_path, "2026-01-02/fine.jsonl", '{"instruction": "c", "output": "d"}\n')
+    shutil.copy(BAD_FILES / "ragged.csv", write(tmp_path, "2026-01-02/bad.csv", "").parent / "bad.csv")
+    write(tmp_path, "2026-01-03/good.csv", "instruction,output\ne,f\n")
+    before = digest(tmp_path)
+    rows, failed, per_file = read_drops(LandingZone(path=str(tmp_path)), IngestConfig())
+    assert sorted({r["drop"] for r in rows}) == ["2026-01-01", "2026-01-03"]
+    assert list(failed) == ["2026-01-02"] and "2026-01-02/bad.csv, line 3" in failed["2026-01-02"]
+    assert "2026-01-02/fine.jsonl" not in per_file
+    assert digest(tmp_path) == before
+
+
+def test_line_numbers_follow_the_raw_file(tmp_path):
+    write(tmp_path, "a.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n')
+    write(tmp_path, "b.csv", 'instruction,input,output\n"two\nlines",x,y\nsecond,,z\n')
+    rows, failed, _ = read_drops(LandingZone(path=str(tmp_path)), IngestConfig())
+    assert not failed
+    assert [(r["source_file"], r["source_line"]) for r in rows] == [
+        ("a.jsonl", 1),
+        ("a.jsonl", 3),
+        ("b.csv", 2),
+        ("b.csv", 4),
     ]
-    text = json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n"
-    records = read(landing_file(tmp_path, "2026-01-01/x.jsonl", text))
-    assert [r["source_line"] for r in records] == [1, 3]
-    assert records[0]["extra"] == 3 and records[1]["input"] == "d"
-    assert {r["drop"] for r in records} == {"2026-01-01"}
-    assert {r["source_file"] for r in records} == {"2026-01-01/x.jsonl"}
-
-
-def test_csv_line_numbers_count_multiline_cells(tmp_path):
-    text = 'instruction,input,output\n"two\nlines",x,y\nsecond,,z\n'
-    records = read(landing_file(tmp_path, "t.csv", text))
-    assert [r["source_line"] for r in records] == [2, 4]
-    assert records[0]["instruction"] == "two\nlines" and records[1]["input"] == ""
-
-
-def test_malformed_json_line_is_named_with_file_and_line(tmp_path):
-    text = '{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n'
-    with pytest.raises(IngestError, match=r"bad\.jsonl, line 2: not valid JSON"):
-        read(landing_file(tmp_path, "bad.jsonl", text))
-
-
-def test_non_object_json_line_is_refused(tmp_path):
-    with pytest.raises(IngestError, match=r"list\.jsonl, line 1: expected a JSON object, found list"):
-        read(landing_file(tmp_path, "list.jsonl", "[1, 2]\n"))
-
-
-def test_ragged_csv_row_is_named_with_its_line(tmp_path):
-    text = "instruction,input,output\na,b,c\nd,e\n"
-    with pytest.raises(IngestError, match=r"ragged\.csv, line 3: 2 fields where the header has 3"):
-        read(landing_file(tmp_path, "ragged.csv", text))
-
-
-def test_empty_files_are_refused(tmp_path):
-    with pytest.raises(IngestError, match=r"empty\.csv, line 1: the CSV file is empty"):
-        read(landing_file(tmp_path, "empty.csv", ""))
-    with pytest.raises(IngestError, match=r"empty\.jsonl: the file holds no records"):
-        read(landing_file(tmp_path, "empty.jsonl", "\n"))
-
-
-def test_file_without_the_required_fields_is_refused_with_the_fields_it_has(tmp_path):
-    text = json.dumps({"question": "q", "answer": "a"}) + "\n"
-    with pytest.raises(IngestError, match=r"no instruction or output field .*answer, question"):
-        read(landing_file(tmp_path, "other.jsonl", text))
-
-
-def test_frame_has_source_and_record_columns_first():
-    frame = build_frame(
-        [{"instruction": "a", "output": "b", "source_line": 1, "source_file": "f", "drop": "f"}]
-    )
-    assert list(frame.columns)[:8] == [
-        "row_id",
-        "drop",
-        "source_file",
-        "source_line",
-        "instruction",
-        "input",
-        "output",
-        "system",
-    ]
-    assert frame["input"].isna().all()
+    assert rows[2]["record"] == {"instruction": "two\nlines", "input": "x", "output": "y"}
 
 
 def test_landing_zone_lists_data_files_with_their_drop(tmp_path):
-    for name in ("2026-01-05/a.jsonl", "2026-01-12/b.csv", "loose.jsonl", "notes.txt", ".hidden.jsonl"):
-        landing_file(tmp_path, name, "x")
+    for name in ("2026-01-05/a.jsonl", "2026-01-12/b.csv.gz", "loose.parquet", "notes.txt", ".hidden.jsonl"):
+        write(tmp_path, name, "x")
     files = LandingZone(path=str(tmp_path)).files()
-    assert [(f.name, f.drop) for f in files] == [
-        ("2026-01-05/a.jsonl", "2026-01-05"),
-        ("2026-01-12/b.csv", "2026-01-12"),
-        ("loose.jsonl", "loose.jsonl"),
+    assert [(f.name, f.drop, f.suffix, f.compressed) for f in files] == [
+        ("2026-01-05/a.jsonl", "2026-01-05", ".jsonl", False),
+        ("2026-01-12/b.csv.gz", "2026-01-12", ".csv", True),
+        ("loose.parquet", "loose.parquet", ".parquet", False),
     ]
 
 
-def test_missing_or_empty_landing_folder_says_what_to_do(tmp_path):
+def test_fsspec_urls_work_like_folders(tmp_path):
+    write(tmp_path, "d/a.jsonl", '{"instruction": "a", "output": "b"}\n')
+    rows, failed, _ = read_drops(LandingZone(path=tmp_path.as_uri()), IngestConfig())
+    assert not failed and rows[0]["source_file"] == "d/a.jsonl" and rows[0]["drop"] == "d"
+
+
+def test_missing_or_empty_landing_location_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="FT_LANDING_DIR"):
         LandingZone(path=str(tmp_path / "nope")).files()
     with pytest.raises(FileNotFoundError, match="holds no data files"):
         LandingZone(path=str(tmp_path)).files()
+
+
+def test_configured_format_and_mapping_are_checked_against_the_file(tmp_path):
+    write(tmp_path, "a.jsonl", '{"question": "q", "answer": "a"}\n')
+    landing = LandingZone(path=str(tmp_path))
+    rows, failed, _ = read_drops(landing, IngestConfig(column_mapping={"instruction": "question", "output": "answer"}))
+    assert not failed and rows[0]["format"] == "mapped" and rows[0]["mapping"]["output"] == "answer"
+    _, failed, _ = read_drops(landing, IngestConfig(column_mapping={"instruction": "question", "output": "reply"}))
+    assert "absent: reply" in failed["a.jsonl"]
+    with pytest.raises(IngestError, match="Unknown format 'alpacca'"):
+        from assets.raw_records import file_format
+
+        file_format({"x"}, IngestConfig(format="alpacca"), "a.jsonl")

@@ -1,6 +1,6 @@
 from collections import Counter
 
-from assets.raw_records import read_file
+from assets.raw_records import IngestConfig, read_drops
 from pipelines.sample_data.generate import rendered_files
 from pipelines.settings import SAMPLE_LANDING
 from resources.landing import LandingZone
@@ -12,10 +12,12 @@ def test_committed_sample_data_is_what_the_generator_writes():
 
 
 def test_sample_data_has_three_dated_drops_in_two_formats():
-    files = LandingZone(path=str(SAMPLE_LANDING)).files()
-    assert len({f.drop for f in files}) == 3
-    assert {f.path.suffix for f in files} == {".jsonl", ".csv"}
-    rows = [r for f in files for r in read_file(f, f.path.read_text())]
+    landing = LandingZone(path=str(SAMPLE_LANDING))
+    assert {f.suffix for f in landing.files()} == {".jsonl", ".csv"}
+    rows, failed, _ = read_drops(landing, IngestConfig())
+    assert not failed
+    assert len({r["drop"] for r in rows}) == 3
     assert 300 <= len(rows) <= 600
-    labels = Counter(r["output"] for r in rows if r.get("output"))
+    assert {r["format"] for r in rows} == {"alpaca"}
+    labels = Counter(r["record"].get("output") for r in rows)
     assert len(labels) > 20, "answers vary"

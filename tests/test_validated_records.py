@@ -1,43 +1,54 @@
 """The record suite (Great Expectations) on small frames of good and bad rows."""
 
-import pandas as pd
+import re
+from pathlib import Path
+
 import pytest
 
 from assets.raw_records import build_frame
-from assets.validated_records import reason_text, with_features
-from data_checks.record_checks import share_check_result, suite_check_result
+from assets.validated_records import ValidationConfig, rejection_reasons, structure_problem, with_features
+from data_checks.record_checks import pii_check_result, share_check_result, suite_check_result
 from data_checks.record_suite import record_suite
 from resources.expectations import GreatExpectations
 
-GOOD = {
-    "instruction": "Triage the ticket.",
-    "input": "My RouterX is down.",
-    "output": '{"product": "RouterX"}',
-}
+GOOD = {"instruction": "Triage the ticket.", "input": "My RouterX is down.", "output": '{"product": "RouterX"}'}
 
 
-def frame_of(rows):
+def m(role, content):
+    return {"role": role, "content": content}
+
+
+def raw(rows, fmt="alpaca"):
     return build_frame(
-        [{**r, "source_file": "d/t.jsonl", "source_line": i + 1, "drop": "d"} for i, r in enumerate(rows)]
+        [
+            {"drop": "d", "source_file": "d/t.jsonl", "source_line": i + 1, "format": fmt, "mapping": None, "record": r}
+            for i, r in enumerate(rows)
+        ]
     )
 
 
 @pytest.fixture(scope="module")
-def validate(bundled_tokenizer):
-    def run(rows, max_tokens=128):
-        frame = with_features(frame_of(rows), bundled_tokenizer, "Be precise.")
-        report = GreatExpectations().validate(frame, record_suite(max_tokens))
-        return frame, report, report.failing_reasons()
+def validate(bundled_tokenizer, tmp_path_factory):
+    gx = GreatExpectations(project_dir=str(tmp_path_factory.mktemp("gx")))
+
+    def run(rows, fmt="alpaca", **config):
+        config = ValidationConfig(**{"max_tokens": 128, "system_prompt": "Be precise.", **config})
+        frame = with_features(raw(rows, fmt), bundled_tokenizer, config)
+        report = gx.validate(frame[["row_id", *FEATURES]], record_suite(config.max_tokens), run_name="test")
+        return frame, report, rejection_reasons(report, frame)
 
     return run
 
 
+FEATURES = ["missing_fields", "structure_error", "hygiene_error", "n_tokens", "duplicate_of"]
+
+
 def test_good_rows_pass_every_expectation(validate):
     rows = [GOOD, {**GOOD, "input": "CloudDrive will not sync."}, {**GOOD, "input": None}]
-    frame, report, failing = validate(rows)
-    assert report.success and failing == {}
+    frame, report, reasons = validate(rows)
+    assert report.success and reasons == {}
     assert all(o.element_count == 3 for o in report.outcomes)
-    assert (frame["system"] == "Be precise.").all()
+    assert [msgs[0] for msgs in frame["messages"]] == [m("system", "Be precise.")] * 3
 
 
 def test_each_bad_row_is_rejected_for_the_rule_it_breaks(validate):
@@ -47,58 +58,110 @@ def test_each_bad_row_is_rejected_for_the_rule_it_breaks(validate):
         {**GOOD, "instruction": None},
         {**GOOD, "input": "  my routerx IS down. "},
         {**GOOD, "input": "word " * 300},
-        {**GOOD, "input": "Another ticket", "output": None},
+        {**GOOD},
+        {**GOOD, "input": "Bell \x07 in the text"},
+        {**GOOD, "input": "Mojibake \ufffd here"},
     ]
-    frame, report, failing = validate(rows)
+    frame, report, reasons = validate(rows)
     assert not report.success
-    assert failing == {
-        1: ["output is blank"],
-        2: ["instruction is missing"],
-        3: ["duplicate (case/whitespace-insensitive) of an earlier row"],
-        4: ["formatted example is longer than max_tokens=128"],
-        5: ["output is missing"],
+    assert reasons == {
+        1: "required field missing or blank: output",
+        2: "required field missing or blank: instruction",
+        3: "duplicate of an earlier row: same as d/t.jsonl:1 up to case and whitespace",
+        4: f"formatted example is longer than max_tokens=128: {frame.loc[4, 'n_tokens']} tokens",
+        5: "duplicate of an earlier row: exact duplicate of d/t.jsonl:1",
+        6: "text hygiene: control character U+0007",
+        7: "text hygiene: U+FFFD replacement character (text was decoded with the wrong encoding upstream)",
     }
-    assert frame.loc[3, "duplicate_of"] == "d/t.jsonl:1"
-    row3, row4 = frame.loc[3].to_dict(), frame.loc[4].to_dict()
-    assert reason_text(failing[3], row3).endswith("(d/t.jsonl:1)")
-    assert (
-        reason_text(failing[4], row4)
-        == f"formatted example is longer than max_tokens=128: {row4['n_tokens']} tokens"
-    )
 
 
-def test_per_row_system_prompt_is_kept(validate):
-    frame, _, _ = validate([{**GOOD, "system": "Answer in JSON."}, {**GOOD, "input": "x", "system": " "}])
-    assert frame["system"].tolist() == ["Answer in JSON.", "Be precise."]
+def test_a_row_breaking_several_rules_lists_them_all(validate):
+    _, _, reasons = validate([GOOD, {**GOOD, "input": "\x07 " + "word " * 300}])
+    assert reasons[1].startswith("text hygiene: control character U+0007; formatted example is longer")
+
+
+def test_chat_structure_rules(validate):
+    rows = [
+        {"messages": [m("user", "Hi"), m("assistant", "Hello")]},
+        {"messages": [m("user", "Hi"), m("user", "Again"), m("assistant", "Hello")]},
+        {"messages": [m("user", "Hi"), m("assistant", "Hello"), m("user", "Bye")]},
+        {"messages": [m("user", "Hi2"), m("assistant", "")]},
+        {"messages": [m("user", "Hi3"), m("system", "x"), m("assistant", "y")]},
+        {"messages": [m("tool", "42")]},
+    ]
+    _, _, reasons = validate(rows, fmt="openai_chat")
+    assert reasons == {
+        1: "chat structure broken: turn 2 is from the user, expected the assistant (turns must alternate)",
+        2: "chat structure broken: last turn is from the user; a training example ends with the assistant's answer",
+        3: "chat structure broken: turn 2 (assistant) is empty",
+        4: "chat structure broken: turn 2 is a system message; only the first message may be one",
+        5: "chat structure broken: messages[1] has unknown role 'tool'",
+    }
+
+
+def test_structure_problem_for_preference_prompts():
+    assert structure_problem([m("user", "p")], "preference") is None
+    assert structure_problem([m("user", "p"), m("assistant", "a")], "preference").startswith("a preference prompt")
+
+
+def test_preference_pairs_are_measured_by_their_longer_answer(validate):
+    rows = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "word " * 300}]
+    frame, _, reasons = validate(rows, fmt="preference")
+    assert frame.loc[0, "kind"] == "preference"
+    assert reasons[0].startswith("formatted example is longer than max_tokens=128")
+
+
+def test_over_long_rows_are_truncated_only_when_asked_and_keep_their_answer(validate):
+    rows = [{**GOOD, "input": "word " * 300}]
+    frame, _, reasons = validate(rows, truncate_over_long=True)
+    assert reasons == {} and frame.loc[0, "truncated"]
+    assert frame.loc[0, "n_tokens"] <= 128
+    assert frame.loc[0, "messages"][-1] == m("assistant", GOOD["output"])
+    frame, _, reasons = validate(rows)
+    assert not frame.loc[0, "truncated"] and 0 in reasons
+
+
+def test_personal_data_is_flagged_or_redacted(validate):
+    rows = [{**GOOD, "input": "Reach me at dana@example.com or +1 415-555-0132."}, GOOD]
+    frame, _, reasons = validate(rows)
+    assert reasons == {}
+    assert frame.loc[0, "pii"] == {"email": 1, "phone": 1} and frame.loc[1, "pii"] is None
+    warn = pii_check_result(frame, "warn")
+    assert not warn.passed and warn.metadata["counts"].value == {"email": 1, "phone": 1}
+    assert warn.metadata["example_rows"].value == ["d/t.jsonl:1: email, phone"]
+
+    frame, _, _ = validate(rows, pii="redact")
+    assert "Reach me at [EMAIL] or [PHONE]." in frame.loc[0, "messages"][1]["content"]
+    assert pii_check_result(frame, "redact").passed
 
 
 def test_token_count_is_of_the_formatted_chat_example(validate, bundled_tokenizer):
     frame, _, _ = validate([GOOD])
-    messages = [
-        {"role": "system", "content": "Be precise."},
-        {"role": "user", "content": "Triage the ticket.\n\nMy RouterX is down."},
-        {"role": "assistant", "content": GOOD["output"]},
-    ]
-    assert frame.loc[0, "n_tokens"] == len(bundled_tokenizer.apply_chat_template(messages)["input_ids"])
+    ids = bundled_tokenizer.apply_chat_template(frame.loc[0, "messages"])["input_ids"]
+    assert frame.loc[0, "n_tokens"] == len(ids)
 
 
 def test_check_results_show_values_beside_thresholds(validate):
-    _, report, _ = validate([GOOD, {**GOOD, "output": ""}])
+    frame, report, reasons = validate([GOOD, {**GOOD, "output": ""}])
     suite = suite_check_result(report)
     assert not suite.passed and suite.metadata["failing_expectations"].value == 1
-    assert "output is blank | 1 | 2 | no" in suite.metadata["expectations"].value
+    assert "required field missing or blank | 1 | 2 | no" in suite.metadata["expectations"].value
+    assert suite.metadata["data_docs"].value.startswith("file://")
 
-    over = share_check_result(10, ["output is blank"] * 2, ["f:1: output is blank"], max_fraction=0.1)
+    over = share_check_result(10, {1: "x", 2: "y"}, ["d/t.jsonl:2: ..."], 0.1, report)
     assert not over.passed
     assert over.metadata["rejected_fraction"].value == pytest.approx(0.2)
     assert over.metadata["max_rejected_fraction"].value == pytest.approx(0.1)
-    assert over.metadata["top_reasons"].value == {"output is blank": 2}
-    assert share_check_result(10, ["output is blank"], [], max_fraction=0.1).passed
+    assert over.metadata["top_reasons"].value == {"required field missing or blank": 1}
+    assert share_check_result(10, {1: "x"}, [], 0.1, report).passed
 
 
-def test_empty_frame_is_a_clean_pass():
-    frame = pd.DataFrame(
-        {c: pd.Series(dtype=object) for c in ("row_id", "instruction", "output", "n_tokens", "duplicate_of")}
-    )
-    report = GreatExpectations().validate(frame, record_suite(64))
-    assert report.failing_reasons() == {}
+def test_validation_is_kept_as_json_and_a_data_docs_page(validate):
+    _, report, _ = validate([GOOD, {**GOOD, "output": ""}])
+    html = re.sub(r"<[^>]+>", " ", Path(report.docs_url.removeprefix("file://")).read_text())
+    html = re.sub(r"\s+", " ", html)
+    for column in FEATURES:
+        assert column in html
+    assert "values must be null" in html and "less than or equal to 128" in html
+    assert "Unsuccessful Expectations 1" in html
+    assert '"success": false' in Path(report.result_path).read_text()

@@ -9,7 +9,8 @@ rewrites `pipelines/sample_data/landing/`, and a test checks the committed files
 
 Three dated drops in two formats (JSONL, CSV) stand for data landing over time. A handful of rows
 are deliberately bad, for the quality gate to catch: an empty answer, a missing instruction, an
-exact and a case/whitespace duplicate, and an over-long ticket.
+exact and a case/whitespace duplicate, and an over-long ticket. Two tickets carry contact details,
+which the personal-data scan flags (a warning, not a rejection).
 """
 
 import csv
@@ -139,6 +140,8 @@ def drops() -> dict[str, tuple[str, list[dict]]]:
     third[33] = dup
     third[71] = over_long_ticket(rng)
     second[99].pop("instruction")  # a CSV row with the instruction cell left empty
+    for i, contact in ((10, "sam.lee@example.com"), (77, "+1 415-555-0132")):
+        second[i]["input"] += f" You can reach me at {contact}."  # personal data, for the PII scan
 
     return {
         "2026-01-05": ("tickets.jsonl", first),

@@ -1,0 +1,57 @@
+"""Possible personal data in text: e-mail addresses, phone numbers, payment-card numbers.
+
+Deliberately simple patterns: they flag what deserves a look (a warning with counts) or redact
+when asked; they are not a compliance tool.
+"""
+
+import re
+
+PATTERNS = {
+    "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"),
+    # 13-19 digits, optionally grouped by spaces or dashes, confirmed by the Luhn checksum below.
+    "card": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
+    # International or North-American style numbers with at least 9 digits.
+    "phone": re.compile(r"(?<![\w@])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}[ .-]\d{3,4}\b"),
+}
+REDACTED = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]"}
+
+
+def luhn_ok(digits: str) -> bool:
+    total, double = 0, False
+    for d in reversed(digits):
+        n = int(d) * (2 if double else 1)
+        total += n - 9 if n > 9 else n
+        double = not double
+    return total % 10 == 0
+
+
+def _matches(kind: str, text: str):
+    for m in PATTERNS[kind].finditer(text):
+        if kind == "card" and not luhn_ok(re.sub(r"\D", "", m.group())):
+            continue
+        yield m
+
+
+def scan(text: str) -> tuple[str, dict[str, int]]:
+    """`text` with each match replaced by a placeholder such as [EMAIL], and the count of each kind.
+
+    Kinds are handled in order, each on the text already redacted of the earlier ones, so a card
+    number is not counted again as a phone number.
+    """
+    counts = {}
+    for kind in ("email", "card", "phone"):
+        spans = [m.span() for m in _matches(kind, text)]
+        if spans:
+            counts[kind] = len(spans)
+        for start, end in reversed(spans):
+            text = text[:start] + REDACTED[kind] + text[end:]
+    return text, counts
+
+
+def find_pii(text: str) -> dict[str, int]:
+    """Counts of each kind of possible personal data in `text` (kinds with no match left out)."""
+    return scan(text)[1]
+
+
+def redact_pii(text: str) -> str:
+    return scan(text)[0]
