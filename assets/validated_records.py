@@ -78,9 +78,14 @@ def hygiene_problem(texts: list[str]) -> str | None:
     return None
 
 
-def render_lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
-    rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-    return [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+def render_lengths(tokenizer, conversations: list[list[dict]], chunk: int = 2048) -> list[int]:
+    """Token count of each conversation with the chat template applied. Tokenized in chunks and
+    only the lengths kept: the token ids of a large landing would not fit in memory at once."""
+    lengths = []
+    for start in range(0, len(conversations), chunk):
+        rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + chunk]]
+        lengths += [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+    return lengths
 
 
 def truncate_last_user_turn(messages, tokenizer, max_tokens: int, n_tokens: int):
