@@ -14,7 +14,7 @@ from resources.models import ModelLoader
 from resources.state import StateStore
 
 
-class TrainingConfig(dg.Config):
+class TrainingConfig(dg.ConfigurableResource):
     """Trainer and LoRA settings. Defaults are the `cpu` preset; presets override them by name."""
 
     preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
@@ -94,10 +94,15 @@ def loss_curve_png(steps: list[int], losses: list[float]) -> bytes:
     return buf.getvalue()
 
 
-@dg.asset(group_name="model", kinds={"pytorch", "huggingface"})
+@dg.asset(
+    group_name="model",
+    kinds={"pytorch", "huggingface"},
+    pool="training",  # one training or evaluation at a time per machine; later runs queue
+    automation_condition=dg.AutomationCondition.eager(),
+)
 def fine_tuned_model(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
+    training: TrainingConfig,
     base_model: str,
     instruction_pairs: pd.DataFrame,
     models: ModelLoader,
@@ -117,7 +122,7 @@ def fine_tuned_model(
     max_length = int(train["n_tokens"].max())
     device = models.resolved_device()
     out_dir = state.asset_dir("fine_tuned_model", context.run.run_id)
-    sft_config, lora_config = trainer_configs(config, out_dir / "trainer", max_length, device == "cpu")
+    sft_config, lora_config = trainer_configs(training, out_dir / "trainer", max_length, device == "cpu")
 
     tokenizer = models.load_tokenizer(base_model)
     serving_template = tokenizer.chat_template
@@ -158,7 +163,7 @@ def fine_tuned_model(
     (out_dir / "loss_curve.png").write_bytes(png)
     context.add_output_metadata(
         {
-            "preset": config.preset,
+            "preset": training.preset,
             "device": device,
             "train_examples": len(train),
             "max_length": max_length,
@@ -179,8 +184,8 @@ def fine_tuned_model(
         "adapter_dir": str(adapter_dir),
         "merged_dir": str(merged_dir),
         "loss_curve_png": str(out_dir / "loss_curve.png"),
-        "preset": config.preset,
-        "settings": config.model_dump(),
+        "preset": training.preset,
+        "settings": training.model_dump(),
         "max_length": max_length,
         "device": device,
         "train_examples": len(train),

@@ -6,12 +6,21 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets._chat_format import prompt_hash
+from assets._chat_format import conversation_text, normalize, prompt_hash
 
 SPLIT_BUCKETS = 10_000
 
+# Retrain when any validated drop (or the base model) changed since this asset last ran, once
+# nothing upstream is still running. Held-back drops are missing partitions and must not block it,
+# which is why this is not AutomationCondition.eager().
+RETRAIN_ON_NEW_DATA = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
 
-class SplitConfig(dg.Config):
+
+class SplitConfig(dg.ConfigurableResource):
     eval_fraction: float = Field(
         default=0.15, description="Share of examples held out for evaluation, chosen by content hash."
     )
@@ -19,6 +28,9 @@ class SplitConfig(dg.Config):
         default="",
         description="Changes which examples land in eval. Leave empty so the split stays stable "
         "across runs and data drops: an eval example never moves into training.",
+    )
+    drops_window: int = Field(
+        default=0, description="Train and evaluate on the latest N validated drops only (0: all drops to date)."
     )
 
 
@@ -42,8 +54,39 @@ def build_pairs(validated: pd.DataFrame, eval_fraction: float, salt: str = "") -
             "drop": validated["drop"].tolist(),
             "source_file": validated["source_file"].tolist(),
             "source_line": validated["source_line"].tolist(),
+            "gx_result": validated["gx_result"].tolist() if "gx_result" in validated else None,
         }
     )
+
+
+def combine_drops(per_drop: dict, window: int = 0) -> pd.DataFrame:
+    """The validated rows of the drops that passed their gate (missing partitions are held-back
+    drops), oldest drop first, limited to the latest `window` drops when set."""
+    frames = {drop: frame for drop, frame in sorted(per_drop.items()) if frame is not None}
+    if window:
+        frames = dict(list(frames.items())[-window:])
+    if not frames:
+        raise ValueError(
+            "No drop has passed validation yet, so there is nothing to train on. Land data and let the "
+            "landing sensor (or make run) ingest and validate it; a drop's failed checks say why it was held back."
+        )
+    return pd.concat(frames.values(), ignore_index=True)
+
+
+def mark_cross_drop_duplicates(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Rows repeating (up to case and whitespace) a row of an earlier drop get split 'excluded' and
+    an `excluded_reason`; each drop's own duplicates were already rejected by its validation."""
+    seen: dict[str, str] = {}
+    reasons = []
+    for r in pairs.to_dict("records"):
+        key = normalize(conversation_text(r["messages"], r["chosen"], r["rejected"]))
+        here = f"{r['source_file']}:{r['source_line']}"
+        reasons.append(f"duplicate of {seen[key]} from an earlier drop" if key in seen else None)
+        seen.setdefault(key, here)
+    pairs = pairs.copy()
+    pairs["excluded_reason"] = reasons
+    pairs.loc[pairs["excluded_reason"].notna(), "split"] = "excluded"
+    return pairs
 
 
 def content_hash(pairs: pd.DataFrame) -> str:
@@ -58,17 +101,26 @@ def show_example(messages: list[dict]) -> str:
     return "\n\n".join(f"**{m['role']}**: {m['content']}" for m in messages)
 
 
-@dg.asset(group_name="data", kinds={"pandas"})
+@dg.asset(
+    group_name="data",
+    kinds={"pandas"},
+    ins={"validated_records": dg.AssetIn(metadata={"allow_missing_partitions": True})},
+    automation_condition=RETRAIN_ON_NEW_DATA,
+)
 def instruction_pairs(
-    context: dg.AssetExecutionContext, config: SplitConfig, validated_records: pd.DataFrame
+    context: dg.AssetExecutionContext, split: SplitConfig, validated_records: dict[str, pd.DataFrame]
 ) -> pd.DataFrame:
-    """Chat examples, one per validated row: `kind` ('sft', or 'preference' for prompt/chosen/rejected
-    pairs kept for preference training; SFT uses only 'sft'), `messages` (system, then alternating
-    user/assistant turns), `chosen`/`rejected`, `split` ('train' or 'eval', decided by a hash of the
-    normalized prompt, so the split is deterministic and an example never changes side),
-    `example_id` (that hash), `n_tokens`, and the row's source.
+    """Chat examples from every drop that passed validation (or the latest `drops_window`), one per
+    validated row: `kind` ('sft', or 'preference' for prompt/chosen/rejected pairs kept for
+    preference training; SFT uses only 'sft'), `messages` (system, then alternating user/assistant
+    turns), `chosen`/`rejected`, `split` ('train' or 'eval' by a hash of the normalized prompt, so
+    the split is deterministic and an example never changes side as drops arrive; 'excluded' with
+    an `excluded_reason` for repeats of an earlier drop's row), `example_id` (that hash), `n_tokens`,
+    and the row's source (`drop`, `source_file`, `source_line`, `gx_result`).
     """
-    pairs = build_pairs(validated_records, config.eval_fraction, config.split_salt)
+    held_back = sorted(d for d, frame in validated_records.items() if frame is None)
+    combined = combine_drops(validated_records, split.drops_window)
+    pairs = mark_cross_drop_duplicates(build_pairs(combined, split.eval_fraction, split.split_salt))
     sft = pairs[pairs["kind"] == "sft"]
     train, evals = sft[sft["split"] == "train"], sft[sft["split"] == "eval"]
     if len(train) == 0 or len(evals) == 0:
@@ -76,13 +128,23 @@ def instruction_pairs(
             f"The split left {len(train)} train and {len(evals)} eval SFT examples from {len(pairs)} rows; "
             "both need at least one. Add data or change eval_fraction."
         )
+    excluded = pairs[pairs["split"] == "excluded"]
     context.add_output_metadata(
         {
             "train_rows": len(train),
             "eval_rows": len(evals),
+            "preference_pairs": int((pairs["kind"] == "preference").sum()),
+            "drops": dg.MetadataValue.json(sorted(pairs["drop"].unique().tolist())),
+            "drops_held_back": dg.MetadataValue.json(held_back),
+            "excluded_duplicates": len(excluded),
+            "excluded_examples": dg.MetadataValue.json(
+                [
+                    f"{r['source_file']}:{r['source_line']}: {r['excluded_reason']}"
+                    for r in excluded.head(10).to_dict("records")
+                ]
+            ),
             "train_set_hash": content_hash(train),
             "eval_set_hash": content_hash(evals),
-            "preference_pairs": int((pairs["kind"] == "preference").sum()),
             "example": dg.MetadataValue.md(show_example(pairs["messages"].iloc[0])),
         }
     )

@@ -12,7 +12,7 @@ from assets._chat_format import normalize, training_chat_template
 from resources.models import ModelLoader
 
 
-class EvaluationConfig(dg.Config):
+class EvaluationConfig(dg.ConfigurableResource):
     primary_metric: str = Field(
         default="exact_match", description="Metric the promotion gate compares (a key of the metrics table)."
     )
@@ -114,10 +114,15 @@ def metrics_table(base: dict, tuned: dict, primary: str) -> str:
     return "\n".join(lines)
 
 
-@dg.asset(group_name="model", kinds={"pytorch"})
+@dg.asset(
+    group_name="model",
+    kinds={"pytorch"},
+    pool="training",
+    automation_condition=dg.AutomationCondition.eager(),
+)
 def model_evaluation(
     context: dg.AssetExecutionContext,
-    config: EvaluationConfig,
+    evaluation: EvaluationConfig,
     base_model: str,
     fine_tuned_model: dict,
     instruction_pairs: pd.DataFrame,
@@ -132,20 +137,22 @@ def model_evaluation(
 
     evals = instruction_pairs[(instruction_pairs["split"] == "eval") & (instruction_pairs["kind"] == "sft")]
     evals = evals.sort_values("example_id")
-    if config.max_eval_examples:
-        evals = evals.head(config.max_eval_examples)
+    if evaluation.max_eval_examples:
+        evals = evals.head(evaluation.max_eval_examples)
     conversations = list(evals["messages"])
     expected = [c[-1]["content"] for c in conversations]
 
     tokenizer = models.load_tokenizer(base_model)
     template = training_chat_template(tokenizer) or tokenizer.chat_template
     model = models.load_model(base_model).eval()
-    base, base_answers, base_speed = score_model(model, tokenizer, conversations, expected, template, config)
+    base, base_answers, base_speed = score_model(model, tokenizer, conversations, expected, template, evaluation)
     tuned_model = PeftModel.from_pretrained(model, fine_tuned_model["adapter_dir"]).eval()
-    tuned, tuned_answers, tuned_speed = score_model(tuned_model, tokenizer, conversations, expected, template, config)
-    if config.primary_metric not in tuned:
+    tuned, tuned_answers, tuned_speed = score_model(
+        tuned_model, tokenizer, conversations, expected, template, evaluation
+    )
+    if evaluation.primary_metric not in tuned:
         raise ValueError(
-            f"primary_metric {config.primary_metric!r} is not among the computed metrics "
+            f"primary_metric {evaluation.primary_metric!r} is not among the computed metrics "
             f"({', '.join(sorted(tuned))}); set EvaluationConfig.primary_metric to one of them."
         )
 
@@ -158,7 +165,7 @@ def model_evaluation(
         }
     )
     eval_hash = hashlib.sha256("\n".join(evals["example_id"]).encode()).hexdigest()[:16]
-    primary = config.primary_metric
+    primary = evaluation.primary_metric
     context.add_output_metadata(
         {
             "primary_metric": primary,
@@ -167,7 +174,7 @@ def model_evaluation(
             "eval_examples": len(conversations),
             "eval_set_hash": eval_hash,
             "metrics": dg.MetadataValue.md(metrics_table(base, tuned, primary)),
-            "samples": dg.MetadataValue.md(samples.head(config.sample_rows).to_markdown(index=False)),
+            "samples": dg.MetadataValue.md(samples.head(evaluation.sample_rows).to_markdown(index=False)),
             "generation_tokens_per_second": round(tuned_speed, 1),
         }
     )

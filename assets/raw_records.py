@@ -11,10 +11,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from assets._drops import DROPS
 from assets._formats import MAPPED, REQUIRED_FIELDS, detect_format
 from resources.landing import LandingFile, LandingZone
 
-READABLE_CHECK = "every_drop_readable"
 WHAT_TO_DO = "The raw file is left as it is: fix it at its source and land it again."
 
 
@@ -22,7 +22,7 @@ class IngestError(ValueError):
     """A raw file that cannot be read as records. The message names the file, where, and the rule."""
 
 
-class IngestConfig(dg.Config):
+class IngestConfig(dg.ConfigurableResource):
     format: str = Field(
         default="auto",
         description="Record format of every file: 'auto' (detected per file from its fields) or one of "
@@ -188,71 +188,42 @@ def build_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def read_drops(landing: LandingZone, config: IngestConfig) -> tuple[list[dict], dict[str, str], dict]:
-    """Rows of every readable drop, the error of each drop that could not be read, rows per file.
-
-    A drop with one unreadable file is held back whole: half a drop is never passed on.
-    """
-    by_drop: dict[str, list[LandingFile]] = {}
-    for file in landing.files():
-        by_drop.setdefault(file.drop, []).append(file)
-    rows, failed, per_file = [], {}, {}
-    for drop, files in by_drop.items():
-        try:
-            drop_rows = []
-            for file in files:
-                with landing.open(file) as stream:
-                    records = read_file(file, stream, config)
-                per_file[file.name] = {"rows": len(records), "format": records[0]["format"]}
-                drop_rows.extend(records)
-        except IngestError as err:
-            failed[drop] = str(err)
-            continue
-        rows.extend(drop_rows)
-    return rows, failed, per_file
-
-
-@dg.asset(
-    group_name="data",
-    kinds={"pandas"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            READABLE_CHECK,
-            asset="raw_records",
-            description="Every drop's files could be read; a drop with an unreadable file is held back.",
+def read_drop(landing: LandingZone, drop: str, ingest: IngestConfig) -> tuple[list[dict], dict]:
+    """Rows of every file of one drop, and rows per file. Any unreadable file fails the whole drop:
+    half a drop is never passed on."""
+    files = [f for f in landing.files() if f.drop == drop]
+    if not files:
+        raise IngestError(
+            f"Drop {drop!r} has no data files in {landing.path} any more. Its files were moved or "
+            "deleted after the drop was registered; land them again under a new drop name."
         )
-    ],
-)
-def raw_records(context: dg.AssetExecutionContext, config: IngestConfig, landing: LandingZone):
-    """Every row of every data file in the landing location (.jsonl, .json, .csv, .parquet, each
-    optionally .gz), content unchanged in `record`, with where it came from: `drop` (dated
-    sub-folder or file), `source_file`, `source_line` (1-based line of a text file, record number in a
-    JSON array or Parquet file), the detected `format`, and a `row_id` later stages use to name rows.
+    rows, per_file = [], {}
+    for file in files:
+        with landing.open(file) as stream:
+            records = read_file(file, stream, ingest)
+        per_file[file.name] = {"rows": len(records), "format": records[0]["format"]}
+        rows.extend(records)
+    return rows, per_file
 
-    A file that cannot be read holds back its whole drop, with an error naming the file, the line or
-    byte offset and the problem; other drops go on. Raw files are only read, never modified.
+
+@dg.asset(group_name="data", kinds={"pandas"}, partitions_def=DROPS)
+def raw_records(context: dg.AssetExecutionContext, ingest: IngestConfig, landing: LandingZone) -> pd.DataFrame:
+    """Every row of one data drop's files (.jsonl, .json, .csv, .parquet, each optionally .gz),
+    content unchanged in `record`, with where it came from: `drop` (the partition: dated sub-folder
+    or file), `source_file`, `source_line` (1-based line of a text file, record number in a JSON
+    array or Parquet file), the detected `format`, and a `row_id` later stages use to name rows.
+
+    A file that cannot be read fails its drop with an error naming the file, the line or byte
+    offset and the problem; other drops are separate partitions and go on. Raw files are only read.
     """
-    rows, failed, per_file = read_drops(landing, config)
-    for drop, error in failed.items():
-        context.log.error(f"Drop {drop} held back: {error}")
-    if not rows:
-        raise IngestError("No drop could be read:\n" + "\n".join(failed.values()))
+    rows, per_file = read_drop(landing, context.partition_key, ingest)
     frame = build_frame(rows)
-    yield dg.Output(
-        frame,
-        metadata={
+    context.add_output_metadata(
+        {
             "rows": len(frame),
             "files": dg.MetadataValue.json(per_file),
             "formats": dg.MetadataValue.json(frame["format"].value_counts().to_dict()),
-            "drops": dg.MetadataValue.json(sorted(frame["drop"].unique().tolist())),
-            "failed_drops": dg.MetadataValue.json(failed),
             "landing": landing.path,
-        },
+        }
     )
-    yield dg.AssetCheckResult(
-        check_name=READABLE_CHECK,
-        passed=not failed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(failed.values()) if failed else f"{len(per_file)} files read",
-        metadata={"failed_drops": dg.MetadataValue.json(failed), "files_read": len(per_file)},
-    )
+    return frame

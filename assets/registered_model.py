@@ -1,5 +1,9 @@
 """registered_model: the fine-tuned model as a version in the MLflow registry, promoted or not."""
 
+import json
+import tempfile
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -8,7 +12,7 @@ from assets.instruction_pairs import content_hash
 from resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 
 
-class GateConfig(dg.Config):
+class GateConfig(dg.ConfigurableResource):
     min_improvement: float = Field(
         default=0.0,
         description="How much the tuned primary metric must exceed the base model's.",
@@ -68,13 +72,46 @@ def chat_pipeline(merged_dir: str):
     return pipeline("text-generation", model=merged_dir, dtype=torch.float32)
 
 
-@dg.asset(group_name="model", kinds={"mlflow"})
+# Register once a new evaluation exists; the per-drop inputs only feed the data counts.
+REGISTER_AFTER_EVALUATION = (
+    dg.AutomationCondition.any_deps_updated()
+    .ignore(dg.AssetSelection.assets("raw_records", "rejected_records"))
+    .since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
+ALL_DROPS = {"allow_missing_partitions": True}
+
+
+def is_transient(error: Exception) -> bool:
+    """Errors worth a retry: the tracking server could not be reached, not a mistake in the request."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+        return True
+    if isinstance(error, MlflowException):
+        return error.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") or "Max retries" in str(error)
+    return False
+
+
+def lineage_rows(pairs: pd.DataFrame) -> pd.DataFrame:
+    """What a version learned from and was scored on: one row per example, pointing at its raw line."""
+    columns = ["example_id", "split", "kind", "drop", "source_file", "source_line"]
+    return pairs[columns].reset_index(drop=True)
+
+
+@dg.asset(
+    group_name="model",
+    kinds={"mlflow"},
+    ins={"raw_records": dg.AssetIn(metadata=ALL_DROPS), "rejected_records": dg.AssetIn(metadata=ALL_DROPS)},
+    automation_condition=REGISTER_AFTER_EVALUATION,
+)
 def registered_model(
     context: dg.AssetExecutionContext,
-    config: GateConfig,
-    raw_records: pd.DataFrame,
-    validated_records: pd.DataFrame,
-    rejected_records: pd.DataFrame,
+    gate: GateConfig,
+    raw_records: dict[str, pd.DataFrame],
+    rejected_records: dict[str, pd.DataFrame],
     instruction_pairs: pd.DataFrame,
     base_model: str,
     fine_tuned_model: dict,
@@ -84,16 +121,43 @@ def registered_model(
     """A new version of the registered model in MLflow: an MLflow run with the data counts,
     training settings, base and tuned metrics, loss curve and sample generations; the merged model
     logged as a chat model; alias `challenger` on the new version, and `champion` too when it beats
-    the base and the current champion on the primary metric. The value names the version and the verdict.
+    the base and the current champion on the primary metric. The version's tags name the drops,
+    the training set's content hash, the Dagster run and the validations the data passed; the run's
+    `lineage/examples.parquet` lists every example's raw file and line. The value names the version
+    and the verdict.
+
+    A tracking server that cannot be reached is retried (three times, backing off); any other
+    failure is final.
     """
+    try:
+        return register(
+            context, gate, raw_records, rejected_records, instruction_pairs, base_model,
+            fine_tuned_model, model_evaluation, mlflow_registry,
+        )  # fmt: skip
+    except Exception as error:
+        if is_transient(error):
+            raise dg.RetryRequested(max_retries=3, seconds_to_wait=10) from error
+        raise
+
+
+def register(
+    context, gate, raw_records, rejected_records, instruction_pairs, base_model, fine_tuned_model,
+    model_evaluation, mlflow_registry,
+) -> dict:  # fmt: skip
     import mlflow
 
     primary = model_evaluation["primary_metric"]
     base, tuned = model_evaluation["base"], model_evaluation["tuned"]
     train = instruction_pairs[(instruction_pairs["split"] == "train") & (instruction_pairs["kind"] == "sft")]
     train_hash = content_hash(train)
-    drops = ",".join(sorted(train["drop"].unique()))
+    used = sorted(instruction_pairs["drop"].unique())
+    drops = ",".join(used)
     run_id = context.run.run_id
+    rows_raw = sum(len(raw_records[d]) for d in used if raw_records.get(d) is not None)
+    rows_rejected = sum(len(rejected_records[d]) for d in used if rejected_records.get(d) is not None)
+    validations = {
+        d: sorted(set(instruction_pairs.loc[instruction_pairs["drop"] == d, "gx_result"].dropna())) for d in used
+    }
 
     champion = mlflow_registry.version_by_alias(CHAMPION)
     champion_value = None
@@ -105,8 +169,8 @@ def registered_model(
         base[primary],
         tuned[primary],
         champion_value,
-        config.min_improvement,
-        config.min_gain_over_champion,
+        gate.min_improvement,
+        gate.min_gain_over_champion,
     )
 
     with mlflow_registry.start_run(
@@ -115,9 +179,10 @@ def registered_model(
     ) as run:
         mlflow.log_params(
             {
-                "data.rows_raw": len(raw_records),
-                "data.rows_valid": len(validated_records),
-                "data.rows_rejected": len(rejected_records),
+                "data.rows_raw": rows_raw,
+                "data.rows_valid": len(instruction_pairs),
+                "data.rows_rejected": rows_rejected,
+                "data.rows_excluded": int((instruction_pairs["split"] == "excluded").sum()),
                 "data.train_rows": len(train),
                 "data.eval_rows": model_evaluation["eval_examples"],
                 "data.train_set_hash": train_hash,
@@ -144,6 +209,11 @@ def registered_model(
         mlflow.log_table(pd.DataFrame(model_evaluation["samples"]), "eval/samples.json")
         mlflow.log_dict({k: v for k, v in model_evaluation.items() if k != "samples"}, "eval/metrics.json")
         mlflow.log_artifacts(fine_tuned_model["adapter_dir"], "adapter")
+        mlflow.log_dict(validations, "lineage/validations.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            examples = Path(tmp) / "examples.parquet"
+            lineage_rows(instruction_pairs).to_parquet(examples, index=False)
+            mlflow.log_artifact(str(examples), "lineage")
         # MLflow's "log from a local checkpoint path" path breaks on transformers 5; a loaded
         # pipeline works and serves chat requests (task llm/v1/chat, OpenAI-style schema).
         info = mlflow.transformers.log_model(
@@ -162,6 +232,9 @@ def registered_model(
             "data.drops": drops,
             "data.train_set_hash": train_hash,
             "data.eval_set_hash": model_evaluation["eval_set_hash"],
+            "data.validations": json.dumps(
+                {d: ["/".join(Path(p).parts[-3:]) for p in v] for d, v in validations.items()}
+            ),
             "base_model": base_model,
             "preset": fine_tuned_model["preset"],
             "eval.primary_metric": primary,

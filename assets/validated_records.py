@@ -8,6 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from assets._chat_format import DEFAULT_SYSTEM_PROMPT, conversation_text, normalize, with_system
+from assets._drops import DROPS
 from assets._formats import to_example
 from data_checks.pii import scan
 from data_checks.record_checks import CHECK_SPECS, pii_check_result, share_check_result, suite_check_result
@@ -20,7 +21,7 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 FEATURES = ["missing_fields", "structure_error", "hygiene_error", "n_tokens", "duplicate_of"]
 
 
-class ValidationConfig(dg.Config):
+class ValidationConfig(dg.ConfigurableResource):
     max_tokens: int = Field(
         default=256,
         description="Longest formatted example (chat template applied, base tokenizer) a row may have. "
@@ -223,48 +224,37 @@ def rejection_reasons(report: ValidationReport, frame: pd.DataFrame) -> dict[int
         ),
     },
     group_name="data",
+    partitions_def=DROPS,
     check_specs=CHECK_SPECS,
 )
 def validated_records(
     context: dg.AssetExecutionContext,
-    config: ValidationConfig,
+    validation: ValidationConfig,
     raw_records: pd.DataFrame,
     base_model: str,
     gx: GreatExpectations,
     models: ModelLoader,
 ):
     tokenizer = models.load_tokenizer(base_model)
-    frame = with_features(raw_records, tokenizer, config)
-    run_id = context.run.run_id
-    report = gx.validate(frame[["row_id", *FEATURES]], record_suite(config.max_tokens), run_name=run_id)
+    frame = with_features(raw_records, tokenizer, validation)
+    run_name = f"{context.partition_key}-{context.run.run_id[:8]}"
+    report = gx.validate(frame[["row_id", *FEATURES]], record_suite(validation.max_tokens), run_name=run_name)
     reasons = rejection_reasons(report, frame)
 
     is_rejected = frame["row_id"].isin(list(reasons))
     rejected = raw_records[raw_records["row_id"].isin(list(reasons))].copy()
     rejected["reason"] = [reasons[i] for i in rejected["row_id"]]
     validated = frame[~is_rejected].reset_index(drop=True)
+    validated["gx_result"] = report.result_path
     recheck = gx.validate(
-        validated[["row_id", *FEATURES]], record_suite(config.max_tokens, name="validated_records"), run_name=run_id
+        validated[["row_id", *FEATURES]],
+        record_suite(validation.max_tokens, name="validated_records"),
+        run_name=run_name,
     )
     examples = [f"{r['source_file']}:{r['source_line']}: {r['reason']}" for r in rejected.to_dict("records")]
-    warnings = frame["warnings"].dropna()
+    suite_result = suite_check_result(recheck)
+    share_result = share_check_result(len(frame), reasons, examples, validation.max_rejected_fraction, report)
 
-    yield dg.Output(
-        validated,
-        output_name="validated_records",
-        metadata={
-            "rows": len(validated),
-            "rows_raw": len(frame),
-            "rows_truncated": int(validated["truncated"].sum()),
-            "max_tokens": config.max_tokens,
-            "longest_example_tokens": int(validated["n_tokens"].max()) if len(validated) else 0,
-            "rows_per_drop": dg.MetadataValue.json(validated["drop"].value_counts().sort_index().to_dict()),
-            "kinds": dg.MetadataValue.json(validated["kind"].value_counts().to_dict()),
-            "conversion_warnings": dg.MetadataValue.json(warnings.value_counts().to_dict()),
-            "data_docs": dg.MetadataValue.url(report.docs_url or ""),
-            "gx_result": dg.MetadataValue.path(report.result_path or ""),
-        },
-    )
     yield dg.Output(
         rejected,
         output_name="rejected_records",
@@ -277,6 +267,26 @@ def validated_records(
             ),
         },
     )
-    yield suite_check_result(recheck)
-    yield share_check_result(len(frame), reasons, examples, config.max_rejected_fraction, report)
-    yield pii_check_result(frame, config.pii)
+    # A drop that fails the gate is held back: its validated rows are not written, so training
+    # never sees them; the failed checks below say why.
+    if suite_result.passed and share_result.passed:
+        yield dg.Output(
+            validated,
+            output_name="validated_records",
+            metadata={
+                "rows": len(validated),
+                "rows_raw": len(frame),
+                "rows_truncated": int(validated["truncated"].sum()),
+                "max_tokens": validation.max_tokens,
+                "longest_example_tokens": int(validated["n_tokens"].max()) if len(validated) else 0,
+                "kinds": dg.MetadataValue.json(validated["kind"].value_counts().to_dict()),
+                "conversion_warnings": dg.MetadataValue.json(frame["warnings"].dropna().value_counts().to_dict()),
+                "data_docs": dg.MetadataValue.url(report.docs_url or ""),
+                "gx_result": dg.MetadataValue.path(report.result_path or ""),
+            },
+        )
+    else:
+        context.log.error(f"Drop {context.partition_key} held back from training: {share_result.description}")
+    yield suite_result
+    yield share_result
+    yield pii_check_result(frame, validation.pii)

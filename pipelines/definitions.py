@@ -1,10 +1,12 @@
-"""The Dagster Definitions: settings -> resources, the asset graph, its checks and jobs.
+"""The Dagster Definitions: settings -> resources, the asset graph, its checks, jobs, the landing
+sensor, the retraining schedule and automation.
 
 `dagster dev` (make dev) and `python -m pipelines.run` (make run) both load `defs` from here.
 """
 
 import dagster as dg
 
+from assets._drops import DROPS
 from assets.base_model import base_model
 from assets.fine_tuned_model import fine_tuned_model
 from assets.instruction_pairs import instruction_pairs
@@ -13,7 +15,8 @@ from assets.raw_records import raw_records
 from assets.registered_model import registered_model
 from assets.validated_records import validated_records
 from data_checks.pair_checks import train_eval_disjoint
-from pipelines.presets import load_preset
+from pipelines.presets import stage_resources
+from pipelines.retraining import build_landing_sensor, build_retrain_schedule, retrain_automation
 from pipelines.settings import Settings
 from resources.expectations import GreatExpectations
 from resources.landing import LandingZone
@@ -32,8 +35,25 @@ ASSETS = [
 ]
 CHECKS = [train_eval_disjoint]
 
+base_model_job = dg.define_asset_job(
+    "prepare_base_model", selection=dg.AssetSelection.assets(base_model), description="The base model folder."
+)
+ingest_job = dg.define_asset_job(
+    "ingest_drop",
+    selection=dg.AssetSelection.assets(raw_records, validated_records),
+    partitions_def=DROPS,
+    description="One data drop: read, validate (Great Expectations), split into validated and rejected rows.",
+)
+finetune_job = dg.define_asset_job(
+    "finetune",
+    selection=dg.AssetSelection.assets(
+        base_model, instruction_pairs, fine_tuned_model, model_evaluation, registered_model
+    ),
+    description="All validated drops to a registered model: format, train, evaluate, register.",
+)
 
-def build_resources(settings: Settings) -> dict:
+
+def build_resources(settings: Settings, overrides: dict[str, dict] | None = None) -> dict:
     return {
         # Asset values (frames, paths, small dicts) are pickled here, so any asset can be
         # re-materialized alone from what its upstream last stored.
@@ -47,21 +67,19 @@ def build_resources(settings: Settings) -> dict:
             artifact_root=str(settings.mlflow_artifacts_dir),
             model_name=settings.model_name,
         ),
+        **stage_resources(settings.preset, overrides),
     }
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
-    finetune = dg.define_asset_job(
-        "finetune",
-        selection=dg.AssetSelection.all(),
-        config=load_preset(settings.preset),
-        description=f"Raw data to a registered model, with preset '{settings.preset}' (FT_PRESET).",
-    )
+def build_definitions(settings: Settings, overrides: dict[str, dict] | None = None) -> dg.Definitions:
+    """Everything Dagster loads. `overrides` (stage -> values) go over the preset, for tests and scripts."""
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
-        jobs=[finetune],
-        resources=build_resources(settings),
+        jobs=[base_model_job, ingest_job, finetune_job],
+        sensors=[build_landing_sensor(ingest_job, base_model_job), retrain_automation],
+        schedules=[build_retrain_schedule(finetune_job, settings.retrain_cron)],
+        resources=build_resources(settings, overrides),
     )
 
 

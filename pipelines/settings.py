@@ -17,6 +17,17 @@ SAMPLE_LANDING = REPO_ROOT / "pipelines" / "sample_data" / "landing"
 BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
 
 
+# The Dagster instance under FT_HOME: one run at a time in each concurrency pool (the training
+# pool holds fine_tuned_model and model_evaluation), no telemetry.
+DAGSTER_INSTANCE_YAML = """\
+concurrency:
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -31,6 +42,8 @@ class Settings:
     """FT_PRESET: the preset file under pipelines/presets/ the job runs with."""
     mlflow_tracking_uri: str
     """MLFLOW_TRACKING_URI: defaults to a sqlite file under FT_HOME."""
+    retrain_cron: str = "0 6 * * 1"
+    """FT_RETRAIN_CRON: when the retraining schedule looks for new data (default Mondays 06:00)."""
 
     @property
     def dagster_home(self) -> Path:
@@ -56,6 +69,7 @@ class Settings:
             model_name=env.get("FT_MODEL_NAME") or "ticket-triage",
             preset=env.get("FT_PRESET") or "cpu",
             mlflow_tracking_uri=tracking,
+            retrain_cron=env.get("FT_RETRAIN_CRON") or "0 6 * * 1",
         )
 
     def prepare(self) -> "Settings":
@@ -63,6 +77,9 @@ class Settings:
         for folder in (self.home, self.dagster_home, self.artifacts_dir, self.mlflow_artifacts_dir):
             folder.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        instance_yaml = self.dagster_home / "dagster.yaml"
+        if not instance_yaml.exists():
+            instance_yaml.write_text(DAGSTER_INSTANCE_YAML)
         # No hub is reachable by default; a user with network access sets HF_HUB_OFFLINE=0.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")

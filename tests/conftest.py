@@ -69,3 +69,16 @@ def make_settings(home: Path, base_model: str, landing: Path = SAMPLE_LANDING, p
         preset=preset,
         mlflow_tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
     )
+
+
+def run_all(settings, overrides=None, instance=None):
+    """What `make run` does, in this process: (definitions, instance, finetune result, problems)."""
+    import dagster as dg
+
+    from pipelines.definitions import build_definitions
+    from pipelines.run import run_pipeline
+
+    defs = build_definitions(settings, overrides)
+    instance = instance or dg.DagsterInstance.ephemeral()
+    result, problems = run_pipeline(defs, instance)
+    return defs, instance, result, problems

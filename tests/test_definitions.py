@@ -26,13 +26,19 @@ def test_definitions_module_loads_with_the_graph_checks_and_job(tmp_path, monkey
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSET_KEYS
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {
-        ("raw_records", "every_drop_readable"),
         ("validated_records", "personal_data_scan"),
         ("validated_records", "rows_pass_record_suite"),
         ("validated_records", "rejected_share_within_limit"),
         ("instruction_pairs", "train_eval_disjoint"),
     }
-    assert defs.resolve_job_def("finetune") is not None
+    assert {j.name for j in defs.jobs} == {"prepare_base_model", "ingest_drop", "finetune"}
+    assert {s.name: s.default_status for s in defs.sensors} == {
+        "landing_sensor": dg.DefaultSensorStatus.RUNNING,
+        "retrain_automation": dg.DefaultSensorStatus.RUNNING,
+    }
+    (schedule,) = defs.schedules
+    assert (schedule.name, schedule.cron_schedule) == ("retrain_schedule", "0 6 * * 1")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 def test_lineage_runs_from_raw_data_to_the_registry(tmp_path):
@@ -44,6 +50,9 @@ def test_lineage_runs_from_raw_data_to_the_registry(tmp_path):
         return {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
 
     assert parents("validated_records") == {"raw_records", "base_model"}
+    for key in ("raw_records", "validated_records", "rejected_records"):
+        assert graph.get(dg.AssetKey(key)).partitions_def.name == "drops"
+    assert graph.get(dg.AssetKey("instruction_pairs")).partitions_def is None
     assert parents("instruction_pairs") == {"validated_records"}
     assert parents("fine_tuned_model") == {"base_model", "instruction_pairs"}
     assert parents("model_evaluation") == {"base_model", "fine_tuned_model", "instruction_pairs"}

@@ -1,12 +1,10 @@
 """End to end on the embedded default: the bundled SmolLM2-135M-Instruct, sample data, preset smoke."""
 
-import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.definitions import build_definitions
 from pipelines.settings import BUNDLED_BASE_MODEL
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_all
 
 pytestmark = pytest.mark.e2e
 
@@ -17,11 +15,7 @@ def run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, BUNDLED_BASE_MODEL, preset="smoke").prepare()
-    result = (
-        build_definitions(settings)
-        .resolve_job_def("finetune")
-        .execute_in_process(instance=dg.DagsterInstance.ephemeral())
-    )
+    _, instance, result, problems = run_all(settings)
     yield settings, result
     mp.undo()
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from assets._formats import detect_format, to_example
-from assets.raw_records import IngestConfig, read_drops
+from assets.raw_records import IngestConfig, read_drop
 from resources.landing import LandingZone
 
 U, A, S = "user", "assistant", "system"
@@ -101,8 +101,7 @@ def ingest(tmp_path, records, suffix, gz, config=None):
     data = encode(records, suffix)
     name = f"data{suffix}" + (".gz" if gz else "")
     (tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
-    rows, failed, _ = read_drops(LandingZone(path=str(tmp_path)), config or IngestConfig())
-    assert not failed, failed
+    rows, _ = read_drop(LandingZone(path=str(tmp_path)), name, config or IngestConfig())
     return rows
 
 

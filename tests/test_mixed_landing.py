@@ -7,16 +7,20 @@ but not trained on.
 
 import gzip
 import json
+import pickle
 
 import dagster as dg
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.definitions import build_definitions
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_all
 
 pytestmark = pytest.mark.integration
+
+
+def stored(settings, asset, partition):
+    return pickle.loads((settings.home / "storage" / asset / partition).read_bytes())
 
 
 def m(role, content):
@@ -57,50 +61,48 @@ def mixed(tmp_path_factory, tiny_model_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, str(tiny_model_dir), landing=landing).prepare()
-    result = (
-        build_definitions(settings)
-        .resolve_job_def("finetune")
-        .execute_in_process(instance=dg.DagsterInstance.ephemeral())
-    )
-    yield settings, result
+    _, instance, result, problems = run_all(settings)
+    yield settings, result, instance, problems
     mp.undo()
 
 
 def test_the_run_goes_on_without_the_unreadable_drop(mixed):
-    _, result = mixed
+    settings, result, instance, problems = mixed
     assert result.success
-    checks = {
-        e.event_specific_data.asset_check_key.name: e.event_specific_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
-    readable = checks["every_drop_readable"]
-    assert not readable.passed
-    assert readable.description.startswith("2026-02-03/broken.jsonl, line 2: not valid JSON")
-    raw = result.output_for_node("raw_records")
-    assert sorted(raw["drop"].unique()) == ["2026-02-01", "2026-02-02"]
-    assert raw["format"].value_counts().to_dict() == {"openai_chat": 40, "sharegpt": 30, "dolly": 30, "preference": 10}
+    assert problems == [
+        "- step raw_records: assets.raw_records.IngestError: 2026-02-03/broken.jsonl, line 2: not valid JSON "
+        "(Expecting value at column 12). Each line of a .jsonl file must be one JSON object. The raw file is "
+        "left as it is: fix it at its source and land it again. (drop 2026-02-03 held back)"
+    ]
+    assert sorted(instance.get_materialized_partitions(dg.AssetKey("raw_records"))) == ["2026-02-01", "2026-02-02"]
+    pairs = result.output_for_node("instruction_pairs")
+    assert sorted(pairs["drop"].unique()) == ["2026-02-01", "2026-02-02"]
+    formats = pd.concat([stored(settings, "raw_records", d) for d in ("2026-02-01", "2026-02-02")])["format"]
+    assert formats.value_counts().to_dict() == {"openai_chat": 40, "sharegpt": 30, "dolly": 30, "preference": 10}
 
 
-def test_bad_rows_are_rejected_with_reasons_and_counted_in_mlflow(mixed):
-    settings, result = mixed
-    rejected = result.output_for_node("validated_records", "rejected_records")
+def test_bad_rows_are_rejected_or_excluded_with_reasons_and_counted_in_mlflow(mixed):
+    settings, result, _, _ = mixed
+    rejected = pd.concat([stored(settings, "rejected_records", d) for d in ("2026-02-01", "2026-02-02")])
     reasons = dict(zip(rejected["source_file"] + ":" + rejected["source_line"].astype(str), rejected["reason"]))
     assert reasons == {
         "2026-02-01/chat.jsonl:39": "chat structure broken: turn 2 is from the user, expected the assistant "
         "(turns must alternate)",
         "2026-02-01/chat.jsonl:40": "chat structure broken: turn 2 (assistant) is empty",
-        "2026-02-02/dolly.csv:31": (
-            "duplicate of an earlier row: same as 2026-02-01/chat.jsonl:4 up to case and whitespace"
-        ),
     }
+    pairs = result.output_for_node("instruction_pairs")
+    excluded = pairs[pairs["split"] == "excluded"]
+    assert excluded[["source_file", "source_line", "excluded_reason"]].values.tolist() == [
+        ["2026-02-02/dolly.csv", 31, "duplicate of 2026-02-01/chat.jsonl:4 from an earlier drop"]
+    ]
     run_id = result.output_for_node("registered_model")["mlflow_run_id"]
     params = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(run_id).data.params
-    assert (params["data.rows_raw"], params["data.rows_valid"], params["data.rows_rejected"]) == ("110", "107", "3")
+    counts = [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")]
+    assert counts == ["110", "108", "2", "1"]
 
 
 def test_multi_turn_and_preference_examples_keep_their_shape(mixed):
-    _, result = mixed
+    _, result, _, _ = mixed
     pairs = result.output_for_node("instruction_pairs")
     multi = pairs[pairs["source_file"].eq("2026-02-01/chat.jsonl") & pairs["source_line"].eq(6)].iloc[0]
     assert [t["role"] for t in multi["messages"]] == ["system", "user", "assistant", "user", "assistant"]

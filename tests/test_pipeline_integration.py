@@ -3,16 +3,16 @@
 Real Dagster runs, real Great Expectations, real TRL training, real MLflow registry on sqlite.
 """
 
-import copy
+import pickle
 
 import dagster as dg
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from pipelines.definitions import build_definitions
 from pipelines.presets import load_preset
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_all
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +41,18 @@ def pipeline(tmp_path_factory, tiny_model_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, str(tiny_model_dir)).prepare()
-    defs = build_definitions(settings)
+    lower_bar = {"gate": {"min_improvement": -1.0}}
+    defs, instance, first, _ = run_all(settings, lower_bar)
+    _, _, second, _ = run_all(settings, lower_bar, instance)
     job = defs.resolve_job_def("finetune")
-    instance = dg.DagsterInstance.ephemeral()
-
-    first_config = copy.deepcopy(load_preset("smoke"))
-    first_config["ops"]["registered_model"] = {"config": {"min_improvement": -1.0}}
-    first = job.execute_in_process(run_config=first_config, instance=instance)
-    second = job.execute_in_process(run_config=first_config, instance=instance)
     yield {"settings": settings, "job": job, "instance": instance, "first": first, "second": second}
     mp.undo()
+
+
+def stored(settings, asset: str, partition: str | None = None):
+    """An asset's value as the filesystem IO manager stored it."""
+    path = settings.home / "storage" / asset
+    return pickle.loads((path / partition if partition else path).read_bytes())
 
 
 def client(settings):
@@ -61,30 +63,44 @@ def test_both_runs_succeed_with_every_check_passing(pipeline):
     for result in (pipeline["first"], pipeline["second"]):
         assert result.success
         checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        outcome = {c.asset_check_key.name: c.passed for c in checks}
-        assert outcome == {
-            "every_drop_readable": True,
-            "rows_pass_record_suite": True,
-            "rejected_share_within_limit": True,
-            "personal_data_scan": False,  # two sample tickets carry contact details: a warning
-            "train_eval_disjoint": True,
-        }
+        assert {c.asset_check_key.name: c.passed for c in checks} == {"train_eval_disjoint": True}
+
+
+def test_every_drop_is_ingested_once_with_its_checks(pipeline):
+    instance = pipeline["instance"]
+    drops = ["2026-01-05", "2026-01-12", "2026-01-19"]
+    assert sorted(instance.get_materialized_partitions(dg.AssetKey("validated_records"))) == drops
+    records = instance.fetch_materializations(dg.AssetKey("raw_records"), limit=100).records
+    assert sorted(r.partition_key for r in records) == drops, "the second make run ingested nothing again"
+    checks = {}
+    for run in instance.get_runs(filters=dg.RunsFilter(job_name="ingest_drop")):
+        drop = run.tags["dagster/partition"]
+        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            evaluation = entry.dagster_event.event_specific_data
+            checks[(drop, evaluation.asset_check_key.name)] = evaluation.passed
+    assert len(checks) == 9, "three checks on each of the three drops, each evaluated once"
+    assert all(passed for (drop, name), passed in checks.items() if name != "personal_data_scan")
+    # two sample tickets in the second drop carry contact details: a warning there only
+    assert [d for (d, name), passed in checks.items() if name == "personal_data_scan" and not passed] == ["2026-01-12"]
 
 
 def test_bad_sample_rows_are_rejected_with_their_reason(pipeline):
-    rejected = pipeline["first"].output_for_node("validated_records", "rejected_records")
+    drops = ("2026-01-05", "2026-01-12", "2026-01-19")
+    rejected = pd.concat([stored(pipeline["settings"], "rejected_records", d) for d in drops])
     reasons = dict(zip(rejected["source_file"] + ":" + rejected["source_line"].astype(str), rejected["reason"]))
-    assert len(reasons) == 6
+    assert len(reasons) == 4
     assert reasons["2026-01-05/tickets.jsonl:18"] == "required field missing or blank: output"
     assert reasons["2026-01-05/tickets.jsonl:89"] == "required field missing or blank: instruction"
     assert reasons["2026-01-12/tickets.csv:101"] == "required field missing or blank: instruction"
-    assert reasons["2026-01-12/tickets.csv:42"] == (
-        "duplicate of an earlier row: exact duplicate of 2026-01-05/tickets.jsonl:6"
-    )
-    assert reasons["2026-01-19/tickets.jsonl:34"] == (
-        "duplicate of an earlier row: same as 2026-01-05/tickets.jsonl:61 up to case and whitespace"
-    )
     assert reasons["2026-01-19/tickets.jsonl:72"].startswith("formatted example is longer than max_tokens=256")
+    pairs = pipeline["first"].output_for_node("instruction_pairs")
+    excluded = pairs[pairs["split"] == "excluded"]
+    assert dict(
+        zip(excluded["source_file"] + ":" + excluded["source_line"].astype(str), excluded["excluded_reason"])
+    ) == {
+        "2026-01-12/tickets.csv:42": "duplicate of 2026-01-05/tickets.jsonl:6 from an earlier drop",
+        "2026-01-19/tickets.jsonl:34": "duplicate of 2026-01-05/tickets.jsonl:61 from an earlier drop",
+    }
     assert set(rejected["record"].iloc[0]) >= {"instruction", "output"}, "rejected rows keep their raw record"
 
 
@@ -108,9 +124,9 @@ def test_mlflow_run_carries_the_contract(pipeline):
     run = c.get_run(version.run_id)
     assert set(run.data.params) >= REQUIRED_PARAMS
     assert run.data.params["preset"] == "smoke"
-    assert run.data.params["data.rows_raw"] == "400" and run.data.params["data.rows_rejected"] == "6"
-    assert int(run.data.params["data.rows_valid"]) == 394
-    assert int(run.data.params["data.train_rows"]) + int(run.data.params["data.eval_rows"]) <= 394
+    params = run.data.params
+    assert [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")] == ["400", "396", "4", "2"]
+    assert int(params["data.train_rows"]) + int(params["data.eval_rows"]) <= 394
     evaluation = pipeline["first"].output_for_node("model_evaluation")
     for metric in evaluation["tuned"]:
         assert run.data.metrics[f"base.{metric}"] == pytest.approx(evaluation["base"][metric])
@@ -143,7 +159,10 @@ def test_an_asset_rematerializes_alone_from_stored_upstream(pipeline):
     result = pipeline["job"].execute_in_process(
         instance=pipeline["instance"],
         asset_selection=[dg.AssetKey("model_evaluation")],
-        run_config={"ops": {"model_evaluation": {"config": {"max_eval_examples": 3}}}},
+        # a run's own settings replace the stage's whole section, preset values included
+        run_config={
+            "resources": {"evaluation": {"config": {**load_preset("smoke")["evaluation"], "max_eval_examples": 3}}}
+        },
     )
     assert result.success
     evaluation = result.output_for_node("model_evaluation")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.raw_records import IngestConfig, IngestError, read_drops
+from assets.raw_records import IngestConfig, IngestError, read_drop
 from resources.landing import LandingZone
 
 BAD_FILES = Path(__file__).parent / "bad_files"
@@ -51,32 +51,40 @@ def test_every_bad_file_in_the_corpus_has_a_test():
 def test_bad_file_stops_its_drop_with_a_precise_message(name, tmp_path):
     shutil.copy(BAD_FILES / name, tmp_path / name)
     before = digest(tmp_path)
-    rows, failed, _ = read_drops(LandingZone(path=str(tmp_path)), IngestConfig())
-    assert rows == []
-    assert list(failed) == [name]
-    assert re.search(EXPECTED_ERRORS[name], failed[name]), failed[name]
-    assert "fix it at its source" in failed[name] or "column_mapping" in failed[name] or "Remove it" in failed[name]
+    with pytest.raises(IngestError) as failure:
+        read_drop(LandingZone(path=str(tmp_path)), name, IngestConfig())
+    message = str(failure.value)
+    assert re.search(EXPECTED_ERRORS[name], message), message
+    assert "fix it at its source" in message or "column_mapping" in message or "Remove it" in message
     assert digest(tmp_path) == before, "raw files are never modified"
 
 
-def test_a_bad_file_holds_back_its_whole_drop_and_no_other(tmp_path):
+def test_a_bad_file_fails_its_whole_drop_and_no_other(tmp_path):
     write(tmp_path, "2026-01-01/good.jsonl", '{"instruction": "a", "output": "b"}\n')
     write(tmp_path, "2026-01-02/fine.jsonl", '{"instruction": "c", "output": "d"}\n')
-    shutil.copy(BAD_FILES / "ragged.csv", write(tmp_path, "2026-01-02/bad.csv", "").parent / "bad.csv")
+    shutil.copy(BAD_FILES / "ragged.csv", tmp_path / "2026-01-02" / "bad.csv")
     write(tmp_path, "2026-01-03/good.csv", "instruction,output\ne,f\n")
     before = digest(tmp_path)
-    rows, failed, per_file = read_drops(LandingZone(path=str(tmp_path)), IngestConfig())
-    assert sorted({r["drop"] for r in rows}) == ["2026-01-01", "2026-01-03"]
-    assert list(failed) == ["2026-01-02"] and "2026-01-02/bad.csv, line 3" in failed["2026-01-02"]
-    assert "2026-01-02/fine.jsonl" not in per_file
+    landing = LandingZone(path=str(tmp_path))
+    with pytest.raises(IngestError, match=r"2026-01-02/bad\.csv, line 3"):
+        read_drop(landing, "2026-01-02", IngestConfig())
+    for drop in ("2026-01-01", "2026-01-03"):
+        rows, per_file = read_drop(landing, drop, IngestConfig())
+        assert {r["drop"] for r in rows} == {drop} and len(per_file) == 1
     assert digest(tmp_path) == before
+
+
+def test_a_drop_whose_files_vanished_says_so(tmp_path):
+    write(tmp_path, "2026-01-01/good.jsonl", '{"instruction": "a", "output": "b"}\n')
+    with pytest.raises(IngestError, match="Drop '2026-01-09' has no data files"):
+        read_drop(LandingZone(path=str(tmp_path)), "2026-01-09", IngestConfig())
 
 
 def test_line_numbers_follow_the_raw_file(tmp_path):
     write(tmp_path, "a.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n')
     write(tmp_path, "b.csv", 'instruction,input,output\n"two\nlines",x,y\nsecond,,z\n')
-    rows, failed, _ = read_drops(LandingZone(path=str(tmp_path)), IngestConfig())
-    assert not failed
+    rows, _ = read_drop(LandingZone(path=str(tmp_path)), "a.jsonl", IngestConfig())
+    rows += read_drop(LandingZone(path=str(tmp_path)), "b.csv", IngestConfig())[0]
     assert [(r["source_file"], r["source_line"]) for r in rows] == [
         ("a.jsonl", 1),
         ("a.jsonl", 3),
@@ -99,8 +107,8 @@ def test_landing_zone_lists_data_files_with_their_drop(tmp_path):
 
 def test_fsspec_urls_work_like_folders(tmp_path):
     write(tmp_path, "d/a.jsonl", '{"instruction": "a", "output": "b"}\n')
-    rows, failed, _ = read_drops(LandingZone(path=tmp_path.as_uri()), IngestConfig())
-    assert not failed and rows[0]["source_file"] == "d/a.jsonl" and rows[0]["drop"] == "d"
+    rows, _ = read_drop(LandingZone(path=tmp_path.as_uri()), "d", IngestConfig())
+    assert rows[0]["source_file"] == "d/a.jsonl" and rows[0]["drop"] == "d"
 
 
 def test_missing_or_empty_landing_location_says_what_to_do(tmp_path):
@@ -113,10 +121,12 @@ def test_missing_or_empty_landing_location_says_what_to_do(tmp_path):
 def test_configured_format_and_mapping_are_checked_against_the_file(tmp_path):
     write(tmp_path, "a.jsonl", '{"question": "q", "answer": "a"}\n')
     landing = LandingZone(path=str(tmp_path))
-    rows, failed, _ = read_drops(landing, IngestConfig(column_mapping={"instruction": "question", "output": "answer"}))
-    assert not failed and rows[0]["format"] == "mapped" and rows[0]["mapping"]["output"] == "answer"
-    _, failed, _ = read_drops(landing, IngestConfig(column_mapping={"instruction": "question", "output": "reply"}))
-    assert "absent: reply" in failed["a.jsonl"]
+    rows, _ = read_drop(
+        landing, "a.jsonl", IngestConfig(column_mapping={"instruction": "question", "output": "answer"})
+    )
+    assert rows[0]["format"] == "mapped" and rows[0]["mapping"]["output"] == "answer"
+    with pytest.raises(IngestError, match="absent: reply"):
+        read_drop(landing, "a.jsonl", IngestConfig(column_mapping={"instruction": "question", "output": "reply"}))
     with pytest.raises(IngestError, match="Unknown format 'alpacca'"):
         from assets.raw_records import file_format
 

@@ -1,23 +1,10 @@
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from assets.fine_tuned_model import TrainingConfig, trainer_configs
-from assets.instruction_pairs import SplitConfig
-from assets.model_evaluation import EvaluationConfig
-from assets.validated_records import ValidationConfig
-from pipelines.definitions import build_definitions
-from pipelines.presets import available, load_preset
+from pipelines.presets import STAGES, available, load_preset, stage_resources
 from pipelines.settings import BUNDLED_BASE_MODEL, REPO_ROOT, SAMPLE_LANDING, Settings
-from tests.conftest import make_settings
-
-STAGE_CONFIGS = {
-    "validated_records": ValidationConfig,
-    "instruction_pairs": SplitConfig,
-    "fine_tuned_model": TrainingConfig,
-    "model_evaluation": EvaluationConfig,
-}
 
 
 def test_defaults_keep_all_state_under_one_home():
@@ -56,13 +43,14 @@ def test_relative_home_becomes_absolute(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("name", available())
-def test_every_preset_is_valid_run_config_for_the_job(name, tmp_path):
+def test_every_preset_builds_every_stage(name):
     assert (Path(__file__).parents[1] / "pipelines" / "presets" / f"{name}.yaml").read_text().startswith("# ")
-    defs = build_definitions(make_settings(tmp_path, BUNDLED_BASE_MODEL, preset=name))
-    job = defs.resolve_job_def("finetune")
-    preset = load_preset(name)
-    assert dg.validate_run_config(job, preset)
-    assert preset["ops"]["fine_tuned_model"]["config"]["preset"] == name
+    resources = stage_resources(name)
+    assert set(resources) == set(STAGES)
+    assert resources["training"].preset == name
+    for stage, values in load_preset(name).items():
+        for key, value in values.items():
+            assert getattr(resources[stage], key) == value
 
 
 def test_presets_include_smoke_cpu_and_gpu():
@@ -70,15 +58,28 @@ def test_presets_include_smoke_cpu_and_gpu():
 
 
 def test_cpu_preset_spells_out_the_stage_defaults():
-    for op, values in load_preset("cpu")["ops"].items():
-        defaults = STAGE_CONFIGS[op]()
-        for key, value in values["config"].items():
-            assert getattr(defaults, key) == value, f"cpu.yaml {op}.{key}={value} but the default differs"
+    for stage, values in load_preset("cpu").items():
+        defaults = STAGES[stage]()
+        for key, value in values.items():
+            assert getattr(defaults, key) == value, f"cpu.yaml {stage}.{key}={value} but the default differs"
 
 
-def test_unknown_preset_lists_the_available_ones():
+def test_unknown_preset_or_setting_is_refused_by_name(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Available: cpu, gpu, smoke"):
         load_preset("fast")
+    (tmp_path / "typo.yaml").write_text("# typo\ntraining:\n  max_stepz: 3\ntrainer: {}\n")
+    monkeypatch.setattr("pipelines.presets.PRESETS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="unknown section\\(s\\) trainer"):
+        load_preset("typo")
+    (tmp_path / "typo.yaml").write_text("# typo\ntraining:\n  max_stepz: 3\n")
+    with pytest.raises(ValueError, match="section training: unknown setting\\(s\\) max_stepz"):
+        stage_resources("typo")
+
+
+def test_overrides_go_over_the_preset():
+    resources = stage_resources("smoke", {"training": {"max_steps": 9}, "gate": {"min_improvement": 0.2}})
+    assert resources["training"].max_steps == 9 and resources["training"].per_device_train_batch_size == 4
+    assert resources["gate"].min_improvement == 0.2
 
 
 def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
@@ -93,6 +94,6 @@ def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
 
 
 def test_every_config_field_is_described():
-    for config in STAGE_CONFIGS.values():
+    for config in STAGES.values():
         for name, field in config.model_fields.items():
             assert field.description, f"{config.__name__}.{name} has no description"
