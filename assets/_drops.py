@@ -7,3 +7,13 @@ share this definition. Drops are added by the sensor (or `make run`) as they are
 import dagster as dg
 
 DROPS = dg.DynamicPartitionsDefinition(name="drops")
+
+
+def by_drop(loaded) -> dict:
+    """A partitioned input as drop -> value. The IO manager hands over a dict of partitions, or the
+    bare value when exactly one partition exists; missing partitions (held-back drops) come as None."""
+    if isinstance(loaded, dict):
+        return loaded
+    if loaded is None:
+        return {}
+    return {str(loaded["drop"].iloc[0]) if len(loaded) else "": loaded}

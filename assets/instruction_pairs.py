@@ -1,12 +1,14 @@
 """instruction_pairs: validated rows as chat examples, split into train and eval."""
 
 import hashlib
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from assets._chat_format import conversation_text, normalize, prompt_hash
+from assets._drops import by_drop
 
 SPLIT_BUCKETS = 10_000
 
@@ -107,9 +109,7 @@ def show_example(messages: list[dict]) -> str:
     ins={"validated_records": dg.AssetIn(metadata={"allow_missing_partitions": True})},
     automation_condition=RETRAIN_ON_NEW_DATA,
 )
-def instruction_pairs(
-    context: dg.AssetExecutionContext, split: SplitConfig, validated_records: dict[str, pd.DataFrame]
-) -> pd.DataFrame:
+def instruction_pairs(context: dg.AssetExecutionContext, split: SplitConfig, validated_records: Any) -> pd.DataFrame:
     """Chat examples from every drop that passed validation (or the latest `drops_window`), one per
     validated row: `kind` ('sft', or 'preference' for prompt/chosen/rejected pairs kept for
     preference training; SFT uses only 'sft'), `messages` (system, then alternating user/assistant
@@ -118,8 +118,9 @@ def instruction_pairs(
     an `excluded_reason` for repeats of an earlier drop's row), `example_id` (that hash), `n_tokens`,
     and the row's source (`drop`, `source_file`, `source_line`, `gx_result`).
     """
-    held_back = sorted(d for d, frame in validated_records.items() if frame is None)
-    combined = combine_drops(validated_records, split.drops_window)
+    per_drop = by_drop(validated_records)
+    held_back = sorted(d for d, frame in per_drop.items() if frame is None)
+    combined = combine_drops(per_drop, split.drops_window)
     pairs = mark_cross_drop_duplicates(build_pairs(combined, split.eval_fraction, split.split_salt))
     sft = pairs[pairs["kind"] == "sft"]
     train, evals = sft[sft["split"] == "train"], sft[sft["split"] == "eval"]

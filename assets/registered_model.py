@@ -3,11 +3,13 @@
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from assets._drops import by_drop
 from assets.instruction_pairs import content_hash
 from resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
 
@@ -110,8 +112,8 @@ def lineage_rows(pairs: pd.DataFrame) -> pd.DataFrame:
 def registered_model(
     context: dg.AssetExecutionContext,
     gate: GateConfig,
-    raw_records: dict[str, pd.DataFrame],
-    rejected_records: dict[str, pd.DataFrame],
+    raw_records: Any,
+    rejected_records: Any,
     instruction_pairs: pd.DataFrame,
     base_model: str,
     fine_tuned_model: dict,
@@ -150,6 +152,7 @@ def register(
     base, tuned = model_evaluation["base"], model_evaluation["tuned"]
     train = instruction_pairs[(instruction_pairs["split"] == "train") & (instruction_pairs["kind"] == "sft")]
     train_hash = content_hash(train)
+    raw_records, rejected_records = by_drop(raw_records), by_drop(rejected_records)
     used = sorted(instruction_pairs["drop"].unique())
     drops = ",".join(used)
     run_id = context.run.run_id
