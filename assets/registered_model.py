@@ -74,11 +74,12 @@ def chat_pipeline(merged_dir: str):
     return pipeline("text-generation", model=merged_dir, dtype=torch.float32)
 
 
-# Register once a new evaluation exists; the per-drop inputs only feed the data counts.
+# Register once a new evaluation exists (the evaluation only updates after a retraining). The
+# per-drop inputs only feed the data counts; held-back drops are missing partitions there.
+NEW_EVALUATION = dg.AssetSelection.assets("model_evaluation")
 REGISTER_AFTER_EVALUATION = (
-    dg.AutomationCondition.any_deps_updated()
-    .ignore(dg.AssetSelection.assets("raw_records", "rejected_records"))
-    .since_last_handled()
+    dg.AutomationCondition.any_deps_updated().allow(NEW_EVALUATION).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets("raw_records", "rejected_records"))
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 )

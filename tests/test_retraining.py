@@ -93,6 +93,7 @@ def history(loop):
     seen["ticks"].append([(r.job_name, r.partition_key) for r in first.run_requests])
     for request in first.run_requests:
         loop.launch(request)
+    seen["automation_after_base_model"] = loop.automation_requests()
     seen["schedule"].append(loop.schedule_tick())
 
     for drop in DROPS:
@@ -128,6 +129,7 @@ def test_sensor_requests_exactly_the_new_drop_and_nothing_on_a_quiet_tick(histor
 def test_automation_retrains_only_when_new_data_was_validated(history):
     every_training_asset_once = dict.fromkeys(TRAINING, 1)
     assert history["automation_at_start"] == {}
+    assert history["automation_after_base_model"] == {}, "a new base model alone is no reason to register"
     assert history["automation"] == [every_training_asset_once, {}] * 3
 
 
