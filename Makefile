@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 
-.PHONY: venv run test test-fast dev mlflow-ui lint format bench sample-data clean-state
+.PHONY: venv run test test-fast dev mlflow-ui promote serve lint format bench sample-data clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ dev: venv  ## the Dagster UI on http://$(HOST):3000
 
 mlflow-ui: venv  ## the MLflow UI on http://$(HOST):5000
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow ui --backend-store-uri $$($(PY) -m pipelines.settings mlflow_tracking_uri) --host $(HOST) --port 5000
+
+promote: venv  ## move alias champion to VERSION (roll-back): make promote VERSION=3 REASON="v4 regressed"
+	@test -n "$(VERSION)" || (echo "usage: make promote VERSION=n [REASON=...]" && exit 2)
+	$(PY) -m pipelines.promote --version "$(VERSION)" --reason "$(REASON)"
+
+serve: venv  ## serve the champion over HTTP on $(HOST):5001 (MLflow scoring server)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$$($(PY) -m pipelines.settings mlflow_tracking_uri) \
+		$(VENV)/bin/mlflow models serve -m "models:/$$($(PY) -m pipelines.settings model_name)@champion" \
+		--env-manager local --host $(HOST) --port 5001
 
 lint: venv
 	$(VENV)/bin/ruff check .

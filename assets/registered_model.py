@@ -11,44 +11,109 @@ from pydantic import Field
 
 from assets._drops import by_drop
 from assets.instruction_pairs import content_hash
-from resources.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
+from resources import chat_model
+from resources.mlflow_registry import CHALLENGER, MlflowRegistry
+
+CHAT_MODEL_CODE = Path(chat_model.__file__)
 
 
 class GateConfig(dg.ConfigurableResource):
-    min_improvement: float = Field(
-        default=0.0,
-        description="How much the tuned primary metric must exceed the base model's.",
+    min_improvement: float | None = Field(
+        default=None,
+        description="How much the tuned primary metric must exceed the base model's. Default by task "
+        "type: 0.05 for JSON answers (exact match), 0.01 for open-ended text (ROUGE-L).",
     )
     min_gain_over_champion: float = Field(
         default=0.0,
-        description="How much it must exceed the current champion's (0: any strict improvement).",
+        description="How much it must exceed the current champion's, on the same eval set (0: any gain).",
+    )
+    max_forgetting_pct: float = Field(
+        default=10.0,
+        description="Largest rise, in percent, of perplexity on the general-text probe (forgetting budget).",
     )
 
 
-def promotion_decision(
-    primary: str,
-    base: float,
-    tuned: float,
-    champion: float | None,
-    min_improvement: float = 0.0,
-    min_gain_over_champion: float = 0.0,
-) -> tuple[bool, str]:
-    """Whether the tuned model may become champion, and why, in words for a tag.
+DEFAULT_MIN_IMPROVEMENT = {"json": 0.05, "open_ended": 0.01}
 
-    It must beat the base model by more than `min_improvement` on the primary metric, and the
-    current champion, when there is one, by more than `min_gain_over_champion`.
-    """
-    if not tuned > base + min_improvement:
-        return (
-            False,
-            f"tuned {primary} {tuned:.4f} does not beat base {base:.4f} by more than {min_improvement}",
-        )
-    if champion is not None and not tuned > champion + min_gain_over_champion:
-        return False, (
-            f"tuned {primary} {tuned:.4f} does not beat champion {champion:.4f} by more than {min_gain_over_champion}"
-        )
-    versus = f"base {base:.4f}" + (f" and champion {champion:.4f}" if champion is not None else "")
-    return True, f"tuned {primary} {tuned:.4f} beats {versus}"
+
+def gate_verdict(evaluation: dict, gate: GateConfig) -> tuple[bool, str, list[dict]]:
+    """Whether the challenger may become champion, why (in words, for a tag), and each criterion
+    with its value beside its threshold. It must beat the base by more than `min_improvement` on
+    the primary metric, the current champion (scored on the same eval set) by more than
+    `min_gain_over_champion`, and keep forgetting within `max_forgetting_pct`."""
+    primary = evaluation["primary_metric"]
+    tuned, base = evaluation["tuned"][primary], evaluation["base"][primary]
+    margin = gate.min_improvement
+    if margin is None:
+        margin = DEFAULT_MIN_IMPROVEMENT[evaluation.get("task_type", "open_ended")]
+    rows = [
+        {"criterion": f"{primary} vs base", "value": tuned, "threshold": f"> {base:.4f} + {margin}",
+         "passed": tuned > base + margin},
+    ]  # fmt: skip
+    champion = evaluation.get("champion")
+    if champion is not None and primary in champion["metrics"]:
+        best = champion["metrics"][primary]
+        rows.append(
+            {"criterion": f"{primary} vs champion v{champion['version']}", "value": tuned,
+             "threshold": f"> {best:.4f} + {gate.min_gain_over_champion}",
+             "passed": tuned > best + gate.min_gain_over_champion}
+        )  # fmt: skip
+    forgetting = evaluation["forgetting_pct"]
+    rows.append(
+        {"criterion": "probe perplexity change %", "value": forgetting,
+         "threshold": f"<= {gate.max_forgetting_pct}", "passed": forgetting <= gate.max_forgetting_pct}
+    )  # fmt: skip
+    failed = [r for r in rows if not r["passed"]]
+    if failed:
+        reason = "; ".join(f"{r['criterion']}: {r['value']:.4f}, needs {r['threshold']}" for r in failed)
+        return False, reason, rows
+    return True, "; ".join(f"{r['criterion']}: {r['value']:.4f} ({r['threshold']})" for r in rows), rows
+
+
+def gate_table(rows: list[dict]) -> str:
+    lines = ["| criterion | value | threshold | passed |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['criterion']} | {r['value']:.4f} | {r['threshold']} | {'yes' if r['passed'] else 'no'} |" for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def model_card(name: str, version_hint: str, evaluation: dict, data: dict, base_model: str, preset: str,
+               verdict: tuple[bool, str]) -> str:  # fmt: skip
+    """The markdown card logged with each version: data, metrics against base, intended use, limits."""
+    from assets.model_evaluation import metrics_table
+
+    primary = evaluation["primary_metric"]
+    champion = evaluation.get("champion")
+    return f"""# {name} {version_hint}
+
+Fine-tuned from `{base_model}` with a LoRA adapter (TRL SFTTrainer), preset `{preset}`, by the
+fine-tuning pipeline. Gate: **{"passed" if verdict[0] else "not passed"}** ({verdict[1]}).
+
+## Data
+- Drops: {data["drops"]}
+- Rows: {data["rows_raw"]} raw, {data["rows_valid"]} valid, {data["rows_rejected"]} rejected,
+  {data["rows_excluded"]} excluded as repeats of earlier drops
+- Train / eval examples: {data["train_rows"]} / {evaluation["eval_examples"]}
+  (split by a hash of the normalized prompt; train set hash `{data["train_set_hash"]}`,
+  eval set hash `{evaluation["eval_set_hash"]}`)
+
+## Evaluation ({evaluation["task_type"]} task, primary metric `{primary}`)
+{metrics_table(evaluation["base"], evaluation["tuned"], primary, champion and champion["metrics"])}
+
+Forgetting: perplexity on a general-text probe changed by {evaluation["forgetting_pct"]:+.1f}%.
+
+## Intended use
+Answering prompts like those in its training data (same instruction style, same task), through
+the chat interface of the logged model (`mlflow models serve -m models:/{name}@champion`).
+
+## Limits
+- Scored on {evaluation["eval_examples"]} held-out examples of the same distribution as training;
+  quality on other inputs is unknown.
+- A {base_model.split("/")[-1]} base: small, with the base model's knowledge and biases.
+- Rows flagged for possible personal data (the `personal_data_scan` check) were trained on unless
+  the validation setting `pii: redact` was used; the model may reproduce them.
+"""
 
 
 def flat_params(prefix: str, values: dict) -> dict[str, str]:
@@ -56,22 +121,15 @@ def flat_params(prefix: str, values: dict) -> dict[str, str]:
 
 
 def serving_requirements() -> list[str]:
-    import accelerate
+    import mlflow
     import torch
     import transformers
 
     return [
+        f"mlflow=={mlflow.__version__}",
         f"torch=={torch.__version__.split('+')[0]}",
         f"transformers=={transformers.__version__}",
-        f"accelerate=={accelerate.__version__}",
     ]
-
-
-def chat_pipeline(merged_dir: str):
-    import torch
-    from transformers import pipeline
-
-    return pipeline("text-generation", model=merged_dir, dtype=torch.float32)
 
 
 # Register once a new evaluation exists (the evaluation only updates after a retraining). The
@@ -84,6 +142,7 @@ REGISTER_AFTER_EVALUATION = (
     & ~dg.AutomationCondition.in_progress()
 )
 ALL_DROPS = {"allow_missing_partitions": True}
+GATE_CHECK = "promotion_gate"
 
 
 def is_transient(error: Exception) -> bool:
@@ -109,6 +168,15 @@ def lineage_rows(pairs: pd.DataFrame) -> pd.DataFrame:
     kinds={"mlflow"},
     ins={"raw_records": dg.AssetIn(metadata=ALL_DROPS), "rejected_records": dg.AssetIn(metadata=ALL_DROPS)},
     automation_condition=REGISTER_AFTER_EVALUATION,
+    check_specs=[
+        dg.AssetCheckSpec(
+            GATE_CHECK,
+            asset="registered_model",
+            blocking=True,
+            description="The promotion gate: the new version beats the base and the champion on the primary "
+            "metric, within the forgetting budget. Blocks champion_model; the version stays challenger.",
+        )
+    ],
 )
 def registered_model(
     context: dg.AssetExecutionContext,
@@ -121,10 +189,11 @@ def registered_model(
     model_evaluation: dict,
     mlflow_registry: MlflowRegistry,
 ) -> dict:
-    """A new version of the registered model in MLflow: an MLflow run with the data counts,
-    training settings, base and tuned metrics, loss curve and sample generations; the merged model
-    logged as a chat model; alias `challenger` on the new version, and `champion` too when it beats
-    the base and the current champion on the primary metric. The version's tags name the drops,
+    """A new version of the registered model in MLflow, alias `challenger`: an MLflow run with the
+    data counts, training settings, base/tuned/champion metrics, loss curve, sample generations and
+    a model card; the merged model logged as a chat model that `mlflow models serve` answers. The
+    promotion gate (blocking check `promotion_gate`) decides whether `champion_model` may move the
+    champion alias; its verdict and reason are tags on the version. The version's tags name the drops,
     the training set's content hash, the Dagster run and the validations the data passed; the run's
     `lineage/examples.parquet` lists every example's raw file and line. The value names the version
     and the verdict.
@@ -133,7 +202,7 @@ def registered_model(
     failure is final.
     """
     try:
-        return register(
+        value, metadata, check = register(
             context, gate, raw_records, rejected_records, instruction_pairs, base_model,
             fine_tuned_model, model_evaluation, mlflow_registry,
         )  # fmt: skip
@@ -141,6 +210,8 @@ def registered_model(
         if is_transient(error):
             raise dg.RetryRequested(max_retries=3, seconds_to_wait=10) from error
         raise
+    yield dg.Output(value, metadata=metadata)
+    yield check
 
 
 def register(
@@ -163,19 +234,17 @@ def register(
         d: sorted(set(instruction_pairs.loc[instruction_pairs["drop"] == d, "gx_result"].dropna())) for d in used
     }
 
-    champion = mlflow_registry.version_by_alias(CHAMPION)
-    champion_value = None
-    if champion is not None:
-        champion_metrics = mlflow_registry.client().get_run(champion.run_id).data.metrics
-        champion_value = champion_metrics.get(f"tuned.{primary}")
-    promote, reason = promotion_decision(
-        primary,
-        base[primary],
-        tuned[primary],
-        champion_value,
-        gate.min_improvement,
-        gate.min_gain_over_champion,
-    )
+    promote, reason, rows = gate_verdict(model_evaluation, gate)
+    data = {
+        "drops": drops,
+        "rows_raw": rows_raw,
+        "rows_valid": len(instruction_pairs),
+        "rows_rejected": rows_rejected,
+        "rows_excluded": int((instruction_pairs["split"] == "excluded").sum()),
+        "train_rows": len(train),
+        "train_set_hash": train_hash,
+    }
+    champion = model_evaluation.get("champion")
 
     with mlflow_registry.start_run(
         run_name=f"{mlflow_registry.model_name}-{run_id[:8]}",
@@ -184,9 +253,9 @@ def register(
         mlflow.log_params(
             {
                 "data.rows_raw": rows_raw,
-                "data.rows_valid": len(instruction_pairs),
+                "data.rows_valid": data["rows_valid"],
                 "data.rows_rejected": rows_rejected,
-                "data.rows_excluded": int((instruction_pairs["split"] == "excluded").sum()),
+                "data.rows_excluded": data["rows_excluded"],
                 "data.train_rows": len(train),
                 "data.eval_rows": model_evaluation["eval_examples"],
                 "data.train_set_hash": train_hash,
@@ -201,6 +270,11 @@ def register(
         )
         mlflow.log_metrics({f"base.{k}": v for k, v in base.items()})
         mlflow.log_metrics({f"tuned.{k}": v for k, v in tuned.items()})
+        if champion is not None:
+            mlflow.log_metrics({f"champion.{k}": v for k, v in champion["metrics"].items()})
+        mlflow.log_metric("forgetting_pct", model_evaluation["forgetting_pct"])
+        for name, speed in model_evaluation["generation_tokens_per_second"].items():
+            mlflow.log_metric(f"generation.tokens_per_second.{name}", speed)
         mlflow.log_metrics(
             {
                 "train.loss_mean": fine_tuned_model["train_loss"],
@@ -218,20 +292,28 @@ def register(
             examples = Path(tmp) / "examples.parquet"
             lineage_rows(instruction_pairs).to_parquet(examples, index=False)
             mlflow.log_artifact(str(examples), "lineage")
-        # MLflow's "log from a local checkpoint path" path breaks on transformers 5; a loaded
-        # pipeline works and serves chat requests (task llm/v1/chat, OpenAI-style schema).
-        info = mlflow.transformers.log_model(
-            transformers_model=chat_pipeline(fine_tuned_model["merged_dir"]),
+        # A pyfunc logged as code: chat messages in, reply out, with max_new_tokens and temperature
+        # as per-request params declared in the signature (greedy by default, as evaluated).
+        info = mlflow.pyfunc.log_model(
             name="model",
-            task="llm/v1/chat",
+            python_model=str(CHAT_MODEL_CODE),
+            artifacts={"model": fine_tuned_model["merged_dir"]},
+            signature=chat_model.signature(),
             pip_requirements=serving_requirements(),
         )
-        mlflow.set_tags({"gate.promoted": str(promote).lower(), "gate.reason": reason})
+        card = model_card(
+            mlflow_registry.model_name, f"(run {run_id[:8]})", model_evaluation, data, base_model,
+            fine_tuned_model["preset"], (promote, reason),
+        )  # fmt: skip
+        mlflow.log_text(card, "model_card.md")
+        mlflow.set_tags({"gate.passed": str(promote).lower(), "gate.reason": reason})
 
     version = mlflow.register_model(
         info.model_uri,
         mlflow_registry.model_name,
         tags={
+            "eval.settings_hash": model_evaluation["settings_hash"],
+            "eval.forgetting_pct": f"{model_evaluation['forgetting_pct']:.2f}",
             "dagster.run_id": run_id,
             "data.drops": drops,
             "data.train_set_hash": train_hash,
@@ -243,36 +325,40 @@ def register(
             "preset": fine_tuned_model["preset"],
             "eval.primary_metric": primary,
             f"eval.{primary}": f"{tuned[primary]:.4f}",
-            "gate.promoted": str(promote).lower(),
+            "gate.passed": str(promote).lower(),
             "gate.reason": reason,
         },
     )
+    mlflow_registry.client().update_model_version(mlflow_registry.model_name, version.version, description=card)
     mlflow_registry.set_alias(CHALLENGER, version.version)
-    if promote:
-        mlflow_registry.set_alias(CHAMPION, version.version)
 
-    aliases = [CHALLENGER] + ([CHAMPION] if promote else [])
-    context.add_output_metadata(
-        {
-            "model": mlflow_registry.model_name,
-            "version": int(version.version),
-            "aliases": ", ".join(aliases),
-            "promoted": promote,
-            "reason": reason,
-            f"base_{primary}": base[primary],
-            f"tuned_{primary}": tuned[primary],
-            "mlflow_run_id": run.info.run_id,
-            "model_uri": f"models:/{mlflow_registry.model_name}/{version.version}",
-        }
-    )
-    return {
+    metadata = {
+        "model": mlflow_registry.model_name,
+        "version": int(version.version),
+        "aliases": CHALLENGER,
+        "gate_passed": promote,
+        "reason": reason,
+        f"base_{primary}": base[primary],
+        f"tuned_{primary}": tuned[primary],
+        "mlflow_run_id": run.info.run_id,
+        "model_uri": f"models:/{mlflow_registry.model_name}/{version.version}",
+        "model_card": dg.MetadataValue.md(card),
+    }
+    value = {
         "model_name": mlflow_registry.model_name,
         "version": str(version.version),
-        "aliases": aliases,
-        "promoted": promote,
+        "gate": {"passed": promote, "reason": reason},
         "reason": reason,
         "mlflow_run_id": run.info.run_id,
         "primary_metric": primary,
         "base": base[primary],
         "tuned": tuned[primary],
     }
+    check = dg.AssetCheckResult(
+        check_name=GATE_CHECK,
+        passed=promote,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=reason,
+        metadata={"criteria": dg.MetadataValue.md(gate_table(rows)), "version": int(version.version)},
+    )
+    return value, metadata, check

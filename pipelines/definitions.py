@@ -8,6 +8,7 @@ import dagster as dg
 
 from assets._drops import DROPS
 from assets.base_model import base_model
+from assets.champion_model import champion_model
 from assets.fine_tuned_model import fine_tuned_model
 from assets.instruction_pairs import instruction_pairs
 from assets.model_evaluation import model_evaluation
@@ -32,6 +33,7 @@ ASSETS = [
     fine_tuned_model,
     model_evaluation,
     registered_model,
+    champion_model,
 ]
 CHECKS = [train_eval_disjoint]
 
@@ -47,9 +49,9 @@ ingest_job = dg.define_asset_job(
 finetune_job = dg.define_asset_job(
     "finetune",
     selection=dg.AssetSelection.assets(
-        base_model, instruction_pairs, fine_tuned_model, model_evaluation, registered_model
+        base_model, instruction_pairs, fine_tuned_model, model_evaluation, registered_model, champion_model
     ),
-    description="All validated drops to a registered model: format, train, evaluate, register.",
+    description="All validated drops to a registered model: format, train, evaluate, register, promote.",
 )
 
 

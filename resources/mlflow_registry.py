@@ -54,3 +54,41 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client().set_registered_model_alias(self.model_name, alias, version)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client().get_run(run_id).data.metrics)
+
+    def download(self, run_id: str, path: str) -> str:
+        """A run's artifact folder, downloaded (or found) locally; returns the local path."""
+        import mlflow
+
+        self._connect()
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+
+    def download_model(self, version: str) -> str:
+        """The logged model of a registered version as a local folder (MLmodel, model/, components/)."""
+        import mlflow
+
+        self._connect()
+        return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.model_name}/{version}")
+
+    def tag_version(self, version: str, tags: dict[str, str]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, version, key, value)
+
+    def promote(self, version: str, by: str, reason: str) -> str | None:
+        """Move alias `champion` to `version` and record who moved it, when and why on the version.
+
+        Returns the version that held it before (None if none did). Used by the pipeline's
+        `champion_model` asset and by `make promote` for roll-backs.
+        """
+        from datetime import UTC, datetime
+
+        previous = self.version_by_alias(CHAMPION)
+        self.set_alias(CHAMPION, str(version))
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.tag_version(str(version), {"promoted_by": by, "promoted_at": now, "promotion_reason": reason})
+        if previous is not None and str(previous.version) != str(version):
+            self.tag_version(str(previous.version), {"demoted_at": now, "demoted_for": str(version)})
+        return None if previous is None else str(previous.version)

@@ -82,3 +82,19 @@ def run_all(settings, overrides=None, instance=None):
     instance = instance or dg.DagsterInstance.ephemeral()
     result, problems = run_pipeline(defs, instance)
     return defs, instance, result, problems
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, tiny_model_dir):
+    """Two runs of the whole job. A tiny random model learns nothing, so both runs lower the bar over
+    the base (margin -1): the first becomes champion, the second must still beat the first."""
+    home = tmp_path_factory.mktemp("ft_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+    settings = make_settings(home, str(tiny_model_dir)).prepare()
+    lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0}}
+    defs, instance, first, _ = run_all(settings, lower_bar)
+    _, _, second, _ = run_all(settings, lower_bar, instance)
+    job = defs.resolve_job_def("finetune")
+    yield {"settings": settings, "job": job, "instance": instance, "first": first, "second": second}
+    mp.undo()

@@ -12,6 +12,7 @@ ASSET_KEYS = {
     "fine_tuned_model",
     "model_evaluation",
     "registered_model",
+    "champion_model",
 }
 
 
@@ -30,6 +31,7 @@ def test_definitions_module_loads_with_the_graph_checks_and_job(tmp_path, monkey
         ("validated_records", "rows_pass_record_suite"),
         ("validated_records", "rejected_share_within_limit"),
         ("instruction_pairs", "train_eval_disjoint"),
+        ("registered_model", "promotion_gate"),
     }
     assert {j.name for j in defs.jobs} == {"prepare_base_model", "ingest_drop", "finetune"}
     assert {s.name: s.default_status for s in defs.sensors} == {
@@ -57,3 +59,4 @@ def test_lineage_runs_from_raw_data_to_the_registry(tmp_path):
     assert parents("fine_tuned_model") == {"base_model", "instruction_pairs"}
     assert parents("model_evaluation") == {"base_model", "fine_tuned_model", "instruction_pairs"}
     assert {"fine_tuned_model", "model_evaluation", "rejected_records"} <= parents("registered_model")
+    assert parents("champion_model") == {"registered_model"}

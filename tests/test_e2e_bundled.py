@@ -3,6 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.run import gate_only_failure
 from pipelines.settings import BUNDLED_BASE_MODEL
 from tests.conftest import make_settings, run_all
 
@@ -41,7 +42,9 @@ def test_bundled_base_model_is_converted_and_answers(run):
 
 def test_smoke_run_registers_a_version_trained_on_the_bundled_model(run):
     settings, result = run
-    assert result.success
+    # three steps teach the model nothing, so the gate keeps the champion: an outcome, not an error
+    assert result.success or gate_only_failure(result)
+    assert not result.output_for_node("registered_model")["gate"]["passed"]
     registered = result.output_for_node("registered_model")
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     version = client.get_model_version_by_alias(settings.model_name, "challenger")

@@ -61,7 +61,9 @@ def mixed(tmp_path_factory, tiny_model_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, str(tiny_model_dir), landing=landing).prepare()
-    _, instance, result, problems = run_all(settings)
+    # a tiny random model learns nothing: lower the gate so the run completes end to end
+    lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0}}
+    _, instance, result, problems = run_all(settings, lower_bar)
     yield settings, result, instance, problems
     mp.undo()
 

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from pipelines.presets import load_preset
-from tests.conftest import make_settings, run_all
+from pipelines.run import gate_only_failure
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +33,6 @@ REQUIRED_PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tiny_model_dir):
-    """Two runs of the whole job. A tiny random model learns nothing, so both runs lower the bar over
-    the base (margin -1): the first becomes champion, the second must still beat the first."""
-    home = tmp_path_factory.mktemp("ft_home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAGSTER_HOME", str(home / "dagster"))
-    settings = make_settings(home, str(tiny_model_dir)).prepare()
-    lower_bar = {"gate": {"min_improvement": -1.0}}
-    defs, instance, first, _ = run_all(settings, lower_bar)
-    _, _, second, _ = run_all(settings, lower_bar, instance)
-    job = defs.resolve_job_def("finetune")
-    yield {"settings": settings, "job": job, "instance": instance, "first": first, "second": second}
-    mp.undo()
-
-
 def stored(settings, asset: str, partition: str | None = None):
     """An asset's value as the filesystem IO manager stored it."""
     path = settings.home / "storage" / asset
@@ -59,11 +43,25 @@ def client(settings):
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
 
 
-def test_both_runs_succeed_with_every_check_passing(pipeline):
-    for result in (pipeline["first"], pipeline["second"]):
-        assert result.success
-        checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        assert {c.asset_check_key.name: c.passed for c in checks} == {"train_eval_disjoint": True}
+def checks_of(result) -> dict[str, bool]:
+    return {
+        e.event_specific_data.asset_check_key.name: e.event_specific_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_first_run_promotes_and_second_is_stopped_by_the_gate(pipeline):
+    first, second = pipeline["first"], pipeline["second"]
+    assert first.success
+    assert checks_of(first) == {"train_eval_disjoint": True, "promotion_gate": True}
+    assert first.output_for_node("champion_model")["version"] == "1"
+    # same data, same seed: the new version only ties the champion, so the blocking gate fails and
+    # champion_model does not run; the version is still registered
+    assert not second.success and gate_only_failure(second)
+    assert checks_of(second) == {"train_eval_disjoint": True, "promotion_gate": False}
+    assert "champion_model" not in {e.step_key for e in second.get_step_success_events()}
+    assert second.output_for_node("registered_model")["version"] == "2"
 
 
 def test_every_drop_is_ingested_once_with_its_checks(pipeline):
@@ -110,11 +108,10 @@ def test_first_version_is_champion_and_second_only_challenger(pipeline):
     champion = c.get_model_version_by_alias(settings.model_name, "champion")
     challenger = c.get_model_version_by_alias(settings.model_name, "challenger")
     assert str(champion.version) == "1" and str(challenger.version) == "2"
-    assert champion.tags["gate.promoted"] == "true"
-    assert challenger.tags["gate.promoted"] == "false"
-    assert "does not beat champion" in challenger.tags["gate.reason"]
-    second = pipeline["second"].output_for_node("registered_model")
-    assert second["aliases"] == ["challenger"] and not second["promoted"]
+    assert champion.tags["gate.passed"] == "true" and champion.tags["promoted_by"].startswith("pipeline")
+    assert challenger.tags["gate.passed"] == "false"
+    assert "vs champion v1" in challenger.tags["gate.reason"] and "needs >" in challenger.tags["gate.reason"]
+    assert "promoted_by" not in challenger.tags
 
 
 def test_mlflow_run_carries_the_contract(pipeline):

@@ -16,7 +16,7 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.integration
 
 DROPS = ["2026-01-05", "2026-01-12", "2026-01-19"]
-TRAINING = ["instruction_pairs", "fine_tuned_model", "model_evaluation", "registered_model"]
+TRAINING = ["instruction_pairs", "fine_tuned_model", "model_evaluation", "registered_model", "champion_model"]
 
 
 class Loop:
@@ -25,7 +25,8 @@ class Loop:
     def __init__(self, home, landing, tiny_model_dir):
         self.landing = landing
         self.settings = make_settings(home, str(tiny_model_dir), landing=landing).prepare()
-        self.defs = build_definitions(self.settings, {"gate": {"min_improvement": -1.0}})
+        lower_bar = {"min_improvement": -1.0, "min_gain_over_champion": -1.0, "max_forgetting_pct": 1000.0}
+        self.defs = build_definitions(self.settings, {"gate": lower_bar})  # tiny model: every version promotes
         self.instance = dg.DagsterInstance.get()  # the sqlite instance under this FT_HOME, as make dev uses
         self.sensor_cursor = None
         self.automation_cursor = None
