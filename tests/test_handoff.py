@@ -5,6 +5,7 @@ Builds on the integration pipeline (tiny model, two registered versions, v1 cham
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,13 +111,17 @@ def test_model_card_is_logged_with_each_version(pipeline):
     assert "Gate: **not passed**" in card
 
 
-def test_roll_back_moves_champion_and_records_who_and_why(pipeline, capsys, monkeypatch):
+def test_roll_back_moves_champion_and_records_who_and_why(pipeline, capsys, monkeypatch, tmp_path):
     settings = pipeline["settings"]
+    # A copy of the registry, so the shared pipeline's aliases stay as the other tests expect them.
+    registry = tmp_path / "mlflow.db"
+    shutil.copy(settings.home / "mlflow" / "mlflow.db", registry)
+    tracking_uri = f"sqlite:///{registry}"
     # `make promote` reads the same settings as everything else: from the environment
     monkeypatch.setenv("FT_HOME", str(settings.home))
     monkeypatch.setenv("FT_MODEL_NAME", settings.model_name)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
     assert promote.main(["--version", "2", "--reason", "trying v2", "--by", "dana"]) == 0
     assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "2"
     assert promote.main(["--version", "1", "--reason", "v2 regressed on billing tickets", "--by", "dana"]) == 0
