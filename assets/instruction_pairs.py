@@ -8,7 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from assets._chat_format import conversation_text, normalize, prompt_hash
-from assets._drops import by_drop
+from assets._drops import DROPS, by_drop
 
 SPLIT_BUCKETS = 10_000
 
@@ -119,7 +119,8 @@ def instruction_pairs(context: dg.AssetExecutionContext, split: SplitConfig, val
     and the row's source (`drop`, `source_file`, `source_line`, `gx_result`).
     """
     per_drop = by_drop(validated_records)
-    held_back = sorted(d for d, frame in per_drop.items() if frame is None)
+    passed = {d for d, frame in per_drop.items() if frame is not None}
+    held_back = sorted(set(context.instance.get_dynamic_partitions(DROPS.name)) - passed)
     combined = combine_drops(per_drop, split.drops_window)
     pairs = mark_cross_drop_duplicates(build_pairs(combined, split.eval_fraction, split.split_salt))
     sft = pairs[pairs["kind"] == "sft"]

@@ -1,7 +1,7 @@
 import pytest
 
 from assets.model_evaluation import mean_scores, metrics_table, score_answer, task_type
-from assets.registered_model import GateConfig, gate_verdict, model_card
+from assets.registered_model import GateConfig, gate_verdict, is_transient, model_card
 
 EXPECTED = '{"category": "billing", "priority": "high", "product": "CloudDrive"}'
 
@@ -98,3 +98,15 @@ def test_model_card_shows_data_metrics_use_and_limits():
         assert heading in card
     assert "| exact_match (primary) | 0.1000 | 0.8000 | +0.7000 |" in card
     assert "100 raw, 95 valid, 5 rejected" in card and "Gate: **passed**" in card
+
+
+def test_only_unreachable_tracking_servers_are_retried():
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    assert is_transient(requests.exceptions.ConnectionError("refused"))
+    assert is_transient(MlflowException("API request failed: Max retries exceeded with url"))
+    assert is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not is_transient(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
+    assert not is_transient(ValueError("primary_metric 'x' is not among the computed metrics"))

@@ -51,6 +51,9 @@ def write_landing(root):
     pd.DataFrame(dolly).to_csv(root / "2026-02-02/dolly.csv", index=False)
     prefs.to_parquet(root / "2026-02-02/prefs.parquet", index=False)
     (root / "2026-02-03/broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
+    (root / "2026-02-04").mkdir()
+    junk = [{"prompt": f"Junk {i}", "completion": "" if i % 2 else "ok"} for i in range(6)]  # half rejected
+    (root / "2026-02-04/junk.jsonl").write_text("".join(json.dumps(r) + "\n" for r in junk))
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +74,23 @@ def mixed(tmp_path_factory, tiny_model_dir):
 def test_the_run_goes_on_without_the_unreadable_drop(mixed):
     settings, result, instance, problems = mixed
     assert result.success
-    assert problems == [
+    assert problems[0] == (
         "- step raw_records: assets.raw_records.IngestError: 2026-02-03/broken.jsonl, line 2: not valid JSON "
         "(Expecting value at column 12). Each line of a .jsonl file must be one JSON object. The raw file is "
         "left as it is: fix it at its source and land it again. (drop 2026-02-03 held back)"
+    )
+    assert "3 of 6 rows rejected (50.0%); limit 10.0%" in "\n".join(problems[1:])
+    assert sorted(instance.get_materialized_partitions(dg.AssetKey("raw_records"))) == [
+        "2026-02-01",
+        "2026-02-02",
+        "2026-02-04",
     ]
-    assert sorted(instance.get_materialized_partitions(dg.AssetKey("raw_records"))) == ["2026-02-01", "2026-02-02"]
+    held_back = instance.get_materialized_partitions(dg.AssetKey("validated_records"))
+    assert sorted(held_back) == ["2026-02-01", "2026-02-02"], "the drop that failed its gate wrote no validated rows"
     pairs = result.output_for_node("instruction_pairs")
     assert sorted(pairs["drop"].unique()) == ["2026-02-01", "2026-02-02"]
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("instruction_pairs")).asset_materialization
+    assert metadata.metadata["drops_held_back"].value == ["2026-02-03", "2026-02-04"]
     formats = pd.concat([stored(settings, "raw_records", d) for d in ("2026-02-01", "2026-02-02")])["format"]
     assert formats.value_counts().to_dict() == {"openai_chat": 40, "sharegpt": 30, "dolly": 30, "preference": 10}
 
