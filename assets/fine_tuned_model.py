@@ -18,10 +18,10 @@ class TrainingConfig(dg.ConfigurableResource):
     """Trainer and LoRA settings. Defaults are the `cpu` preset; presets override them by name."""
 
     preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
-    max_steps: int = Field(default=60, description="Optimizer steps to train for.")
+    max_steps: int = Field(default=70, description="Optimizer steps to train for.")
     per_device_train_batch_size: int = Field(default=8, description="Examples per step and device.")
     gradient_accumulation_steps: int = Field(default=1, description="Steps whose gradients are summed.")
-    learning_rate: float = Field(default=1e-3, description="Peak learning rate (LoRA tolerates high rates).")
+    learning_rate: float = Field(default=5e-4, description="Peak learning rate.")
     lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name.")
     warmup_steps: int = Field(default=10, description="Linear warm-up steps before the peak rate.")
     weight_decay: float = Field(default=0.0, description="AdamW weight decay.")

@@ -97,3 +97,13 @@ def test_every_config_field_is_described():
     for config in STAGES.values():
         for name, field in config.model_fields.items():
             assert field.description, f"{config.__name__}.{name} has no description"
+
+
+def test_state_folder_holds_a_dagster_instance_with_one_training_at_a_time(tmp_path, monkeypatch):
+    import dagster as dg
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))  # restored after the test
+    settings = Settings.from_env({"FT_HOME": str(tmp_path / "home")}).prepare()
+    assert (settings.dagster_home / "dagster.yaml").is_file()
+    instance = dg.DagsterInstance.get()
+    assert instance.event_log_storage.get_concurrency_info("training").limit == 1
