@@ -18,7 +18,7 @@ class TrainingConfig(dg.ConfigurableResource):
     """Trainer and LoRA settings. Defaults are the `cpu` preset; presets override them by name."""
 
     preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
-    max_steps: int = Field(default=70, description="Optimizer steps to train for.")
+    max_steps: int = Field(default=50, description="Optimizer steps to train for.")
     per_device_train_batch_size: int = Field(default=8, description="Examples per step and device.")
     gradient_accumulation_steps: int = Field(default=1, description="Steps whose gradients are summed.")
     learning_rate: float = Field(default=5e-4, description="Peak learning rate.")
