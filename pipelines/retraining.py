@@ -18,14 +18,9 @@ REGISTERED = dg.AssetKey("registered_model")
 
 def fingerprints(landing: LandingZone) -> dict[str, dict[str, str]]:
     """Drop -> file -> sha256 of the file's bytes: how a changed file under the same name is caught."""
-    fs, _ = landing._fs()
     drops: dict[str, dict[str, str]] = {}
     for file in landing.files():
-        digest = hashlib.sha256()
-        with fs.open(file.path, "rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                digest.update(block)
-        drops.setdefault(file.drop, {})[file.name] = digest.hexdigest()
+        drops.setdefault(file.drop, {})[file.name] = landing.fingerprint(file)
     return drops
 
 

@@ -71,6 +71,17 @@ class LandingZone(dg.ConfigurableResource):
             )
         return found
 
+    def fingerprint(self, file: LandingFile) -> str:
+        """sha256 of the file's bytes as stored (compressed files are not decompressed)."""
+        import hashlib
+
+        fs, _ = self._fs()
+        digest = hashlib.sha256()
+        with fs.open(file.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
     def open(self, file: LandingFile) -> IO[bytes]:
         """The file's bytes, decompressed when it ends in .gz. Opened read-only."""
         fs, _ = self._fs()
