@@ -16,4 +16,4 @@ def by_drop(loaded) -> dict:
         return loaded
     if loaded is None:
         return {}
-    return {str(loaded["drop"].iloc[0]) if len(loaded) else "": loaded}
+    return {loaded.partition: loaded}

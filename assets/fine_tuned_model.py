@@ -11,6 +11,7 @@ from pydantic import Field
 
 from assets._chat_format import training_chat_template
 from resources.models import ModelLoader
+from resources.records import RecordSet
 from resources.state import StateStore
 
 
@@ -104,7 +105,7 @@ def fine_tuned_model(
     context: dg.AssetExecutionContext,
     training: TrainingConfig,
     base_model: str,
-    instruction_pairs: pd.DataFrame,
+    instruction_pairs: RecordSet,
     models: ModelLoader,
     state: StateStore,
 ) -> dict:
@@ -117,7 +118,7 @@ def fine_tuned_model(
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    train = instruction_pairs[(instruction_pairs["split"] == "train") & (instruction_pairs["kind"] == "sft")]
+    train = instruction_pairs.frame(where=[("split", "=", "train"), ("kind", "=", "sft")])
     # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
     max_length = int(train["n_tokens"].max())
     device = models.resolved_device()

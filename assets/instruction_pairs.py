@@ -1,14 +1,20 @@
 """instruction_pairs: validated rows as chat examples, split into train and eval."""
 
 import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
 from assets._chat_format import conversation_text, normalize, prompt_hash
 from assets._drops import DROPS, by_drop
+from resources.records import MESSAGES, FirstSeen, RecordSet, RecordWriter
+from resources.state import StateStore
 
 SPLIT_BUCKETS = 10_000
 
@@ -42,61 +48,124 @@ def split_of(prompt_digest: str, eval_fraction: float, salt: str = "") -> str:
     return "eval" if int(digest[:12], 16) % SPLIT_BUCKETS < eval_fraction * SPLIT_BUCKETS else "train"
 
 
-def build_pairs(validated: pd.DataFrame, eval_fraction: float, salt: str = "") -> pd.DataFrame:
-    hashes = [prompt_hash(m) for m in validated["messages"]]
-    return pd.DataFrame(
-        {
-            "example_id": hashes,
-            "kind": validated["kind"].tolist(),
-            "messages": validated["messages"].tolist(),
-            "chosen": validated["chosen"].tolist(),
-            "rejected": validated["rejected"].tolist(),
-            "split": [split_of(h, eval_fraction, salt) for h in hashes],
-            "n_tokens": validated["n_tokens"].tolist(),
-            "drop": validated["drop"].tolist(),
-            "source_file": validated["source_file"].tolist(),
-            "source_line": validated["source_line"].tolist(),
-            "gx_result": validated["gx_result"].tolist() if "gx_result" in validated else None,
-        }
-    )
+def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> list[dict]:
+    """One pair per validated row: the conversation, its `example_id` (hash of the normalized
+    prompt), its `split` by that hash, and its source."""
+    pairs = []
+    for r in validated:
+        example_id = prompt_hash(r["messages"])
+        pairs.append(
+            {
+                "example_id": example_id,
+                **{k: r[k] for k in ("kind", "messages", "chosen", "rejected")},
+                "split": split_of(example_id, eval_fraction, salt),
+                **{k: r[k] for k in ("n_tokens", "drop", "source_file", "source_line")},
+                "gx_result": r.get("gx_result"),
+                "excluded_reason": None,
+            }
+        )
+    return pairs
 
 
-def combine_drops(per_drop: dict, window: int = 0) -> pd.DataFrame:
+def drops_to_use(per_drop: dict, window: int = 0) -> list[tuple[str, RecordSet]]:
     """The validated rows of the drops that passed their gate (missing partitions are held-back
     drops), oldest drop first, limited to the latest `window` drops when set."""
-    frames = {drop: frame for drop, frame in sorted(per_drop.items()) if frame is not None}
+    drops = [(drop, records) for drop, records in sorted(per_drop.items()) if records is not None]
     if window:
-        frames = dict(list(frames.items())[-window:])
-    if not frames:
+        drops = drops[-window:]
+    if not drops:
         raise ValueError(
             "No drop has passed validation yet, so there is nothing to train on. Land data and let the "
             "landing sensor (or make run) ingest and validate it; a drop's failed checks say why it was held back."
         )
-    return pd.concat(frames.values(), ignore_index=True)
+    return drops
 
 
-def mark_cross_drop_duplicates(pairs: pd.DataFrame) -> pd.DataFrame:
+def mark_cross_drop_duplicates(pairs: list[dict], seen: FirstSeen) -> None:
     """Rows repeating (up to case and whitespace) a row of an earlier drop get split 'excluded' and
     an `excluded_reason`; each drop's own duplicates were already rejected by its validation."""
-    seen: dict[str, str] = {}
-    reasons = []
-    for r in pairs.to_dict("records"):
-        key = normalize(conversation_text(r["messages"], r["chosen"], r["rejected"]))
-        here = f"{r['source_file']}:{r['source_line']}"
-        reasons.append(f"duplicate of {seen[key]} from an earlier drop" if key in seen else None)
-        seen.setdefault(key, here)
-    pairs = pairs.copy()
-    pairs["excluded_reason"] = reasons
-    pairs.loc[pairs["excluded_reason"].notna(), "split"] = "excluded"
-    return pairs
+    keys = [
+        hashlib.blake2b(normalize(conversation_text(p["messages"], p["chosen"], p["rejected"])).encode()).hexdigest()
+        for p in pairs
+    ]
+    for p, first in zip(pairs, seen.check(keys, [f"{p['source_file']}:{p['source_line']}" for p in pairs])):
+        if first is not None:
+            p["split"], p["excluded_reason"] = "excluded", f"duplicate of {first} from an earlier drop"
+
+
+class SetHash:
+    """Order-independent hash of a set of examples, to name exactly what a model learned from:
+    the sum of each example's digest, so it can be computed batch by batch in any order."""
+
+    def __init__(self):
+        self.total = 0
+
+    def add(self, example_id: str, messages: list[dict]) -> None:
+        digest = hashlib.sha256(f"{example_id}\x1f{messages!r}".encode()).digest()
+        self.total = (self.total + int.from_bytes(digest[:16])) % (1 << 128)
+
+    def hexdigest(self) -> str:
+        return f"{self.total:032x}"[:16]
 
 
 def content_hash(pairs: pd.DataFrame) -> str:
-    """Order-independent hash of a set of examples, to name exactly what a model learned from."""
-    digest = hashlib.sha256()
-    for example_id, messages in sorted(zip(pairs["example_id"], pairs["messages"].map(repr))):
-        digest.update(f"{example_id}\x1f{messages}\n".encode())
-    return digest.hexdigest()[:16]
+    """SetHash of a frame of examples."""
+    digest = SetHash()
+    for example_id, messages in zip(pairs["example_id"], pairs["messages"]):
+        digest.add(example_id, messages)
+    return digest.hexdigest()
+
+
+@dataclass
+class PairTally:
+    """What instruction_pairs reports, gathered batch by batch."""
+
+    train: int = 0
+    eval: int = 0
+    preference: int = 0
+    excluded: int = 0
+    excluded_examples: list[str] = field(default_factory=list)
+    drops: dict[str, set] = field(default_factory=dict)
+    """drop -> the Great Expectations results its rows passed"""
+    train_hash: SetHash = field(default_factory=SetHash)
+    eval_hash: SetHash = field(default_factory=SetHash)
+    example: list[dict] | None = None
+
+    def add(self, pairs: list[dict]) -> None:
+        for p in pairs:
+            self.drops.setdefault(p["drop"], set()).update([p["gx_result"]] if p["gx_result"] else [])
+            if self.example is None:
+                self.example = p["messages"]
+            if p["kind"] == "preference":
+                self.preference += 1
+            elif p["split"] == "train":
+                self.train += 1
+                self.train_hash.add(p["example_id"], p["messages"])
+            elif p["split"] == "eval":
+                self.eval += 1
+                self.eval_hash.add(p["example_id"], p["messages"])
+            if p["split"] == "excluded":
+                self.excluded += 1
+                if len(self.excluded_examples) < 10:
+                    self.excluded_examples.append(f"{p['source_file']}:{p['source_line']}: {p['excluded_reason']}")
+
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("kind", pa.string()),
+        ("messages", MESSAGES),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("split", pa.string()),
+        ("n_tokens", pa.int64()),
+        ("drop", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+        ("gx_result", pa.string()),
+        ("excluded_reason", pa.string()),
+    ]
+)
 
 
 def show_example(messages: list[dict]) -> str:
@@ -105,11 +174,13 @@ def show_example(messages: list[dict]) -> str:
 
 @dg.asset(
     group_name="data",
-    kinds={"pandas"},
+    kinds={"parquet"},
     ins={"validated_records": dg.AssetIn(metadata={"allow_missing_partitions": True})},
     automation_condition=RETRAIN_ON_NEW_DATA,
 )
-def instruction_pairs(context: dg.AssetExecutionContext, split: SplitConfig, validated_records: Any) -> pd.DataFrame:
+def instruction_pairs(
+    context: dg.AssetExecutionContext, split: SplitConfig, validated_records: Any, state: StateStore
+) -> RecordSet:
     """Chat examples from every drop that passed validation (or the latest `drops_window`), one per
     validated row: `kind` ('sft', or 'preference' for prompt/chosen/rejected pairs kept for
     preference training; SFT uses only 'sft'), `messages` (system, then alternating user/assistant
@@ -117,37 +188,50 @@ def instruction_pairs(context: dg.AssetExecutionContext, split: SplitConfig, val
     the split is deterministic and an example never changes side as drops arrive; 'excluded' with
     an `excluded_reason` for repeats of an earlier drop's row), `example_id` (that hash), `n_tokens`,
     and the row's source (`drop`, `source_file`, `source_line`, `gx_result`).
+
+    Streamed drop by drop and batch by batch into a Parquet file under FT_HOME/datasets; repeats
+    across drops are found through an on-disk table, so memory does not grow with the data. The
+    value's `meta` carries the counts, drops and set hashes that registration records.
     """
     per_drop = by_drop(validated_records)
-    passed = {d for d, frame in per_drop.items() if frame is not None}
+    passed = {d for d, records in per_drop.items() if records is not None}
     held_back = sorted(set(context.instance.get_dynamic_partitions(DROPS.name)) - passed)
-    combined = combine_drops(per_drop, split.drops_window)
-    pairs = mark_cross_drop_duplicates(build_pairs(combined, split.eval_fraction, split.split_salt))
-    sft = pairs[pairs["kind"] == "sft"]
-    train, evals = sft[sft["split"] == "train"], sft[sft["split"] == "eval"]
-    if len(train) == 0 or len(evals) == 0:
-        raise ValueError(
-            f"The split left {len(train)} train and {len(evals)} eval SFT examples from {len(pairs)} rows; "
-            "both need at least one. Add data or change eval_fraction."
-        )
-    excluded = pairs[pairs["split"] == "excluded"]
+    tally = PairTally()
+    path = state.dataset_path("instruction_pairs", None, context.run.run_id)
+    with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp, RecordWriter(path, PAIRS_SCHEMA) as out:
+        seen = FirstSeen(Path(tmp) / "seen.sqlite")
+        for _, records in drops_to_use(per_drop, split.drops_window):
+            for batch in records.batches():
+                pairs = build_pairs(batch, split.eval_fraction, split.split_salt)
+                mark_cross_drop_duplicates(pairs, seen)
+                out.write(pairs)
+                tally.add(pairs)
+        seen.close()
+        if tally.train == 0 or tally.eval == 0:
+            raise ValueError(
+                f"The split left {tally.train} train and {tally.eval} eval SFT examples from {out.rows} rows; "
+                "both need at least one. Add data or change eval_fraction."
+            )
+    summary = {
+        "train_rows": tally.train,
+        "eval_rows": tally.eval,
+        "preference_pairs": tally.preference,
+        "excluded_duplicates": tally.excluded,
+        "drops": sorted(tally.drops),
+        "validations": {d: sorted(results) for d, results in sorted(tally.drops.items())},
+        "train_set_hash": tally.train_hash.hexdigest(),
+        "eval_set_hash": tally.eval_hash.hexdigest(),
+    }
     context.add_output_metadata(
         {
-            "train_rows": len(train),
-            "eval_rows": len(evals),
-            "preference_pairs": int((pairs["kind"] == "preference").sum()),
-            "drops": dg.MetadataValue.json(sorted(pairs["drop"].unique().tolist())),
+            **{k: summary[k] for k in ("train_rows", "eval_rows", "preference_pairs", "excluded_duplicates")},
+            "drops": dg.MetadataValue.json(summary["drops"]),
             "drops_held_back": dg.MetadataValue.json(held_back),
-            "excluded_duplicates": len(excluded),
-            "excluded_examples": dg.MetadataValue.json(
-                [
-                    f"{r['source_file']}:{r['source_line']}: {r['excluded_reason']}"
-                    for r in excluded.head(10).to_dict("records")
-                ]
-            ),
-            "train_set_hash": content_hash(train),
-            "eval_set_hash": content_hash(evals),
-            "example": dg.MetadataValue.md(show_example(pairs["messages"].iloc[0])),
+            "excluded_examples": dg.MetadataValue.json(tally.excluded_examples),
+            "train_set_hash": summary["train_set_hash"],
+            "eval_set_hash": summary["eval_set_hash"],
+            "example": dg.MetadataValue.md(show_example(tally.example or [])),
+            "dataset": dg.MetadataValue.path(str(path)),
         }
     )
-    return pairs
+    return out.record_set(**summary)

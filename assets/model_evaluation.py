@@ -13,6 +13,7 @@ from pydantic import Field
 from assets._chat_format import normalize, training_chat_template
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
 from resources.models import ModelLoader
+from resources.records import RecordSet
 
 GENERAL_PROBE = Path(__file__).resolve().parents[1] / "pipelines" / "sample_data" / "general_probe.txt"
 DEFAULT_PRIMARY = {"json": "exact_match", "open_ended": "rougeL"}
@@ -225,7 +226,7 @@ def model_evaluation(
     evaluation: EvaluationConfig,
     base_model: str,
     fine_tuned_model: dict,
-    instruction_pairs: pd.DataFrame,
+    instruction_pairs: RecordSet,
     models: ModelLoader,
     mlflow_registry: MlflowRegistry,
 ) -> dict:
@@ -238,7 +239,7 @@ def model_evaluation(
     """
     from peft import PeftModel
 
-    evals = instruction_pairs[(instruction_pairs["split"] == "eval") & (instruction_pairs["kind"] == "sft")]
+    evals = instruction_pairs.frame(where=[("split", "=", "eval"), ("kind", "=", "sft")])
     evals = evals.sort_values("example_id")
     if evaluation.max_eval_examples:
         evals = evals.head(evaluation.max_eval_examples)

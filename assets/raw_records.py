@@ -1,19 +1,25 @@
 """raw_records: every row of every file in the landing location, content unchanged."""
 
+import codecs
+import contextlib
 import csv
 import gzip
-import io
 import json
+import shutil
+import tempfile
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import dagster as dg
-import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
 from assets._drops import DROPS
 from assets._formats import MAPPED, REQUIRED_FIELDS, detect_format
 from resources.landing import LandingFile, LandingZone
+from resources.records import BATCH_ROWS, RecordSet, RecordWriter
+from resources.state import StateStore
 
 WHAT_TO_DO = "The raw file is left as it is: fix it at its source and land it again."
 
@@ -46,22 +52,39 @@ def _utf8_line(raw: bytes, name: str, number: int, offset: int) -> str:
         ) from None
 
 
-def _utf8_text(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise IngestError(
-            f"{name}, line {line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at byte offset "
-            f"{err.start}). Re-save the file as UTF-8. {WHAT_TO_DO}"
-        ) from None
+def _utf8_lines(stream, name: str) -> Iterator[str]:
+    """The decoded lines of a binary stream, one at a time, line endings kept."""
+    offset = 0
+    for number, raw in enumerate(stream, start=1):
+        yield _utf8_line(raw, name, number, offset)
+        offset += len(raw)
+
+
+def _utf8_chunks(stream, name: str, size: int = 1 << 20) -> Iterator[str]:
+    """The decoded text of a binary stream, `size` bytes at a time (for files that need not have lines)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0  # bytes read before this chunk, and line breaks among them
+    while True:
+        data = stream.read(size)
+        pending = decoder.getstate()[0]  # an incomplete character carried over (never a line break)
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as err:
+            at = offset - len(pending) + err.start
+            line = newlines + err.object[: err.start].count(b"\n") + 1
+            raise IngestError(
+                f"{name}, line {line}: not valid UTF-8 (byte 0x{err.object[err.start]:02x} at byte offset "
+                f"{at}). Re-save the file as UTF-8. {WHAT_TO_DO}"
+            ) from None
+        offset, newlines = offset + len(data), newlines + data.count(b"\n")
+        if text:
+            yield text
+        if not data:
+            return
 
 
 def read_jsonl(stream, name: str) -> Iterator[tuple[int, dict]]:
-    offset = 0
-    for number, raw in enumerate(stream, start=1):
-        line = _utf8_line(raw, name, number, offset)
-        offset += len(raw)
+    for number, line in enumerate(_utf8_lines(stream, name), start=1):
         if not line.strip():
             continue
         try:
@@ -79,21 +102,90 @@ def read_jsonl(stream, name: str) -> Iterator[tuple[int, dict]]:
         yield number, record
 
 
-def read_json(stream, name: str) -> Iterator[tuple[int, dict]]:
-    text = _utf8_text(stream.read(), name)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
+class _JsonArrayScanner:
+    """Reads the elements of a top-level JSON array one at a time from a text stream, so a large
+    .json file never has to be in memory whole. Errors carry the line and column in the file."""
+
+    MAX_ELEMENT_CHARS = 64 << 20
+
+    def __init__(self, chunks: Iterator[str], name: str):
+        self.chunks, self.name = chunks, name
+        self.buf, self.pos = "", 0
+        self.line, self.column = 1, 0  # where buf[0] is in the file (column 0-based)
+        self.eof = False
+        self.decoder = json.JSONDecoder()
+
+    def _more(self) -> bool:
+        """Drop what is consumed, append the next chunk; False at the end of the stream."""
+        chunk = None if self.eof else next(self.chunks, None)
+        if chunk is None:
+            self.eof = True
+            return False
+        done = self.buf[: self.pos]
+        last_break = done.rfind("\n")
+        self.line += done.count("\n")
+        self.column = len(done) - last_break - 1 if last_break >= 0 else self.column + len(done)
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        return True
+
+    def _fail(self, message: str, at: int):
+        line = self.line + self.buf.count("\n", 0, at)
+        last_break = self.buf.rfind("\n", 0, at)
+        column = at - last_break if last_break >= 0 else self.column + at + 1
         raise IngestError(
-            f"{name}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno}). A .json "
-            f"file must hold one array of objects. {WHAT_TO_DO}"
-        ) from None
-    if not isinstance(data, list):
-        raise IngestError(
-            f"{name}: expected a JSON array of records, found {type(data).__name__}. Use a .json file "
-            f"holding [{{...}}, {{...}}] or one object per line in a .jsonl file. {WHAT_TO_DO}"
+            f"{self.name}, line {line}: not valid JSON ({message} at column {column}). A .json file must hold "
+            f"one array of objects. {WHAT_TO_DO}"
         )
-    for number, record in enumerate(data, start=1):
+
+    def _peek(self) -> str:
+        """The next non-blank character ('' at the end), without consuming it."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf) or not self._more():
+                return self.buf[self.pos : self.pos + 1]
+
+    def _value(self):
+        self._peek()
+        while True:
+            try:
+                value, self.pos = self.decoder.raw_decode(self.buf, self.pos)
+                return value
+            except json.JSONDecodeError as err:
+                # Either the element goes on in the next chunk, or it is broken: only the end of
+                # the file (or an element beyond any sane size) tells which.
+                if len(self.buf) - self.pos > self.MAX_ELEMENT_CHARS or not self._more():
+                    self._fail(err.msg, err.pos)
+
+    def elements(self) -> Iterator:
+        first = self._peek()
+        if first != "[":
+            kinds = {"{": "dict", '"': "str", "t": "bool", "f": "bool", "n": "None"}
+            found = kinds.get(first, "number" if first and first in "-0123456789" else None)
+            if found is None:
+                self._fail("Expecting value", self.pos)
+            raise IngestError(
+                f"{self.name}: expected a JSON array of records, found {found}. Use a .json file holding "
+                f"[{{...}}, {{...}}] or one object per line in a .jsonl file. {WHAT_TO_DO}"
+            )
+        self.pos += 1
+        if self._peek() == "]":
+            self.pos += 1
+        else:
+            while True:
+                yield self._value()
+                following = self._peek()
+                self.pos += 1
+                if following == "]":
+                    break
+                if following != ",":
+                    self._fail("Expecting ',' delimiter", self.pos - 1)
+        if self._peek():
+            self._fail("Extra data", self.pos)
+
+
+def read_json(stream, name: str) -> Iterator[tuple[int, dict]]:
+    for number, record in enumerate(_JsonArrayScanner(_utf8_chunks(stream, name), name).elements(), start=1):
         if not isinstance(record, dict):
             raise IngestError(
                 f"{name}, record {number}: expected a JSON object, found {type(record).__name__}. {WHAT_TO_DO}"
@@ -102,7 +194,7 @@ def read_json(stream, name: str) -> Iterator[tuple[int, dict]]:
 
 
 def read_csv(stream, name: str) -> Iterator[tuple[int, dict]]:
-    reader = csv.reader(io.StringIO(_utf8_text(stream.read(), name), newline=""))
+    reader = csv.reader(_utf8_lines(stream, name))
     header = next(reader, None)
     if not header:
         raise IngestError(f"{name}, line 1: the CSV file is empty; it needs a header row. {WHAT_TO_DO}")
@@ -118,18 +210,26 @@ def read_csv(stream, name: str) -> Iterator[tuple[int, dict]]:
 
 
 def read_parquet(stream, name: str) -> Iterator[tuple[int, dict]]:
+    """Record by record, a row group at a time. Parquet keeps its index at the end of the file, so
+    a stream that cannot seek cheaply (a decompressing .gz) is first copied to a temporary file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(io.BytesIO(stream.read()))
-    except pa.ArrowException as err:
-        raise IngestError(f"{name}: not a readable Parquet file ({err}). {WHAT_TO_DO}") from None
-    number = 0
-    for batch in parquet.iter_batches(batch_size=10_000):
-        for record in batch.to_pylist():
-            number += 1
-            yield number, record
+    with contextlib.ExitStack() as stack:
+        source = stream
+        if isinstance(stream, gzip.GzipFile) or not stream.seekable():
+            source = stack.enter_context(tempfile.TemporaryFile())
+            shutil.copyfileobj(stream, source, 1 << 20)
+            source.seek(0)
+        try:
+            parquet = pq.ParquetFile(source)
+        except pa.ArrowException as err:
+            raise IngestError(f"{name}: not a readable Parquet file ({err}). {WHAT_TO_DO}") from None
+        number = 0
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            for record in batch.to_pylist():
+                number += 1
+                yield number, record
 
 
 READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}
@@ -162,68 +262,119 @@ def file_format(columns: set[str], config: IngestConfig, name: str) -> str:
     return detected
 
 
-def read_file(file: LandingFile, stream, config: IngestConfig) -> list[dict]:
-    """One file's rows: source columns, detected `format`, and `record` (the fields, unchanged)."""
+def records_of(file: LandingFile, stream) -> Iterator[tuple[int, dict]]:
+    """(line or record number, record) for each record of one file, as it is read."""
     try:
-        rows = list(READERS[file.suffix](stream, file.name))
+        yield from READERS[file.suffix](stream, file.name)
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise IngestError(
             f"{file.name}: the gzip stream is truncated or corrupt ({err}). Re-copy the file from its "
             f"source. {WHAT_TO_DO}"
         ) from None
-    if not rows:
-        raise IngestError(f"{file.name}: the file holds no records. Remove it or add data.")
-    columns = set().union(*(r.keys() for _, r in rows))
-    fmt = file_format(columns, config, file.name)
-    mapping = dict(config.column_mapping) if fmt == MAPPED else None
-    return [
-        {"drop": file.drop, "source_file": file.name, "source_line": n, "format": fmt, "mapping": mapping, "record": r}
-        for n, r in rows
-    ]
 
 
-def build_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["drop", "source_file", "source_line", "format", "mapping", "record"])
-    frame.insert(0, "row_id", range(len(frame)))
-    return frame
+def stream_drop(
+    landing: LandingZone, drop: str, ingest: IngestConfig, write: Callable[[list[dict]], None]
+) -> dict[str, dict]:
+    """Read every file of one drop, handing rows to `write` in batches of BATCH_ROWS: `row_id`,
+    `drop`, `source_file`, `source_line` and `record` (the fields, unchanged). Returns each file's
+    rows, format and mapping; a file's format is known once all its fields have been seen.
 
-
-def read_drop(landing: LandingZone, drop: str, ingest: IngestConfig) -> tuple[list[dict], dict]:
-    """Rows of every file of one drop, and rows per file. Any unreadable file fails the whole drop:
-    half a drop is never passed on."""
+    Any unreadable file fails the whole drop (the caller discards what was written): half a drop
+    is never passed on."""
     files = [f for f in landing.files() if f.drop == drop]
     if not files:
         raise IngestError(
             f"Drop {drop!r} has no data files in {landing.path} any more. Its files were moved or "
             "deleted after the drop was registered; land them again under a new drop name."
         )
-    rows, per_file = [], {}
+    per_file, row_id = {}, 0
     for file in files:
+        columns: set[str] = set()
+        batch: list[dict] = []
+        rows = 0
         with landing.open(file) as stream:
-            records = read_file(file, stream, ingest)
-        per_file[file.name] = {"rows": len(records), "format": records[0]["format"]}
-        rows.extend(records)
-    return rows, per_file
+            for number, record in records_of(file, stream):
+                columns.update(record)
+                batch.append(
+                    {
+                        "row_id": row_id,
+                        "drop": file.drop,
+                        "source_file": file.name,
+                        "source_line": number,
+                        "record": record,
+                    }
+                )
+                row_id, rows = row_id + 1, rows + 1
+                if len(batch) == BATCH_ROWS:
+                    write(batch)
+                    batch = []
+        write(batch)
+        if not rows:
+            raise IngestError(f"{file.name}: the file holds no records. Remove it or add data.")
+        fmt = file_format(columns, ingest, file.name)
+        per_file[file.name] = {
+            "rows": rows,
+            "format": fmt,
+            "mapping": dict(ingest.column_mapping) if fmt == MAPPED else None,
+        }
+    return per_file
 
 
-@dg.asset(group_name="data", kinds={"pandas"}, partitions_def=DROPS)
-def raw_records(context: dg.AssetExecutionContext, ingest: IngestConfig, landing: LandingZone) -> pd.DataFrame:
+def with_format(rows: list[dict], files: dict[str, dict]) -> list[dict]:
+    """Raw rows with their file's `format` and `mapping` (kept per file in the record set's meta)."""
+    return [
+        {**r, "format": files[r["source_file"]]["format"], "mapping": files[r["source_file"]]["mapping"]} for r in rows
+    ]
+
+
+def read_drop(landing: LandingZone, drop: str, ingest: IngestConfig) -> tuple[list[dict], dict]:
+    """All rows of one drop in memory, each with its file's format, and the per-file summary. For
+    tests and small tools; the asset streams the same rows to disk."""
+    rows: list[dict] = []
+    per_file = stream_drop(landing, drop, ingest, rows.extend)
+    return with_format(rows, per_file), per_file
+
+
+RAW_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.int64()),
+        ("drop", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+        ("record", pa.string()),  # JSON text of the record's fields, decoded on reading
+    ]
+)
+
+
+@dg.asset(group_name="data", kinds={"parquet"}, partitions_def=DROPS)
+def raw_records(
+    context: dg.AssetExecutionContext, ingest: IngestConfig, landing: LandingZone, state: StateStore
+) -> RecordSet:
     """Every row of one data drop's files (.jsonl, .json, .csv, .parquet, each optionally .gz),
     content unchanged in `record`, with where it came from: `drop` (the partition: dated sub-folder
     or file), `source_file`, `source_line` (1-based line of a text file, record number in a JSON
-    array or Parquet file), the detected `format`, and a `row_id` later stages use to name rows.
+    array or Parquet file), and a `row_id` later stages use to name rows. Each file's detected
+    `format` is in the record set's `files` summary (and `with_format` adds it to rows).
 
-    A file that cannot be read fails its drop with an error naming the file, the line or byte
-    offset and the problem; other drops are separate partitions and go on. Raw files are only read.
+    Files are read as streams and rows written in batches to a Parquet file under FT_HOME/datasets,
+    so a drop larger than memory goes through. A file that cannot be read fails its drop with an
+    error naming the file, the line or byte offset and the problem; nothing is written for that
+    drop, and other drops are separate partitions and go on. Raw files are only read.
     """
-    rows, per_file = read_drop(landing, context.partition_key, ingest)
-    frame = build_frame(rows)
+    drop = context.partition_key
+    with RecordWriter(state.dataset_path("raw_records", drop, context.run.run_id), RAW_SCHEMA, ("record",)) as out:
+        per_file = stream_drop(landing, drop, ingest, out.write)
+    formats = Counter()
+    for summary in per_file.values():
+        formats[summary["format"]] += summary["rows"]
     context.add_output_metadata(
         {
-            "rows": len(frame),
+            "rows": out.rows,
             "files": dg.MetadataValue.json(per_file),
-            "formats": dg.MetadataValue.json(frame["format"].value_counts().to_dict()),
+            "formats": dg.MetadataValue.json(dict(formats)),
             "landing": landing.path,
+            "dataset": dg.MetadataValue.path(str(out.path)),
         }
     )
-    return frame
+    return out.record_set(partition=drop, files=per_file)

@@ -10,9 +10,9 @@ import pandas as pd
 from pydantic import Field
 
 from assets._drops import by_drop
-from assets.instruction_pairs import content_hash
 from resources import chat_model
 from resources.mlflow_registry import CHALLENGER, MlflowRegistry
+from resources.records import RecordSet
 
 CHAT_MODEL_CODE = Path(chat_model.__file__)
 
@@ -157,10 +157,9 @@ def is_transient(error: Exception) -> bool:
     return False
 
 
-def lineage_rows(pairs: pd.DataFrame) -> pd.DataFrame:
+def lineage_rows(pairs: RecordSet) -> pd.DataFrame:
     """What a version learned from and was scored on: one row per example, pointing at its raw line."""
-    columns = ["example_id", "split", "kind", "drop", "source_file", "source_line"]
-    return pairs[columns].reset_index(drop=True)
+    return pairs.frame(columns=["example_id", "split", "kind", "drop", "source_file", "source_line"])
 
 
 @dg.asset(
@@ -183,7 +182,7 @@ def registered_model(
     gate: GateConfig,
     raw_records: Any,
     rejected_records: Any,
-    instruction_pairs: pd.DataFrame,
+    instruction_pairs: RecordSet,
     base_model: str,
     fine_tuned_model: dict,
     model_evaluation: dict,
@@ -222,17 +221,14 @@ def register(
 
     primary = model_evaluation["primary_metric"]
     base, tuned = model_evaluation["base"], model_evaluation["tuned"]
-    train = instruction_pairs[(instruction_pairs["split"] == "train") & (instruction_pairs["kind"] == "sft")]
-    train_hash = content_hash(train)
+    pairs = instruction_pairs.meta
     raw_records, rejected_records = by_drop(raw_records), by_drop(rejected_records)
-    used = sorted(instruction_pairs["drop"].unique())
+    used = pairs["drops"]
     drops = ",".join(used)
     run_id = context.run.run_id
     rows_raw = sum(len(raw_records[d]) for d in used if raw_records.get(d) is not None)
     rows_rejected = sum(len(rejected_records[d]) for d in used if rejected_records.get(d) is not None)
-    validations = {
-        d: sorted(set(instruction_pairs.loc[instruction_pairs["drop"] == d, "gx_result"].dropna())) for d in used
-    }
+    validations = pairs["validations"]
 
     promote, reason, rows = gate_verdict(model_evaluation, gate)
     data = {
@@ -240,9 +236,9 @@ def register(
         "rows_raw": rows_raw,
         "rows_valid": len(instruction_pairs),
         "rows_rejected": rows_rejected,
-        "rows_excluded": int((instruction_pairs["split"] == "excluded").sum()),
-        "train_rows": len(train),
-        "train_set_hash": train_hash,
+        "rows_excluded": pairs["excluded_duplicates"],
+        "train_rows": pairs["train_rows"],
+        "train_set_hash": pairs["train_set_hash"],
     }
     champion = model_evaluation.get("champion")
 
@@ -256,9 +252,9 @@ def register(
                 "data.rows_valid": data["rows_valid"],
                 "data.rows_rejected": rows_rejected,
                 "data.rows_excluded": data["rows_excluded"],
-                "data.train_rows": len(train),
+                "data.train_rows": data["train_rows"],
                 "data.eval_rows": model_evaluation["eval_examples"],
-                "data.train_set_hash": train_hash,
+                "data.train_set_hash": data["train_set_hash"],
                 "data.eval_set_hash": model_evaluation["eval_set_hash"],
                 "data.drops": drops,
                 "preset": fine_tuned_model["preset"],
@@ -316,7 +312,7 @@ def register(
             "eval.forgetting_pct": f"{model_evaluation['forgetting_pct']:.2f}",
             "dagster.run_id": run_id,
             "data.drops": drops,
-            "data.train_set_hash": train_hash,
+            "data.train_set_hash": data["train_set_hash"],
             "data.eval_set_hash": model_evaluation["eval_set_hash"],
             "data.validations": json.dumps(
                 {d: ["/".join(Path(p).parts[-3:]) for p in v] for d, v in validations.items()}

@@ -1,20 +1,30 @@
 """validated_records and rejected_records: the raw rows as chat examples, split by the quality gate."""
 
+import hashlib
 import re
+import sqlite3
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
 from assets._chat_format import DEFAULT_SYSTEM_PROMPT, conversation_text, normalize, with_system
 from assets._drops import DROPS
 from assets._formats import to_example
+from assets.raw_records import with_format
 from data_checks.pii import scan
-from data_checks.record_checks import CHECK_SPECS, pii_check_result, share_check_result, suite_check_result
+from data_checks.record_checks import CHECK_SPECS, PiiTally, share_check_result, suite_check_result
 from data_checks.record_suite import record_suite
 from resources.expectations import GreatExpectations, ValidationReport
 from resources.models import ModelLoader
+from resources.records import MESSAGES, FirstSeen, RecordSet, RecordWriter
+from resources.state import StateStore
 
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Features the suite reads; rows keep them so a rejection can be explained from the row alone.
@@ -105,11 +115,12 @@ def truncate_last_user_turn(messages, tokenizer, max_tokens: int, n_tokens: int)
     return None
 
 
-def with_features(raw: pd.DataFrame, tokenizer, config: ValidationConfig) -> pd.DataFrame:
-    """One row per raw row: the conversation (`kind`, `messages`, `chosen`, `rejected`) and the
-    feature columns the suite checks, plus `pii` counts and conversion `warnings`."""
+def with_features(raw: list[dict], tokenizer, config: ValidationConfig, seen: FirstSeen) -> list[dict]:
+    """One row per raw row (with its file's `format`): the conversation (`kind`, `messages`,
+    `chosen`, `rejected`) and the feature columns the suite checks, plus `pii` counts and conversion
+    `warnings`. `seen` remembers earlier rows (earlier batches too) for duplicate detection."""
     rows = []
-    for r in raw.to_dict("records"):
+    for r in raw:
         kind = "preference" if r["format"] == "preference" else "sft"
         ex = to_example(r["record"], r["format"], r.get("mapping"))
         pii: dict[str, int] = {}
@@ -142,71 +153,151 @@ def with_features(raw: pd.DataFrame, tokenizer, config: ValidationConfig) -> pd.
                 "warnings": ", ".join(sorted(set(ex.warnings))) or None,
             }
         )
-    frame = pd.DataFrame(rows)
-    frame["n_tokens"], frame["truncated"] = measure(frame, tokenizer, config)
-    frame["duplicate_of"] = duplicates(frame)
-    return frame
+    measure(rows, tokenizer, config)
+    mark_duplicates(rows, seen)
+    return rows
 
 
-def measure(frame: pd.DataFrame, tokenizer, config: ValidationConfig):
-    """Token length of each formatted example (the longer answer for preference pairs); over-long
-    rows cut to fit when config says so (their `messages` replaced, `truncated` set)."""
-    lengths: list[int | None] = [None] * len(frame)
-    truncated = [False] * len(frame)
+def measure(rows: list[dict], tokenizer, config: ValidationConfig) -> None:
+    """Set `n_tokens`, the token length of each formatted example (the longer answer for preference
+    pairs), and `truncated`: over-long rows are cut to fit when config says so (`messages` replaced)."""
     conversations, owners = [], []
-    for i, r in enumerate(frame.to_dict("records")):
+    for r in rows:
+        r["n_tokens"], r["truncated"] = None, False
         if not r["messages"]:
             continue
         if r["kind"] == "preference":
             for answer in (r["chosen"], r["rejected"]):
                 conversations.append(r["messages"] + [{"role": "assistant", "content": answer or ""}])
-                owners.append(i)
+                owners.append(r)
         else:
             conversations.append(r["messages"])
-            owners.append(i)
-    for i, n in zip(owners, render_lengths(tokenizer, conversations)):
-        lengths[i] = max(lengths[i] or 0, n)
+            owners.append(r)
+    for r, n in zip(owners, render_lengths(tokenizer, conversations)):
+        r["n_tokens"] = max(r["n_tokens"] or 0, n)
     if config.truncate_over_long:
-        for i, n in enumerate(lengths):
-            if n is not None and n > config.max_tokens and frame.at[i, "kind"] == "sft":
-                cut = truncate_last_user_turn(frame.at[i, "messages"], tokenizer, config.max_tokens, n)
+        for r in rows:
+            if r["n_tokens"] is not None and r["n_tokens"] > config.max_tokens and r["kind"] == "sft":
+                cut = truncate_last_user_turn(r["messages"], tokenizer, config.max_tokens, r["n_tokens"])
                 if cut is not None:
-                    frame.at[i, "messages"] = cut
-                    lengths[i], truncated[i] = render_lengths(tokenizer, [cut])[0], True
-    return lengths, truncated
+                    r["messages"], r["n_tokens"], r["truncated"] = cut, render_lengths(tokenizer, [cut])[0], True
 
 
-def duplicates(frame: pd.DataFrame) -> list[str | None]:
-    """For each row, the earlier row it repeats (exactly, or up to case and whitespace), else None.
-    Rows are compared across all files and drops, in landing order; the first occurrence is kept."""
-    exact_seen: dict[str, str] = {}
-    normal_seen: dict[str, str] = {}
-    found = []
-    for r in frame.to_dict("records"):
-        text = conversation_text(r["messages"], r["chosen"], r["rejected"])
-        here = f"{r['source_file']}:{r['source_line']}"
-        if text in exact_seen:
-            found.append(f"exact duplicate of {exact_seen[text]}")
-        elif normalize(text) in normal_seen:
-            found.append(f"same as {normal_seen[normalize(text)]} up to case and whitespace")
-        else:
-            found.append(None)
-        exact_seen.setdefault(text, here)
-        normal_seen.setdefault(normalize(text), here)
-    return found
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def rejection_reasons(report: ValidationReport, frame: pd.DataFrame) -> dict[int, str]:
+def mark_duplicates(rows: list[dict], seen: FirstSeen) -> None:
+    """Set `duplicate_of`: the earlier row a row repeats (exactly, or up to case and whitespace),
+    else None. Rows are compared with every row `seen` so far, in landing order; the first is kept."""
+    texts = [conversation_text(r["messages"], r["chosen"], r["rejected"]) for r in rows]
+    places = [f"{r['source_file']}:{r['source_line']}" for r in rows]
+    exact = seen.check([digest(t) for t in texts], places)
+    normal = seen.check(["n" + digest(normalize(t)) for t in texts], places)
+    for r, same, similar in zip(rows, exact, normal):
+        r["duplicate_of"] = (
+            f"exact duplicate of {same}"
+            if same
+            else f"same as {similar} up to case and whitespace"
+            if similar
+            else None
+        )
+
+
+def rejection_reasons(report: ValidationReport) -> dict[int, str]:
     """Row id -> every rule the row broke, each with the row's value: 'rule: detail; rule: detail'."""
-    by_id = frame.set_index("row_id")
     reasons = {}
     for row_id, outcomes in report.failing().items():
         parts = []
         for o in outcomes:
-            value = by_id.at[row_id, o.column]
-            parts.append(f"{o.rule}: {value} tokens" if o.column == "n_tokens" else f"{o.rule}: {value}")
+            value = o.unexpected_values.get(row_id)
+            parts.append(f"{o.rule}: {int(value)} tokens" if o.column == "n_tokens" else f"{o.rule}: {value}")
         reasons[row_id] = "; ".join(parts)
     return reasons
+
+
+# The feature columns as Great Expectations reads them (same order as FEATURES).
+FEATURES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {name} (row_id INTEGER PRIMARY KEY, missing_fields TEXT, structure_error TEXT, "
+    "hygiene_error TEXT, n_tokens INTEGER, duplicate_of TEXT)"
+)
+
+VALIDATED_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.int64()),
+        ("drop", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+        ("format", pa.string()),
+        ("kind", pa.string()),
+        ("messages", MESSAGES),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("missing_fields", pa.string()),
+        ("structure_error", pa.string()),
+        ("hygiene_error", pa.string()),
+        ("n_tokens", pa.int64()),
+        ("truncated", pa.bool_()),
+        ("duplicate_of", pa.string()),
+        ("pii", pa.string()),  # JSON: kind -> count
+        ("warnings", pa.string()),
+        ("gx_result", pa.string()),
+    ]
+)
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.int64()),
+        ("drop", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+        ("format", pa.string()),
+        ("mapping", pa.string()),  # JSON
+        ("record", pa.string()),  # JSON: the raw record, unchanged
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Tally:
+    """Figures gathered batch by batch for the metadata of a drop's validation."""
+
+    rows: int = 0
+    truncated: int = 0
+    longest: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows += len(rows)
+        self.truncated += sum(bool(r["truncated"]) for r in rows)
+        self.longest = max([self.longest, *(r["n_tokens"] or 0 for r in rows)])
+        self.kinds.update(r["kind"] for r in rows)
+        self.warnings.update(r["warnings"] for r in rows if r["warnings"])
+
+
+def store_features(db: sqlite3.Connection, table: str, rows: list[dict]) -> None:
+    """Append the rows' feature columns to `table` (created on first use) for Great Expectations."""
+    db.execute(FEATURES_TABLE.format(name=table))
+    insert = f"INSERT INTO {table} VALUES ({', '.join('?' * (len(FEATURES) + 1))})"
+    db.executemany(insert, [(r["row_id"], *(r[f] for f in FEATURES)) for r in rows])
+
+
+def features_pass(
+    raw: RecordSet, tokenizer, config: ValidationConfig, seen: FirstSeen, db: sqlite3.Connection, out: RecordWriter
+) -> tuple["PiiTally", Counter]:
+    """First pass: every raw row as a conversation with its features, written to `out`; the feature
+    columns also go to the `records` table of `db` for Great Expectations. Returns the personal-data
+    tally and the conversion warnings of all rows."""
+    pii, warnings = PiiTally(), Counter()
+    for batch in raw.batches():
+        rows = with_features(with_format(batch, raw.meta["files"]), tokenizer, config, seen)
+        store_features(db, "records", rows)
+        out.write(rows)
+        pii.add(rows)
+        warnings.update(r["warnings"] for r in rows if r["warnings"])
+    db.commit()
+    return pii, warnings
 
 
 @dg.multi_asset(
@@ -215,12 +306,12 @@ def rejection_reasons(report: ValidationReport, frame: pd.DataFrame) -> dict[int
             description="Raw rows that pass every expectation of the record suite, as conversations: "
             "`kind` (sft or preference), `messages` (system prompt filled in), `chosen`/`rejected` for "
             "preference pairs, the measured `n_tokens`, `truncated`, `pii` counts, and their source.",
-            kinds={"pandas"},
+            kinds={"parquet"},
         ),
         "rejected_records": dg.AssetOut(
             description="Raw rows that broke at least one expectation: the raw `record`, its source file "
             "and line, and `reason` (each rule broken, with the offending value). Kept, never dropped.",
-            kinds={"pandas"},
+            kinds={"parquet"},
         ),
     },
     group_name="data",
@@ -230,63 +321,117 @@ def rejection_reasons(report: ValidationReport, frame: pd.DataFrame) -> dict[int
 def validated_records(
     context: dg.AssetExecutionContext,
     validation: ValidationConfig,
-    raw_records: pd.DataFrame,
+    raw_records: RecordSet,
     base_model: str,
     gx: GreatExpectations,
     models: ModelLoader,
+    state: StateStore,
 ):
-    tokenizer = models.load_tokenizer(base_model)
-    frame = with_features(raw_records, tokenizer, validation)
-    run_name = f"{context.partition_key}-{context.run.run_id[:8]}"
-    report = gx.validate(frame[["row_id", *FEATURES]], record_suite(validation.max_tokens), run_name=run_name)
-    reasons = rejection_reasons(report, frame)
+    """The quality gate for one drop, streamed in batches so memory stays bounded by the batch:
 
-    is_rejected = frame["row_id"].isin(list(reasons))
-    rejected = raw_records[raw_records["row_id"].isin(list(reasons))].copy()
-    rejected["reason"] = [reasons[i] for i in rejected["row_id"]]
-    validated = frame[~is_rejected].reset_index(drop=True)
-    validated["gx_result"] = report.result_path
-    recheck = gx.validate(
-        validated[["row_id", *FEATURES]],
+    1. each raw row becomes a conversation with the features the suite reads (written to a scratch
+       Parquet file, features also to a SQLite table kept beside the Great Expectations result);
+    2. Great Expectations validates that table (one result and Data Docs page for the whole drop);
+    3. rows are split into validated and rejected by the rows each expectation reported, and the
+       validated rows are validated again (the blocking suite check).
+
+    Memory grows only with the number of rejected rows (their ids and reasons).
+    """
+    drop, run_id = context.partition_key, context.run.run_id
+    tokenizer = models.load_tokenizer(base_model)
+    run_name = f"{drop}-{run_id[:8]}"
+    results = Path(gx.project_dir) / "results" / run_name
+    results.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(results / "features.sqlite")
+    with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp:
+        seen = FirstSeen(Path(tmp) / "seen.sqlite")
+        with RecordWriter(Path(tmp) / "candidates.parquet", VALIDATED_SCHEMA, ("pii",)) as out:
+            pii, warnings = features_pass(raw_records, tokenizer, validation, seen, db, out)
+        seen.close()
+        candidates = out.record_set()
+        report = gx.validate_table(
+            results / "features.sqlite", "records", record_suite(validation.max_tokens), run_name
+        )
+        reasons = rejection_reasons(report)
+
+        examples: list[str] = []
+        rejected_path = state.dataset_path("rejected_records", drop, run_id)
+        with RecordWriter(rejected_path, REJECTED_SCHEMA, ("record", "mapping")) as rejected_out:
+            for batch in raw_records.batches():
+                bad = [
+                    {**r, "reason": reasons[r["row_id"]]}
+                    for r in with_format(batch, raw_records.meta["files"])
+                    if r["row_id"] in reasons
+                ]
+                rejected_out.write(bad)
+                examples += [f"{r['source_file']}:{r['source_line']}: {r['reason']}" for r in bad[: 10 - len(examples)]]
+        rejected = rejected_out.record_set(partition=drop)
+
+        tally = Tally()
+        validated_path = state.dataset_path("validated_records", drop, run_id)
+        with RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii",)) as validated_out:
+            for batch in candidates.batches():
+                good = [{**r, "gx_result": report.result_path} for r in batch if r["row_id"] not in reasons]
+                validated_out.write(good)
+                tally.add(good)
+        db.execute(FEATURES_TABLE.format(name="validated_records"))
+        db.execute("CREATE TEMP TABLE rejected_ids (row_id INTEGER PRIMARY KEY)")
+        db.executemany("INSERT INTO rejected_ids VALUES (?)", ((i,) for i in reasons))
+        db.execute(
+            "INSERT INTO validated_records SELECT * FROM records WHERE row_id NOT IN (SELECT row_id FROM rejected_ids)"
+        )
+        db.commit()
+        db.close()
+    recheck = gx.validate_table(
+        results / "features.sqlite",
+        "validated_records",
         record_suite(validation.max_tokens, name="validated_records"),
-        run_name=run_name,
+        run_name,
     )
-    examples = [f"{r['source_file']}:{r['source_line']}: {r['reason']}" for r in rejected.to_dict("records")]
     suite_result = suite_check_result(recheck)
-    share_result = share_check_result(len(frame), reasons, examples, validation.max_rejected_fraction, report)
+    share_result = share_check_result(len(raw_records), reasons, examples, validation.max_rejected_fraction, report)
 
     yield dg.Output(
         rejected,
         output_name="rejected_records",
         metadata={
             "rows": len(rejected),
-            "reasons": dg.MetadataValue.md(
-                rejected[["source_file", "source_line", "reason"]].to_markdown(index=False)
-                if len(rejected)
-                else "No row was rejected."
-            ),
+            "dataset": dg.MetadataValue.path(rejected.path),
+            "reasons": dg.MetadataValue.md(reasons_table(rejected)),
         },
     )
-    # A drop that fails the gate is held back: its validated rows are not written, so training
+    # A drop that fails the gate is held back: its validated rows are not handed on, so training
     # never sees them; the failed checks below say why.
     if suite_result.passed and share_result.passed:
         yield dg.Output(
-            validated,
+            validated_out.record_set(partition=drop),
             output_name="validated_records",
             metadata={
-                "rows": len(validated),
-                "rows_raw": len(frame),
-                "rows_truncated": int(validated["truncated"].sum()),
+                "rows": tally.rows,
+                "rows_raw": len(raw_records),
+                "rows_truncated": tally.truncated,
                 "max_tokens": validation.max_tokens,
-                "longest_example_tokens": int(validated["n_tokens"].max()) if len(validated) else 0,
-                "kinds": dg.MetadataValue.json(validated["kind"].value_counts().to_dict()),
-                "conversion_warnings": dg.MetadataValue.json(frame["warnings"].dropna().value_counts().to_dict()),
+                "longest_example_tokens": tally.longest,
+                "kinds": dg.MetadataValue.json(dict(tally.kinds)),
+                "conversion_warnings": dg.MetadataValue.json(dict(warnings)),
                 "data_docs": dg.MetadataValue.url(report.docs_url or ""),
                 "gx_result": dg.MetadataValue.path(report.result_path or ""),
+                "dataset": dg.MetadataValue.path(str(validated_path)),
             },
         )
     else:
-        context.log.error(f"Drop {context.partition_key} held back from training: {share_result.description}")
+        validated_path.unlink(missing_ok=True)
+        context.log.error(f"Drop {drop} held back from training: {share_result.description}")
     yield suite_result
     yield share_result
-    yield pii_check_result(frame, validation.pii)
+    yield pii.result(validation.pii)
+
+
+def reasons_table(rejected: RecordSet, limit: int = 50) -> str:
+    """The first `limit` rejected rows as a markdown table, for the materialization's metadata."""
+    if not len(rejected):
+        return "No row was rejected."
+    head = next(rejected.batches(columns=["source_file", "source_line", "reason"], batch_size=limit))
+    table = pd.DataFrame(head).to_markdown(index=False)
+    more = len(rejected) - len(head)
+    return table + (f"\n\n... and {more} more rows (all in the rejected_records dataset)." if more else "")

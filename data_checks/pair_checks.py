@@ -1,24 +1,48 @@
 """Asset checks on instruction_pairs."""
 
+import sqlite3
+import tempfile
+from pathlib import Path
+
 import dagster as dg
-import pandas as pd
 
 from assets._chat_format import conversation_text, normalize, prompt_turns
+from resources.records import RecordSet
+
+
+def shared_prompts(pairs: RecordSet) -> tuple[int, int, list[str]]:
+    """Prompts found on both sides of the split: (exactly, up to case and whitespace, examples).
+    The prompts go to an on-disk table batch by batch, so any number of pairs can be compared."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(Path(tmp) / "prompts.sqlite")
+        db.execute("CREATE TABLE prompts (exact TEXT, normalized TEXT, side TEXT)")
+        for batch in pairs.batches(columns=["messages", "split"]):
+            rows = []
+            for r in batch:
+                if r["split"] in ("train", "eval"):
+                    prompt = conversation_text(prompt_turns(r["messages"]))
+                    rows.append((prompt, normalize(prompt), r["split"]))
+            db.executemany("INSERT INTO prompts VALUES (?, ?, ?)", rows)
+
+        def shared(column: str) -> list[str]:
+            query = f"SELECT {column} FROM prompts GROUP BY {column} HAVING COUNT(DISTINCT side) > 1 ORDER BY {column}"
+            return [value for (value,) in db.execute(query)]
+
+        exact, normalized = shared("exact"), shared("normalized")
+        db.close()
+    return len(exact), len(normalized), normalized[:5]
 
 
 @dg.asset_check(asset="instruction_pairs", blocking=True)
-def train_eval_disjoint(instruction_pairs: pd.DataFrame) -> dg.AssetCheckResult:
+def train_eval_disjoint(instruction_pairs: RecordSet) -> dg.AssetCheckResult:
     """No prompt is on both sides of the split, compared exactly and case/whitespace-normalized.
     Rows excluded as repeats of an earlier drop are on neither side."""
-    prompts = instruction_pairs["messages"].map(lambda m: conversation_text(prompt_turns(m)))
-    is_eval, is_train = instruction_pairs["split"] == "eval", instruction_pairs["split"] == "train"
-    exact = set(prompts[is_eval]) & set(prompts[is_train])
-    normalized = set(prompts[is_eval].map(normalize)) & set(prompts[is_train].map(normalize))
+    exact, normalized, examples = shared_prompts(instruction_pairs)
     return dg.AssetCheckResult(
         passed=not exact and not normalized,
         metadata={
-            "shared_exact": len(exact),
-            "shared_normalized": len(normalized),
-            "examples": dg.MetadataValue.json(sorted(normalized)[:5]),
+            "shared_exact": exact,
+            "shared_normalized": normalized,
+            "examples": dg.MetadataValue.json(examples),
         },
     )

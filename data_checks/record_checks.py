@@ -5,9 +5,9 @@ gate. The personal-data scan only warns: it flags rows for a person to look at.
 """
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import dagster as dg
-import pandas as pd
 
 from resources.expectations import ValidationReport
 
@@ -83,28 +83,38 @@ def share_check_result(
     )
 
 
-def pii_check_result(frame: pd.DataFrame, mode: str) -> dg.AssetCheckResult:
-    flagged = frame[frame["pii"].notna()]
-    totals: Counter = Counter()
-    for counts in flagged["pii"]:
-        totals.update(counts)
-    examples = [
-        f"{r['source_file']}:{r['source_line']}: {', '.join(sorted(r['pii']))}"
-        for r in flagged.head(10).to_dict("records")
-    ]
-    return dg.AssetCheckResult(
-        check_name=PII_CHECK,
-        passed=flagged.empty or mode == "redact",
-        severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            "no possible personal data found"
-            if flagged.empty
-            else f"{len(flagged)} rows with possible personal data ({'redacted' if mode == 'redact' else 'kept'})"
-        ),
-        metadata={
-            "rows_flagged": len(flagged),
-            "counts": dg.MetadataValue.json(dict(totals)),
-            "mode": mode,
-            "example_rows": dg.MetadataValue.json(examples),
-        },
-    )
+@dataclass
+class PiiTally:
+    """Possible personal data over a drop's rows, gathered batch by batch: rows flagged, counts per
+    kind, and the first example rows."""
+
+    flagged: int = 0
+    totals: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, rows: list[dict]) -> "PiiTally":
+        for r in rows:
+            if r["pii"]:
+                self.flagged += 1
+                self.totals.update(r["pii"])
+                if len(self.examples) < 10:
+                    self.examples.append(f"{r['source_file']}:{r['source_line']}: {', '.join(sorted(r['pii']))}")
+        return self
+
+    def result(self, mode: str) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            check_name=PII_CHECK,
+            passed=not self.flagged or mode == "redact",
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                "no possible personal data found"
+                if not self.flagged
+                else f"{self.flagged} rows with possible personal data ({'redacted' if mode == 'redact' else 'kept'})"
+            ),
+            metadata={
+                "rows_flagged": self.flagged,
+                "counts": dg.MetadataValue.json(dict(self.totals)),
+                "mode": mode,
+                "example_rows": dg.MetadataValue.json(self.examples),
+            },
+        )

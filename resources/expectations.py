@@ -1,4 +1,4 @@
-"""Great Expectations behind one resource: validate a data frame against a suite, row by row.
+"""Great Expectations behind one resource: validate a data frame or a SQLite table against a suite, row by row.
 
 Each validation is kept: its result as JSON and an HTML Data Docs page, both under FT_HOME/gx.
 """
@@ -23,6 +23,8 @@ class ExpectationOutcome:
     element_count: int
     unexpected_count: int
     unexpected_ids: list[Any] = field(default_factory=list)
+    unexpected_values: dict[Any, Any] = field(default_factory=dict)
+    """Row id -> the value in `column` that broke the rule."""
 
 
 @dataclass
@@ -48,7 +50,7 @@ class ValidationReport:
 
 
 class GreatExpectations(dg.ConfigurableResource):
-    """Runs Great Expectations 1.x suites on pandas frames in a file context under FT_HOME/gx."""
+    """Runs Great Expectations 1.x suites on pandas frames or SQLite tables in a file context under FT_HOME/gx."""
 
     project_dir: str = Field(description="Folder of the GX file context (results and Data Docs).")
     id_column: str = Field(default="row_id", description="Column that identifies rows in results.")
@@ -61,19 +63,36 @@ class GreatExpectations(dg.ConfigurableResource):
         return context
 
     def validate(self, frame, suite, run_name: str = "adhoc") -> ValidationReport:
-        """Validate `frame` against `suite` (a gx.ExpectationSuite); every failing row id is reported.
+        """Validate a pandas frame against `suite` (a gx.ExpectationSuite); every failing row is reported.
 
         Each expectation's `meta["rule"]` is the human wording of the rule used in rejection reasons.
         `run_name` (the Dagster run id) names the result in Data Docs.
         """
-        import great_expectations as gx
-
         context = self._context()
         source = context.data_sources.add_or_update_pandas("records")
         asset = next((a for a in source.assets if a.name == suite.name), None)
         asset = asset or source.add_dataframe_asset(suite.name)
         batch = next((b for b in asset.batch_definitions if b.name == "all rows"), None)
         batch = batch or asset.add_batch_definition_whole_dataframe("all rows")
+        return self._run(context, batch, suite, run_name, {"dataframe": frame})
+
+    def validate_table(self, database: Path, table: str, suite, run_name: str = "adhoc") -> ValidationReport:
+        """Validate a table of a SQLite file against `suite`. Great Expectations runs each
+        expectation as a query, so the rows never have to fit in memory together; the file stays
+        where it is, as the batch the result and its Data Docs page refer to."""
+        context = self._context()
+        source = context.data_sources.add_or_update_sqlite(
+            "records-sqlite", connection_string=f"sqlite:///{Path(database).resolve()}"
+        )
+        asset = next((a for a in source.assets if a.name == table), None)
+        asset = asset or source.add_table_asset(table, table_name=table)
+        batch = next((b for b in asset.batch_definitions if b.name == "all rows"), None)
+        batch = batch or asset.add_batch_definition_whole_table("all rows")
+        return self._run(context, batch, suite, run_name, None)
+
+    def _run(self, context, batch, suite, run_name: str, batch_parameters) -> ValidationReport:
+        import great_expectations as gx
+
         suite = context.suites.add_or_update(suite)
         definition = context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
@@ -86,7 +105,7 @@ class GreatExpectations(dg.ConfigurableResource):
                 result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [self.id_column]},
             )
         )
-        run = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name))
+        run = checkpoint.run(batch_parameters=batch_parameters, run_id=gx.RunIdentifier(run_name=run_name))
         identifier, result = next(iter(run.run_results.items()))
 
         results_dir = Path(self.project_dir) / "results" / run_name
@@ -99,16 +118,20 @@ class GreatExpectations(dg.ConfigurableResource):
         for r in result.results:
             config = r.expectation_config
             res = r.result or {}
-            ids = [item[self.id_column] for item in res.get("unexpected_index_list") or []]
+            column = config.kwargs.get("column")
+            unexpected = {
+                int(item[self.id_column]): item.get(column) for item in res.get("unexpected_index_list") or []
+            }
             outcomes.append(
                 ExpectationOutcome(
                     expectation=config.type,
-                    column=config.kwargs.get("column"),
+                    column=column,
                     rule=(config.meta or {}).get("rule", config.type),
                     success=bool(r.success),
-                    element_count=int(res.get("element_count", len(frame))),
-                    unexpected_count=int(res.get("unexpected_count", len(ids))),
-                    unexpected_ids=[int(i) for i in ids],
+                    element_count=int(res.get("element_count", 0)),
+                    unexpected_count=int(res.get("unexpected_count", len(unexpected))),
+                    unexpected_ids=list(unexpected),
+                    unexpected_values=unexpected,
                 )
             )
         return ValidationReport(

@@ -87,24 +87,31 @@ def test_the_run_goes_on_without_the_unreadable_drop(mixed):
     ]
     held_back = instance.get_materialized_partitions(dg.AssetKey("validated_records"))
     assert sorted(held_back) == ["2026-02-01", "2026-02-02"], "the drop that failed its gate wrote no validated rows"
-    pairs = result.output_for_node("instruction_pairs")
+    pairs = result.output_for_node("instruction_pairs").frame()
     assert sorted(pairs["drop"].unique()) == ["2026-02-01", "2026-02-02"]
     metadata = instance.get_latest_materialization_event(dg.AssetKey("instruction_pairs")).asset_materialization
     assert metadata.metadata["drops_held_back"].value == ["2026-02-03", "2026-02-04"]
-    formats = pd.concat([stored(settings, "raw_records", d) for d in ("2026-02-01", "2026-02-02")])["format"]
-    assert formats.value_counts().to_dict() == {"openai_chat": 40, "sharegpt": 30, "dolly": 30, "preference": 10}
+    files = {
+        f: s for d in ("2026-02-01", "2026-02-02") for f, s in stored(settings, "raw_records", d).meta["files"].items()
+    }
+    assert {f: (s["format"], s["rows"]) for f, s in files.items()} == {
+        "2026-02-01/chat.jsonl": ("openai_chat", 40),
+        "2026-02-01/share.json.gz": ("sharegpt", 30),
+        "2026-02-02/dolly.csv": ("dolly", 30),
+        "2026-02-02/prefs.parquet": ("preference", 10),
+    }
 
 
 def test_bad_rows_are_rejected_or_excluded_with_reasons_and_counted_in_mlflow(mixed):
     settings, result, _, _ = mixed
-    rejected = pd.concat([stored(settings, "rejected_records", d) for d in ("2026-02-01", "2026-02-02")])
+    rejected = pd.concat([stored(settings, "rejected_records", d).frame() for d in ("2026-02-01", "2026-02-02")])
     reasons = dict(zip(rejected["source_file"] + ":" + rejected["source_line"].astype(str), rejected["reason"]))
     assert reasons == {
         "2026-02-01/chat.jsonl:39": "chat structure broken: turn 2 is from the user, expected the assistant "
         "(turns must alternate)",
         "2026-02-01/chat.jsonl:40": "chat structure broken: turn 2 (assistant) is empty",
     }
-    pairs = result.output_for_node("instruction_pairs")
+    pairs = result.output_for_node("instruction_pairs").frame()
     excluded = pairs[pairs["split"] == "excluded"]
     assert excluded[["source_file", "source_line", "excluded_reason"]].values.tolist() == [
         ["2026-02-02/dolly.csv", 31, "duplicate of 2026-02-01/chat.jsonl:4 from an earlier drop"]
@@ -117,7 +124,7 @@ def test_bad_rows_are_rejected_or_excluded_with_reasons_and_counted_in_mlflow(mi
 
 def test_multi_turn_and_preference_examples_keep_their_shape(mixed):
     _, result, _, _ = mixed
-    pairs = result.output_for_node("instruction_pairs")
+    pairs = result.output_for_node("instruction_pairs").frame()
     multi = pairs[pairs["source_file"].eq("2026-02-01/chat.jsonl") & pairs["source_line"].eq(6)].iloc[0]
     assert [t["role"] for t in multi["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     prefs = pairs[pairs["kind"] == "preference"]

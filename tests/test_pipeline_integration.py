@@ -84,14 +84,14 @@ def test_every_drop_is_ingested_once_with_its_checks(pipeline):
 
 def test_bad_sample_rows_are_rejected_with_their_reason(pipeline):
     drops = ("2026-01-05", "2026-01-12", "2026-01-19")
-    rejected = pd.concat([stored(pipeline["settings"], "rejected_records", d) for d in drops])
+    rejected = pd.concat([stored(pipeline["settings"], "rejected_records", d).frame() for d in drops])
     reasons = dict(zip(rejected["source_file"] + ":" + rejected["source_line"].astype(str), rejected["reason"]))
     assert len(reasons) == 4
     assert reasons["2026-01-05/tickets.jsonl:18"] == "required field missing or blank: output"
     assert reasons["2026-01-05/tickets.jsonl:89"] == "required field missing or blank: instruction"
     assert reasons["2026-01-12/tickets.csv:101"] == "required field missing or blank: instruction"
     assert reasons["2026-01-19/tickets.jsonl:72"].startswith("formatted example is longer than max_tokens=256")
-    pairs = pipeline["first"].output_for_node("instruction_pairs")
+    pairs = pipeline["first"].output_for_node("instruction_pairs").frame()
     excluded = pairs[pairs["split"] == "excluded"]
     assert dict(
         zip(excluded["source_file"] + ":" + excluded["source_line"].astype(str), excluded["excluded_reason"])

@@ -1,15 +1,25 @@
 """The record suite (Great Expectations) on small frames of good and bad rows."""
 
+import itertools
 import re
+import sqlite3
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from assets.raw_records import build_frame
-from assets.validated_records import ValidationConfig, rejection_reasons, structure_problem, with_features
-from data_checks.record_checks import pii_check_result, share_check_result, suite_check_result
+from assets.validated_records import (
+    FEATURES,
+    ValidationConfig,
+    rejection_reasons,
+    store_features,
+    structure_problem,
+    with_features,
+)
+from data_checks.record_checks import PiiTally, share_check_result, suite_check_result
 from data_checks.record_suite import record_suite
 from resources.expectations import GreatExpectations
+from resources.records import FirstSeen
 
 GOOD = {"instruction": "Triage the ticket.", "input": "My RouterX is down.", "output": '{"product": "RouterX"}'}
 
@@ -19,28 +29,30 @@ def m(role, content):
 
 
 def raw(rows, fmt="alpaca"):
-    return build_frame(
-        [
-            {"drop": "d", "source_file": "d/t.jsonl", "source_line": i + 1, "format": fmt, "mapping": None, "record": r}
-            for i, r in enumerate(rows)
-        ]
-    )
+    return [
+        {"row_id": i, "drop": "d", "source_file": "d/t.jsonl", "source_line": i + 1, "format": fmt, "record": r}
+        for i, r in enumerate(rows)
+    ]
 
 
 @pytest.fixture(scope="module")
 def validate(bundled_tokenizer, tmp_path_factory):
-    gx = GreatExpectations(project_dir=str(tmp_path_factory.mktemp("gx")))
+    """Rows through the asset's steps: features, the features table, the suite, the reasons."""
+    folder = tmp_path_factory.mktemp("validation")
+    gx = GreatExpectations(project_dir=str(folder / "gx"))
+    runs = itertools.count()
 
     def run(rows, fmt="alpaca", **config):
+        n = next(runs)
         config = ValidationConfig(**{"max_tokens": 128, "system_prompt": "Be precise.", **config})
-        frame = with_features(raw(rows, fmt), bundled_tokenizer, config)
-        report = gx.validate(frame[["row_id", *FEATURES]], record_suite(config.max_tokens), run_name="test")
-        return frame, report, rejection_reasons(report, frame)
+        rows = with_features(raw(rows, fmt), bundled_tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
+        db = folder / f"features-{n}.sqlite"
+        with sqlite3.connect(db) as connection:
+            store_features(connection, "records", rows)
+        report = gx.validate_table(db, "records", record_suite(config.max_tokens), run_name=f"test-{n}")
+        return pd.DataFrame(rows), report, rejection_reasons(report)
 
     return run
-
-
-FEATURES = ["missing_fields", "structure_error", "hygiene_error", "n_tokens", "duplicate_of"]
 
 
 def test_good_rows_pass_every_expectation(validate):
@@ -126,13 +138,13 @@ def test_personal_data_is_flagged_or_redacted(validate):
     frame, _, reasons = validate(rows)
     assert reasons == {}
     assert frame.loc[0, "pii"] == {"email": 1, "phone": 1} and frame.loc[1, "pii"] is None
-    warn = pii_check_result(frame, "warn")
+    warn = PiiTally().add(frame.to_dict("records")).result("warn")
     assert not warn.passed and warn.metadata["counts"].value == {"email": 1, "phone": 1}
     assert warn.metadata["example_rows"].value == ["d/t.jsonl:1: email, phone"]
 
     frame, _, _ = validate(rows, pii="redact")
     assert "Reach me at [EMAIL] or [PHONE]." in frame.loc[0, "messages"][1]["content"]
-    assert pii_check_result(frame, "redact").passed
+    assert PiiTally().add(frame.to_dict("records")).result("redact").passed
 
 
 def test_token_count_is_of_the_formatted_chat_example(validate, bundled_tokenizer):

@@ -1,0 +1,136 @@
+"""Record sets: how the data assets hand rows downstream without holding a landing in memory.
+
+A data asset writes its rows batch by batch to one Parquet file under FT_HOME/datasets and returns
+a `RecordSet`, a small handle the IO manager pickles. The next asset reads it back batch by batch,
+so memory stays bounded by the batch size, not by the size of the landing. Columns listed in
+`json_columns` hold free-form values (a raw record, PII counts) as JSON text; they are decoded on
+reading, so rows come back as they were written.
+
+`FirstSeen` is the matching piece for duplicate detection: which keys were already seen and
+where, kept in an on-disk SQLite table instead of a Python dict.
+"""
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+BATCH_ROWS = 10_000
+"""Rows per batch: the unit of reading, processing and writing (and so of peak memory)."""
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+@dataclass
+class RecordSet:
+    """Rows stored as one Parquet file; read them with `batches()` (bounded memory) or `frame()`."""
+
+    path: str
+    rows: int
+    json_columns: tuple[str, ...] = ()
+    partition: str | None = None
+    """The data drop these rows belong to, for partitioned assets."""
+    meta: dict = field(default_factory=dict)
+    """Summary figures computed while writing (counts, hashes), so readers need not re-scan."""
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _decode(self, table: pa.Table) -> list[dict]:
+        rows = table.to_pylist()
+        for column in self.json_columns:
+            if column in table.column_names:
+                for row in rows:
+                    if row[column] is not None:
+                        row[column] = json.loads(row[column])
+        return rows
+
+    def batches(self, columns: list[str] | None = None, batch_size: int = BATCH_ROWS) -> Iterator[list[dict]]:
+        """The rows in stored order, `batch_size` at a time, as dicts."""
+        parquet = pq.ParquetFile(self.path)
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+            yield self._decode(pa.Table.from_batches([batch]))
+
+    def frame(self, columns: list[str] | None = None, where: list[tuple] | None = None) -> pd.DataFrame:
+        """The rows (those matching `where`, pyarrow filters such as [("split", "=", "train")]) as
+        one data frame. For the slices that fit in memory: a training or eval split, a few columns."""
+        table = pq.read_table(self.path, columns=columns, filters=where)
+        rows = self._decode(table)
+        return pd.DataFrame(rows, columns=table.column_names)
+
+
+class RecordWriter:
+    """Writes batches of row dicts to a Parquet file with a fixed schema. The file appears at
+    `path` only when the `with` block ends without error; a failed asset leaves nothing behind.
+
+        with RecordWriter(path, SCHEMA, json_columns=("record",)) as out:
+            out.write(rows)
+        records = out.record_set(partition="2026-01-05")
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, json_columns: tuple[str, ...] = ()):
+        self.path, self.schema, self.json_columns = Path(path), schema, json_columns
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.rows = 0
+
+    def __enter__(self) -> "RecordWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self.partial, self.schema)
+        return self
+
+    def write(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        if self.json_columns:
+            rows = [
+                {**r, **{c: None if r.get(c) is None else json.dumps(r[c], default=str) for c in self.json_columns}}
+                for r in rows
+            ]
+        self._writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self.rows += len(rows)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._writer.close()
+        if kind is None:
+            self.partial.replace(self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
+
+    def record_set(self, partition: str | None = None, **meta) -> RecordSet:
+        return RecordSet(str(self.path), self.rows, self.json_columns, partition, meta)
+
+
+class FirstSeen:
+    """Where each key was first seen, for duplicate detection over any number of rows: the keys
+    live in a SQLite table on disk, so memory does not grow with the data."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, place TEXT NOT NULL)")
+
+    def check(self, keys: list[str], places: list[str]) -> list[str | None]:
+        """For each key, in order: where it was seen before (an earlier call or earlier in this
+        list), else None. Every key is then recorded with its first place."""
+        unique = list(dict.fromkeys(keys))
+        known: dict[str, str] = {}
+        for start in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            known.update(self.db.execute(f"SELECT key, place FROM seen WHERE key IN ({marks})", chunk))
+        found, new = [], {}
+        for key, place in zip(keys, places):
+            first = known.get(key) or new.get(key)
+            found.append(first)
+            if first is None:
+                new[key] = place
+        self.db.executemany("INSERT INTO seen VALUES (?, ?)", new.items())
+        self.db.commit()
+        return found
+
+    def close(self) -> None:
+        self.db.close()
