@@ -1,6 +1,8 @@
 """Reading raw files: every supported type, precise errors for the bad-file corpus, drop isolation."""
 
 import hashlib
+import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -131,3 +133,33 @@ def test_configured_format_and_mapping_are_checked_against_the_file(tmp_path):
         from assets.raw_records import file_format
 
         file_format({"x"}, IngestConfig(format="alpacca"), "a.jsonl")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 4096])
+def test_json_arrays_are_read_in_chunks_exactly_as_json_loads_reads_them(chunk):
+    """The .json reader never holds the file whole: elements, and the line and column of errors,
+    must match the standard library's whole-file parse at any chunk size."""
+    from assets import raw_records
+
+    def scan(data: bytes):
+        chunks = raw_records._utf8_chunks(io.BytesIO(data), "f.json", chunk)
+        return list(raw_records._JsonArrayScanner(chunks, "f.json").elements())
+
+    records = [{"instruction": "é" * (i % 7) + '"\n', "n": i, "tags": [i, None, {"x": 1.5}]} for i in range(200)]
+    for indent in (None, 2):
+        assert scan(json.dumps(records, indent=indent, ensure_ascii=False).encode()) == records
+    for broken in [
+        '[{"a":1},]',
+        '[{"a":1} {"b":2}]',
+        '[\n {"a": 1},\n {"b" 2}\n]',
+        '[{"a":1}] x',
+        "[",
+        "",
+        '[{"a": tru}]',
+    ]:
+        with pytest.raises(json.JSONDecodeError) as expected:
+            json.loads(broken)
+        with pytest.raises(IngestError) as failure:
+            scan(broken.encode())
+        e = expected.value
+        assert f"line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})" in str(failure.value)

@@ -177,3 +177,20 @@ def test_validation_is_kept_as_json_and_a_data_docs_page(validate):
     assert "values must be null" in html and "less than or equal to 128" in html
     assert "Unsuccessful Expectations 1" in html
     assert '"success": false' in Path(report.result_path).read_text()
+
+
+def test_duplicates_are_found_across_batches(bundled_tokenizer, tmp_path):
+    """A drop is validated batch by batch; a repeat in a later batch still names the first row."""
+    config = ValidationConfig(max_tokens=128)
+    seen = FirstSeen(tmp_path / "seen.sqlite")
+    first = with_features(raw([GOOD, {**GOOD, "input": "Other."}]), bundled_tokenizer, config, seen)
+    later = raw([{**GOOD, "input": "OTHER. "}, GOOD, {**GOOD, "input": "New."}])
+    for r in later:
+        r["source_line"] += 2
+    second = with_features(later, bundled_tokenizer, config, seen)
+    assert [r["duplicate_of"] for r in first] == [None, None]
+    assert [r["duplicate_of"] for r in second] == [
+        "same as d/t.jsonl:2 up to case and whitespace",
+        "exact duplicate of d/t.jsonl:1",
+        None,
+    ]
