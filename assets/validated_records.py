@@ -1,10 +1,12 @@
 """validated_records and rejected_records: the raw rows as chat examples, split by the quality gate."""
 
 import hashlib
+import itertools
 import re
 import sqlite3
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -204,16 +206,38 @@ def mark_duplicates(rows: list[dict], seen: FirstSeen) -> None:
         )
 
 
-def rejection_reasons(report: ValidationReport) -> dict[int, str]:
-    """Row id -> every rule the row broke, each with the row's value: 'rule: detail; rule: detail'."""
-    reasons = {}
-    for row_id, outcomes in report.failing().items():
-        parts = []
-        for o in outcomes:
-            value = o.unexpected_values.get(row_id)
-            parts.append(f"{o.rule}: {int(value)} tokens" if o.column == "n_tokens" else f"{o.rule}: {value}")
-        reasons[row_id] = "; ".join(parts)
-    return reasons
+def record_reasons(db: sqlite3.Connection, report: ValidationReport) -> int:
+    """Fill the `reasons` table of the features file: row id -> every rule the row broke, each with
+    the row's value ('rule: detail; rule: detail'), from the rows each expectation's own query
+    selects. Streamed through SQLite, so memory does not grow with the number of rejected rows.
+    Returns how many rows were rejected."""
+    db.execute("CREATE TABLE broken (row_id INTEGER, expectation INTEGER, value)")
+    db.executemany("INSERT INTO broken VALUES (?, ?, ?)", report.failing_rows(db.cursor()))
+    db.execute("CREATE TABLE reasons (row_id INTEGER PRIMARY KEY, reason TEXT NOT NULL)")
+
+    def grouped() -> Iterator[tuple[int, str]]:
+        rows = db.cursor().execute("SELECT row_id, expectation, value FROM broken ORDER BY row_id, expectation")
+        for row_id, broken in itertools.groupby(rows, key=lambda r: r[0]):
+            parts = []
+            for _, index, value in broken:
+                outcome = report.outcomes[index]
+                parts.append(
+                    f"{outcome.rule}: {value} tokens" if outcome.column == "n_tokens" else f"{outcome.rule}: {value}"
+                )
+            yield row_id, "; ".join(parts)
+
+    db.executemany("INSERT INTO reasons VALUES (?, ?)", grouped())
+    db.execute("DROP TABLE broken")
+    db.commit()
+    return db.execute("SELECT COUNT(*) FROM reasons").fetchone()[0]
+
+
+def reasons_of(db: sqlite3.Connection, batch: list[dict]) -> dict[int, str]:
+    """The rejection reasons of a batch's rows (row ids ascend through a drop, so one range query)."""
+    if not batch:
+        return {}
+    ids = [r["row_id"] for r in batch]
+    return dict(db.execute("SELECT row_id, reason FROM reasons WHERE row_id BETWEEN ? AND ?", (min(ids), max(ids))))
 
 
 # The feature columns as Great Expectations reads them (same order as FEATURES).
@@ -303,6 +327,8 @@ def features_pass(
 @dg.multi_asset(
     outs={
         "validated_records": dg.AssetOut(
+            # Not written for a drop that fails its gate: the step then fails on the blocking check.
+            is_required=False,
             description="Raw rows that pass every expectation of the record suite, as conversations: "
             "`kind` (sft or preference), `messages` (system prompt filled in), `chosen`/`rejected` for "
             "preference pairs, the measured `n_tokens`, `truncated`, `pii` counts, and their source.",
@@ -335,13 +361,15 @@ def validated_records(
     3. rows are split into validated and rejected by the rows each expectation reported, and the
        validated rows are validated again (the blocking suite check).
 
-    Memory grows only with the number of rejected rows (their ids and reasons).
+    Which rows broke which rule comes from each expectation's own query, streamed into a `reasons`
+    table of the same SQLite file; nothing is held per row in memory.
     """
     drop, run_id = context.partition_key, context.run.run_id
     tokenizer = models.load_tokenizer(base_model)
     run_name = f"{drop}-{run_id[:8]}"
     results = Path(gx.project_dir) / "results" / run_name
     results.mkdir(parents=True, exist_ok=True)
+    (results / "features.sqlite").unlink(missing_ok=True)  # a retried step starts afresh
     db = sqlite3.connect(results / "features.sqlite")
     with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp:
         seen = FirstSeen(Path(tmp) / "seen.sqlite")
@@ -352,12 +380,13 @@ def validated_records(
         report = gx.validate_table(
             results / "features.sqlite", "records", record_suite(validation.max_tokens), run_name
         )
-        reasons = rejection_reasons(report)
+        rows_rejected = record_reasons(db, report)
 
         examples: list[str] = []
         rejected_path = state.dataset_path("rejected_records", drop, run_id)
         with RecordWriter(rejected_path, REJECTED_SCHEMA, ("record", "mapping")) as rejected_out:
             for batch in raw_records.batches():
+                reasons = reasons_of(db, batch) if rows_rejected else {}
                 bad = [
                     {**r, "reason": reasons[r["row_id"]]}
                     for r in with_format(batch, raw_records.meta["files"])
@@ -371,14 +400,13 @@ def validated_records(
         validated_path = state.dataset_path("validated_records", drop, run_id)
         with RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii",)) as validated_out:
             for batch in candidates.batches():
+                reasons = reasons_of(db, batch) if rows_rejected else {}
                 good = [{**r, "gx_result": report.result_path} for r in batch if r["row_id"] not in reasons]
                 validated_out.write(good)
                 tally.add(good)
         db.execute(FEATURES_TABLE.format(name="validated_records"))
-        db.execute("CREATE TEMP TABLE rejected_ids (row_id INTEGER PRIMARY KEY)")
-        db.executemany("INSERT INTO rejected_ids VALUES (?)", ((i,) for i in reasons))
         db.execute(
-            "INSERT INTO validated_records SELECT * FROM records WHERE row_id NOT IN (SELECT row_id FROM rejected_ids)"
+            "INSERT INTO validated_records SELECT * FROM records WHERE row_id NOT IN (SELECT row_id FROM reasons)"
         )
         db.commit()
         db.close()
@@ -389,7 +417,9 @@ def validated_records(
         run_name,
     )
     suite_result = suite_check_result(recheck)
-    share_result = share_check_result(len(raw_records), reasons, examples, validation.max_rejected_fraction, report)
+    share_result = share_check_result(
+        len(raw_records), rows_rejected, examples, validation.max_rejected_fraction, report
+    )
 
     yield dg.Output(
         rejected,

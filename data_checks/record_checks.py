@@ -60,22 +60,24 @@ def suite_check_result(report: ValidationReport) -> dg.AssetCheckResult:
 
 
 def share_check_result(
-    rows_raw: int, reasons: dict, examples: list[str], max_fraction: float, report: ValidationReport
+    rows_raw: int, rows_rejected: int, examples: list[str], max_fraction: float, report: ValidationReport
 ) -> dg.AssetCheckResult:
     """Rejected share against its limit; the metadata shows both, the top rules and example rows."""
-    share = len(reasons) / rows_raw if rows_raw else 0.0
-    rules = Counter(rule for rules in report.failing_reasons().values() for rule in rules)
+    share = rows_rejected / rows_raw if rows_raw else 0.0
+    rules = Counter()
+    for outcome in report.outcomes:
+        rules[outcome.rule] += outcome.unexpected_count
     return dg.AssetCheckResult(
         check_name=SHARE_CHECK,
         passed=share <= max_fraction,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{len(reasons)} of {rows_raw} rows rejected ({share:.1%}); limit {max_fraction:.1%}",
+        description=f"{rows_rejected} of {rows_raw} rows rejected ({share:.1%}); limit {max_fraction:.1%}",
         metadata={
             "rejected_fraction": float(share),
             "max_rejected_fraction": float(max_fraction),
-            "rows_rejected": len(reasons),
+            "rows_rejected": rows_rejected,
             "rows_raw": rows_raw,
-            "top_reasons": dg.MetadataValue.json(dict(rules.most_common(5))),
+            "top_reasons": dg.MetadataValue.json({rule: n for rule, n in rules.most_common(5) if n}),
             "example_rows": dg.MetadataValue.json(examples[:10]),
             "expectations": dg.MetadataValue.md(expectation_table(report)),
             "data_docs": dg.MetadataValue.url(report.docs_url or ""),

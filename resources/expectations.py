@@ -1,10 +1,11 @@
-"""Great Expectations behind one resource: validate a data frame or a SQLite table against a suite, row by row.
+"""Great Expectations behind one resource: validate a SQLite table against a suite, row by row.
 
 Each validation is kept: its result as JSON and an HTML Data Docs page, both under FT_HOME/gx.
 """
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic import Field
 
 @dataclass
 class ExpectationOutcome:
-    """One expectation's result: which rule, whether it held, and the ids of the rows that broke it."""
+    """One expectation's result: which rule, whether it held, how many rows broke it and how to find them."""
 
     expectation: str
     column: str | None
@@ -22,9 +23,8 @@ class ExpectationOutcome:
     success: bool
     element_count: int
     unexpected_count: int
-    unexpected_ids: list[Any] = field(default_factory=list)
-    unexpected_values: dict[Any, Any] = field(default_factory=dict)
-    """Row id -> the value in `column` that broke the rule."""
+    unexpected_query: str | None = None
+    """SQL selecting (row id, value) of every row that broke the rule, against the validated table."""
 
 
 @dataclass
@@ -37,20 +37,19 @@ class ValidationReport:
     docs_url: str | None = None
     """The Data Docs page of this validation (file:// URL)."""
 
-    def failing(self) -> dict[Any, list[ExpectationOutcome]]:
-        """Row id -> the expectations that row broke, in suite order."""
-        rows: dict[Any, list[ExpectationOutcome]] = {}
-        for outcome in self.outcomes:
-            for row_id in outcome.unexpected_ids:
-                rows.setdefault(row_id, []).append(outcome)
-        return rows
-
-    def failing_reasons(self) -> dict[Any, list[str]]:
-        return {row: [o.rule for o in outcomes] for row, outcomes in self.failing().items()}
+    def failing_rows(self, db) -> Iterator[tuple[int, int, Any]]:
+        """(row id, index of the expectation, offending value) for every failing row, streamed from
+        `db` (a sqlite3 connection to the validated file) by each expectation's own query."""
+        for index, outcome in enumerate(self.outcomes):
+            if outcome.unexpected_count:
+                if not outcome.unexpected_query:
+                    raise RuntimeError(f"Great Expectations gave no query for the rows breaking {outcome.expectation}.")
+                for row_id, value in db.execute(outcome.unexpected_query):
+                    yield row_id, index, value
 
 
 class GreatExpectations(dg.ConfigurableResource):
-    """Runs Great Expectations 1.x suites on pandas frames or SQLite tables in a file context under FT_HOME/gx."""
+    """Runs Great Expectations 1.x suites on SQLite tables in a file context under FT_HOME/gx."""
 
     project_dir: str = Field(description="Folder of the GX file context (results and Data Docs).")
     id_column: str = Field(default="row_id", description="Column that identifies rows in results.")
@@ -61,20 +60,6 @@ class GreatExpectations(dg.ConfigurableResource):
         context = gx.get_context(mode="file", project_root_dir=self.project_dir)
         context.variables.progress_bars = {"globally": False}
         return context
-
-    def validate(self, frame, suite, run_name: str = "adhoc") -> ValidationReport:
-        """Validate a pandas frame against `suite` (a gx.ExpectationSuite); every failing row is reported.
-
-        Each expectation's `meta["rule"]` is the human wording of the rule used in rejection reasons.
-        `run_name` (the Dagster run id) names the result in Data Docs.
-        """
-        context = self._context()
-        source = context.data_sources.add_or_update_pandas("records")
-        asset = next((a for a in source.assets if a.name == suite.name), None)
-        asset = asset or source.add_dataframe_asset(suite.name)
-        batch = next((b for b in asset.batch_definitions if b.name == "all rows"), None)
-        batch = batch or asset.add_batch_definition_whole_dataframe("all rows")
-        return self._run(context, batch, suite, run_name, {"dataframe": frame})
 
     def validate_table(self, database: Path, table: str, suite, run_name: str = "adhoc") -> ValidationReport:
         """Validate a table of a SQLite file against `suite`. Great Expectations runs each
@@ -102,6 +87,9 @@ class GreatExpectations(dg.ConfigurableResource):
                 name=suite.name,
                 validation_definitions=[definition],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                # COMPLETE adds, per expectation, the query that selects the failing rows (run by the
+                # caller as a stream); the lists of failing values stay capped at 20 examples, so the
+                # result is the same size for a thousand rows or a hundred million.
                 result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [self.id_column]},
             )
         )
@@ -118,20 +106,15 @@ class GreatExpectations(dg.ConfigurableResource):
         for r in result.results:
             config = r.expectation_config
             res = r.result or {}
-            column = config.kwargs.get("column")
-            unexpected = {
-                int(item[self.id_column]): item.get(column) for item in res.get("unexpected_index_list") or []
-            }
             outcomes.append(
                 ExpectationOutcome(
                     expectation=config.type,
-                    column=column,
+                    column=config.kwargs.get("column"),
                     rule=(config.meta or {}).get("rule", config.type),
                     success=bool(r.success),
                     element_count=int(res.get("element_count", 0)),
-                    unexpected_count=int(res.get("unexpected_count", len(unexpected))),
-                    unexpected_ids=list(unexpected),
-                    unexpected_values=unexpected,
+                    unexpected_count=int(res.get("unexpected_count", 0)),
+                    unexpected_query=res.get("unexpected_index_query"),
                 )
             )
         return ValidationReport(

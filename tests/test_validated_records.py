@@ -11,7 +11,7 @@ import pytest
 from assets.validated_records import (
     FEATURES,
     ValidationConfig,
-    rejection_reasons,
+    record_reasons,
     store_features,
     structure_problem,
     with_features,
@@ -47,10 +47,14 @@ def validate(bundled_tokenizer, tmp_path_factory):
         config = ValidationConfig(**{"max_tokens": 128, "system_prompt": "Be precise.", **config})
         rows = with_features(raw(rows, fmt), bundled_tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
         db = folder / f"features-{n}.sqlite"
-        with sqlite3.connect(db) as connection:
-            store_features(connection, "records", rows)
+        connection = sqlite3.connect(db)
+        store_features(connection, "records", rows)
+        connection.commit()
         report = gx.validate_table(db, "records", record_suite(config.max_tokens), run_name=f"test-{n}")
-        return pd.DataFrame(rows), report, rejection_reasons(report)
+        record_reasons(connection, report)
+        reasons = dict(connection.execute("SELECT row_id, reason FROM reasons"))
+        connection.close()
+        return pd.DataFrame(rows), report, reasons
 
     return run
 
@@ -160,12 +164,12 @@ def test_check_results_show_values_beside_thresholds(validate):
     assert "required field missing or blank | 1 | 2 | no" in suite.metadata["expectations"].value
     assert suite.metadata["data_docs"].value.startswith("file://")
 
-    over = share_check_result(10, {1: "x", 2: "y"}, ["d/t.jsonl:2: ..."], 0.1, report)
+    over = share_check_result(10, 2, ["d/t.jsonl:2: ..."], 0.1, report)
     assert not over.passed
     assert over.metadata["rejected_fraction"].value == pytest.approx(0.2)
     assert over.metadata["max_rejected_fraction"].value == pytest.approx(0.1)
     assert over.metadata["top_reasons"].value == {"required field missing or blank": 1}
-    assert share_check_result(10, {1: "x"}, [], 0.1, report).passed
+    assert share_check_result(10, 1, [], 0.1, report).passed
 
 
 def test_validation_is_kept_as_json_and_a_data_docs_page(validate):
@@ -194,3 +198,12 @@ def test_duplicates_are_found_across_batches(bundled_tokenizer, tmp_path):
         "exact duplicate of d/t.jsonl:1",
         None,
     ]
+
+
+def test_every_failing_row_is_found_however_many_there_are(validate):
+    """Great Expectations lists only 20 example rows per expectation; the rejected rows come from
+    each expectation's query instead, so none slips through to training."""
+    rows = [{**GOOD, "input": f"Ticket {i}: " + "word " * 150} for i in range(45)] + [GOOD]
+    _, report, reasons = validate(rows)
+    assert len(reasons) == 45 and 45 not in reasons
+    assert report.outcomes[3].unexpected_count == 45

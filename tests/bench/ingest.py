@@ -83,18 +83,15 @@ def run_once(rows: int, home: Path) -> dict:
         if not rows:
             (tmp / "landing").mkdir()
         settings = make_settings(home, BUNDLED_BASE_MODEL, landing=tmp / "landing").prepare()
-        defs = build_definitions(settings)
+        defs = build_definitions(settings, {"validation": {"max_rejected_fraction": 1.0}})
         instance = dg.DagsterInstance.ephemeral()
         # The base model (for its tokenizer) is prepared by an earlier process; here it is reused.
         defs.resolve_job_def("prepare_base_model").execute_in_process(instance=instance)
         if not rows:
             return {}
         instance.add_dynamic_partitions("drops", ["bench"])
-        config = {"ops": {"validated_records": {"config": {"max_rejected_fraction": 1.0}}}}
         started = time.perf_counter()
-        ingest = defs.resolve_job_def("ingest_drop").execute_in_process(
-            instance=instance, partition_key="bench", run_config=config
-        )
+        ingest = defs.resolve_job_def("ingest_drop").execute_in_process(instance=instance, partition_key="bench")
         pairs = defs.resolve_job_def("finetune").execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey("instruction_pairs")]
         )
