@@ -51,8 +51,8 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: venv  ## ingest -> validate -> format on 10k and 100k rows (BENCHMARKS.md)
-	$(PY) -m tests.bench.ingest --rows 10000 100000
+bench: venv  ## ingest -> validate -> format on 10k, 100k and 1M rows, beside one pandas frame (BENCHMARKS.md)
+	$(PY) -m tests.bench.ingest --rows 10000 100000 1000000 --frame 100000 1000000
 
 sample-data: venv  ## regenerate the bundled sample data (deterministic)
 	$(PY) -m pipelines.sample_data.generate

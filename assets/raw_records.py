@@ -18,7 +18,7 @@ from pydantic import Field
 from assets._drops import DROPS
 from assets._formats import MAPPED, REQUIRED_FIELDS, detect_format
 from resources.landing import LandingFile, LandingZone
-from resources.records import BATCH_ROWS, RecordSet, RecordWriter
+from resources.records import BATCH_ROWS, RecordSet, RecordWriter, row_groups
 from resources.state import StateStore
 
 WHAT_TO_DO = "The raw file is left as it is: fix it at its source and land it again."
@@ -226,10 +226,11 @@ def read_parquet(stream, name: str) -> Iterator[tuple[int, dict]]:
         except pa.ArrowException as err:
             raise IngestError(f"{name}: not a readable Parquet file ({err}). {WHAT_TO_DO}") from None
         number = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-            for record in batch.to_pylist():
-                number += 1
-                yield number, record
+        for table in row_groups(parquet):  # a row group is Parquet's unit of reading
+            for start in range(0, table.num_rows, BATCH_ROWS):
+                for record in table.slice(start, BATCH_ROWS).to_pylist():
+                    number += 1
+                    yield number, record
 
 
 READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}

@@ -284,20 +284,18 @@ REJECTED_SCHEMA = pa.schema(
 
 @dataclass
 class Tally:
-    """Figures gathered batch by batch for the metadata of a drop's validation."""
+    """Figures of the validated rows, gathered batch by batch for the materialization's metadata."""
 
     rows: int = 0
     truncated: int = 0
     longest: int = 0
     kinds: Counter = field(default_factory=Counter)
-    warnings: Counter = field(default_factory=Counter)
 
     def add(self, rows: list[dict]) -> None:
         self.rows += len(rows)
         self.truncated += sum(bool(r["truncated"]) for r in rows)
         self.longest = max([self.longest, *(r["n_tokens"] or 0 for r in rows)])
         self.kinds.update(r["kind"] for r in rows)
-        self.warnings.update(r["warnings"] for r in rows if r["warnings"])
 
 
 def store_features(db: sqlite3.Connection, table: str, rows: list[dict]) -> None:

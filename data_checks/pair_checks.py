@@ -8,12 +8,13 @@ import dagster as dg
 
 from assets._chat_format import conversation_text, normalize, prompt_turns
 from resources.records import RecordSet
+from resources.state import StateStore
 
 
-def shared_prompts(pairs: RecordSet) -> tuple[int, int, list[str]]:
+def shared_prompts(pairs: RecordSet, scratch: Path) -> tuple[int, int, list[str]]:
     """Prompts found on both sides of the split: (exactly, up to case and whitespace, examples).
     The prompts go to an on-disk table batch by batch, so any number of pairs can be compared."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         db = sqlite3.connect(Path(tmp) / "prompts.sqlite")
         db.execute("CREATE TABLE prompts (exact TEXT, normalized TEXT, side TEXT)")
         for batch in pairs.batches(columns=["messages", "split"]):
@@ -34,10 +35,10 @@ def shared_prompts(pairs: RecordSet) -> tuple[int, int, list[str]]:
 
 
 @dg.asset_check(asset="instruction_pairs", blocking=True)
-def train_eval_disjoint(instruction_pairs: RecordSet) -> dg.AssetCheckResult:
+def train_eval_disjoint(instruction_pairs: RecordSet, state: StateStore) -> dg.AssetCheckResult:
     """No prompt is on both sides of the split, compared exactly and case/whitespace-normalized.
     Rows excluded as repeats of an earlier drop are on neither side."""
-    exact, normalized, examples = shared_prompts(instruction_pairs)
+    exact, normalized, examples = shared_prompts(instruction_pairs, state.scratch_dir())
     return dg.AssetCheckResult(
         passed=not exact and not normalized,
         metadata={

@@ -12,6 +12,7 @@ from assets.instruction_pairs import (
 )
 from data_checks.pair_checks import train_eval_disjoint
 from resources.records import FirstSeen, RecordWriter
+from resources.state import StateStore
 
 
 def conversation(i):
@@ -114,7 +115,8 @@ def test_repeats_of_an_earlier_drop_are_excluded_across_batches(tmp_path):
 
 def test_disjoint_check_passes_on_a_real_split_and_fails_on_a_leak(tmp_path):
     pairs = pairs_of(validated(200), 0.2)
-    assert train_eval_disjoint(record_set(tmp_path, pairs)).passed
+    state = StateStore(home=str(tmp_path))
+    assert train_eval_disjoint(record_set(tmp_path, pairs), state).passed
 
     leak = pairs.copy()
     first_eval = leak.index[leak["split"] == "eval"][0]
@@ -122,7 +124,7 @@ def test_disjoint_check_passes_on_a_real_split_and_fails_on_a_leak(tmp_path):
     messages = [dict(m) for m in train_row["messages"]]
     messages[1]["content"] = "  " + messages[1]["content"].upper()
     leak.at[first_eval, "messages"] = messages
-    result = train_eval_disjoint(record_set(tmp_path, leak))
+    result = train_eval_disjoint(record_set(tmp_path, leak), state)
     assert not result.passed
     assert result.metadata["shared_normalized"].value == 1
     assert result.metadata["shared_exact"].value == 0

@@ -1,11 +1,12 @@
 """Benchmark: raw files -> raw_records -> validated_records -> instruction_pairs, real Dagster assets.
 
-    make bench        (or: .venv/bin/python -m tests.bench.ingest --rows 100000)
+    make bench        (or: .venv/bin/python -m tests.bench.ingest --rows 100000 --frame 100000)
 
 Rows come from ../shared/data/dolly (real records of uneven lengths) when present, else from the
 sample-data generator; either way they are made unique by numbering, written as JSONL files in a
-temp landing folder, and run through the three stages with the bundled tokenizer. Each size runs in
-its own process so peak memory (max RSS) is its own.
+temp landing folder (one drop of 4 files), and run through the three stages with the bundled
+tokenizer. `--frame` sizes read the same files into one pandas frame instead, for comparison. Each
+size runs in its own process so peak memory (max RSS) is its own.
 """
 
 import argparse
