@@ -47,11 +47,3 @@ def scan(text: str) -> tuple[str, dict[str, int]]:
             text = text[:start] + REDACTED[kind] + text[end:]
     return text, counts
 
-
-def find_pii(text: str) -> dict[str, int]:
-    """Counts of each kind of possible personal data in `text` (kinds with no match left out)."""
-    return scan(text)[1]
-
-
-def redact_pii(text: str) -> str:
-    return scan(text)[0]
