@@ -46,4 +46,3 @@ def scan(text: str) -> tuple[str, dict[str, int]]:
         for start, end in reversed(spans):
             text = text[:start] + REDACTED[kind] + text[end:]
     return text, counts
-
