@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
@@ -84,11 +83,8 @@ def drops_to_use(per_drop: dict, window: int = 0) -> list[tuple[str, RecordSet]]
 def mark_cross_drop_duplicates(pairs: list[dict], seen: FirstSeen) -> None:
     """Rows repeating (up to case and whitespace) a row of an earlier drop get split 'excluded' and
     an `excluded_reason`; each drop's own duplicates were already rejected by its validation."""
-    keys = [
-        hashlib.blake2b(normalize(conversation_text(p["messages"], p["chosen"], p["rejected"])).encode()).hexdigest()
-        for p in pairs
-    ]
-    for p, first in zip(pairs, seen.check(keys, [f"{p['source_file']}:{p['source_line']}" for p in pairs])):
+    texts = [normalize(conversation_text(p["messages"], p["chosen"], p["rejected"])) for p in pairs]
+    for p, first in zip(pairs, seen.check(texts, [f"{p['source_file']}:{p['source_line']}" for p in pairs])):
         if first is not None:
             p["split"], p["excluded_reason"] = "excluded", f"duplicate of {first} from an earlier drop"
 
@@ -106,14 +102,6 @@ class SetHash:
 
     def hexdigest(self) -> str:
         return f"{self.total:032x}"[:16]
-
-
-def content_hash(pairs: pd.DataFrame) -> str:
-    """SetHash of a frame of examples."""
-    digest = SetHash()
-    for example_id, messages in zip(pairs["example_id"], pairs["messages"]):
-        digest.add(example_id, messages)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -1,6 +1,5 @@
 """validated_records and rejected_records: the raw rows as chat examples, split by the quality gate."""
 
-import hashlib
 import itertools
 import re
 import sqlite3
@@ -185,17 +184,13 @@ def measure(rows: list[dict], tokenizer, config: ValidationConfig) -> None:
                     r["messages"], r["n_tokens"], r["truncated"] = cut, render_lengths(tokenizer, [cut])[0], True
 
 
-def digest(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
 def mark_duplicates(rows: list[dict], seen: FirstSeen) -> None:
     """Set `duplicate_of`: the earlier row a row repeats (exactly, or up to case and whitespace),
     else None. Rows are compared with every row `seen` so far, in landing order; the first is kept."""
     texts = [conversation_text(r["messages"], r["chosen"], r["rejected"]) for r in rows]
     places = [f"{r['source_file']}:{r['source_line']}" for r in rows]
-    exact = seen.check([digest(t) for t in texts], places)
-    normal = seen.check(["n" + digest(normalize(t)) for t in texts], places)
+    exact = seen.check(texts, places)
+    normal = seen.check(["\x00normalized\x00" + normalize(t) for t in texts], places)
     for r, same, similar in zip(rows, exact, normal):
         r["duplicate_of"] = (
             f"exact duplicate of {same}"
@@ -268,6 +263,8 @@ VALIDATED_SCHEMA = pa.schema(
         ("gx_result", pa.string()),
     ]
 )
+# What the first pass writes: a validated row, plus the raw record should the row be rejected.
+CANDIDATE_SCHEMA = VALIDATED_SCHEMA.append(pa.field("mapping", pa.string())).append(pa.field("record", pa.string()))
 REJECTED_SCHEMA = pa.schema(
     [
         ("row_id", pa.int64()),
@@ -308,12 +305,15 @@ def store_features(db: sqlite3.Connection, table: str, rows: list[dict]) -> None
 def features_pass(
     raw: RecordSet, tokenizer, config: ValidationConfig, seen: FirstSeen, db: sqlite3.Connection, out: RecordWriter
 ) -> tuple["PiiTally", Counter]:
-    """First pass: every raw row as a conversation with its features, written to `out`; the feature
-    columns also go to the `records` table of `db` for Great Expectations. Returns the personal-data
-    tally and the conversion warnings of all rows."""
+    """First pass: every raw row as a conversation with its features and its raw `record`, written
+    to `out`; the feature columns also go to the `records` table of `db` for Great Expectations.
+    Returns the personal-data tally and the conversion warnings of all rows."""
     pii, warnings = PiiTally(), Counter()
     for batch in raw.batches():
-        rows = with_features(with_format(batch, raw.meta["files"]), tokenizer, config, seen)
+        batch = with_format(batch, raw.meta["files"])
+        rows = with_features(batch, tokenizer, config, seen)
+        for row, source in zip(rows, batch):  # kept for the rows that will be rejected
+            row["record"], row["mapping"] = source["record"], source["mapping"]
         store_features(db, "records", rows)
         out.write(rows)
         pii.add(rows)
@@ -371,37 +371,32 @@ def validated_records(
     db = sqlite3.connect(results / "features.sqlite")
     with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp:
         seen = FirstSeen(Path(tmp) / "seen.sqlite")
-        with RecordWriter(Path(tmp) / "candidates.parquet", VALIDATED_SCHEMA, ("pii",)) as out:
+        with RecordWriter(Path(tmp) / "candidates.parquet", CANDIDATE_SCHEMA, ("pii", "mapping", "record")) as out:
             pii, warnings = features_pass(raw_records, tokenizer, validation, seen, db, out)
         seen.close()
-        candidates = out.record_set()
         report = gx.validate_table(
             results / "features.sqlite", "records", record_suite(validation.max_tokens), run_name
         )
         rows_rejected = record_reasons(db, report)
 
+        # Second pass: each row to the validated or the rejected file, by the reasons table.
         examples: list[str] = []
-        rejected_path = state.dataset_path("rejected_records", drop, run_id)
-        with RecordWriter(rejected_path, REJECTED_SCHEMA, ("record", "mapping")) as rejected_out:
-            for batch in raw_records.batches():
-                reasons = reasons_of(db, batch) if rows_rejected else {}
-                bad = [
-                    {**r, "reason": reasons[r["row_id"]]}
-                    for r in with_format(batch, raw_records.meta["files"])
-                    if r["row_id"] in reasons
-                ]
-                rejected_out.write(bad)
-                examples += [f"{r['source_file']}:{r['source_line']}: {r['reason']}" for r in bad[: 10 - len(examples)]]
-        rejected = rejected_out.record_set(partition=drop)
-
         tally = Tally()
         validated_path = state.dataset_path("validated_records", drop, run_id)
-        with RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii",)) as validated_out:
-            for batch in candidates.batches():
+        rejected_path = state.dataset_path("rejected_records", drop, run_id)
+        with (
+            RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii",)) as validated_out,
+            RecordWriter(rejected_path, REJECTED_SCHEMA, ("record", "mapping")) as rejected_out,
+        ):
+            for batch in out.record_set().batches():
                 reasons = reasons_of(db, batch) if rows_rejected else {}
                 good = [{**r, "gx_result": report.result_path} for r in batch if r["row_id"] not in reasons]
+                bad = [{**r, "reason": reasons[r["row_id"]]} for r in batch if r["row_id"] in reasons]
                 validated_out.write(good)
+                rejected_out.write(bad)
                 tally.add(good)
+                examples += [f"{r['source_file']}:{r['source_line']}: {r['reason']}" for r in bad[: 10 - len(examples)]]
+        rejected = rejected_out.record_set(partition=drop)
         db.execute(FEATURES_TABLE.format(name="validated_records"))
         db.execute(
             "INSERT INTO validated_records SELECT * FROM records WHERE row_id NOT IN (SELECT row_id FROM reasons)"

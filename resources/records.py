@@ -10,6 +10,7 @@ reading, so rows come back as they were written.
 where, kept in an on-disk SQLite table instead of a Python dict.
 """
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -114,16 +115,17 @@ class RecordWriter:
 
 
 class FirstSeen:
-    """Where each key was first seen, for duplicate detection over any number of rows: the keys
-    live in a SQLite table on disk, so memory does not grow with the data."""
+    """Where each text was first seen, for duplicate detection over any number of rows: a 16-byte
+    digest of each text lives in a SQLite table on disk, so memory does not grow with the data."""
 
     def __init__(self, path: Path):
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, place TEXT NOT NULL)")
 
-    def check(self, keys: list[str], places: list[str]) -> list[str | None]:
-        """For each key, in order: where it was seen before (an earlier call or earlier in this
-        list), else None. Every key is then recorded with its first place."""
+    def check(self, texts: list[str], places: list[str]) -> list[str | None]:
+        """For each text, in order: where it was seen before (an earlier call or earlier in this
+        list), else None. Every text is then recorded with its first place."""
+        keys = [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts]
         unique = list(dict.fromkeys(keys))
         known: dict[str, str] = {}
         for start in range(0, len(unique), 500):  # SQLite caps the number of bound parameters

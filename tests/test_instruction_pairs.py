@@ -5,8 +5,8 @@ import pandas as pd
 from assets.instruction_pairs import (
     PAIRS_SCHEMA,
     PairTally,
+    SetHash,
     build_pairs,
-    content_hash,
     mark_cross_drop_duplicates,
     split_of,
 )
@@ -78,10 +78,17 @@ def test_pairs_are_chat_messages_with_their_source():
     assert pairs.loc[2, "source_line"] == 3 and pairs.loc[2, "drop"] == "d1"
 
 
-def test_content_hash_names_the_set_not_its_order():
-    pairs = pairs_of(validated(20), 0.2)
-    assert content_hash(pairs) == content_hash(pairs.iloc[::-1])
-    assert content_hash(pairs) != content_hash(pairs.head(19))
+def set_hash(pairs) -> str:
+    digest = SetHash()
+    for p in pairs:
+        digest.add(p["example_id"], p["messages"])
+    return digest.hexdigest()
+
+
+def test_set_hash_names_the_set_not_its_order():
+    pairs = build_pairs(validated(20), 0.2)
+    assert set_hash(pairs) == set_hash(pairs[::-1])
+    assert set_hash(pairs) != set_hash(pairs[:19])
 
 
 def test_streamed_set_hashes_equal_the_hash_of_the_whole_split():
@@ -89,9 +96,8 @@ def test_streamed_set_hashes_equal_the_hash_of_the_whole_split():
     tally = PairTally()
     for start in range(0, 50, 7):
         tally.add(pairs[start : start + 7])
-    frame = pd.DataFrame(pairs)
-    assert tally.train_hash.hexdigest() == content_hash(frame[frame["split"] == "train"])
-    assert tally.eval_hash.hexdigest() == content_hash(frame[frame["split"] == "eval"])
+    assert tally.train_hash.hexdigest() == set_hash([p for p in pairs if p["split"] == "train"])
+    assert tally.eval_hash.hexdigest() == set_hash([p for p in pairs if p["split"] == "eval"])
     assert tally.train + tally.eval == 50
 
 
