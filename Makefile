@@ -43,9 +43,10 @@ serve: venv  ## serve the champion over HTTP on $(HOST):5001 (MLflow scoring ser
 		$(VENV)/bin/mlflow models serve -m "models:/$$($(PY) -m pipelines.settings model_name)@champion" \
 		--env-manager local --host $(HOST) --port 5001
 
-lint: venv
+lint: venv  ## ruff, and the import layers (import-linter contracts in pyproject.toml; make test checks them too)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

@@ -3,13 +3,16 @@
 import base64
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets._chat_format import training_chat_template
+from assets.domain.chat import training_chat_template
+from assets.domain.values import TrainedModel
 from resources.models import ModelLoader
 from resources.records import RecordSet
 from resources.state import StateStore
@@ -95,6 +98,93 @@ def loss_curve_png(steps: list[int], losses: list[float]) -> bytes:
     return buf.getvalue()
 
 
+@dataclass
+class TrainingRun:
+    """What one trainer.train() left behind, before its outputs are saved."""
+
+    trainer: Any
+    tokenizer: Any
+    train_loss: float
+    seconds: float
+    loss_curve: list[tuple[int, float]]
+    tokens: int
+
+
+def train_adapter(
+    training: TrainingConfig, base_model: str, train: pd.DataFrame, models: ModelLoader, out_dir: Path, log
+) -> TrainingRun:
+    """Train a LoRA adapter on `train`'s conversations with TRL's SFTTrainer, loss on the
+    assistant's tokens only. `log` receives each of the trainer's log lines."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
+    max_length = int(train["n_tokens"].max())
+    sft_config, lora_config = trainer_configs(
+        training, out_dir / "trainer", max_length, models.resolved_device() == "cpu"
+    )
+    tokenizer = models.load_tokenizer(base_model)
+    serving_template = tokenizer.chat_template
+    tokenizer.chat_template = training_chat_template(tokenizer) or serving_template
+
+    class LogToDagster(TrainerCallback):
+        def on_log(self, args, state_, control, logs=None, **kwargs):
+            if logs:
+                log(f"step {state_.global_step}: {logs}")
+
+    trainer = SFTTrainer(
+        model=models.load_model(base_model),
+        args=sft_config,
+        train_dataset=Dataset.from_list([{"messages": m} for m in train["messages"]]),
+        processing_class=tokenizer,
+        peft_config=lora_config,
+        callbacks=[LogToDagster()],
+    )
+    started = time.time()
+    result = trainer.train()
+    seconds = time.time() - started
+    tokenizer.chat_template = serving_template  # saved with the model: serving renders plain ChatML
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    tokens = trainer.state.num_input_tokens_seen or (history[-1].get("num_tokens", 0) if history else 0)
+    curve = [(h["step"], float(h["loss"])) for h in history]
+    return TrainingRun(trainer, tokenizer, float(result.training_loss), seconds, curve, int(tokens))
+
+
+def save_models(run: TrainingRun, out_dir: Path, state: StateStore) -> tuple[Path, Path]:
+    """The adapter, and the adapter merged into the base weights (a plain model for serving),
+    each written atomically; returns both folders."""
+    adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
+    with state.atomic_dir(adapter_dir) as scratch:
+        run.trainer.model.save_pretrained(scratch)
+        run.tokenizer.save_pretrained(scratch)
+    with state.atomic_dir(merged_dir) as scratch:
+        run.trainer.model.merge_and_unload().save_pretrained(scratch)
+        run.tokenizer.save_pretrained(scratch)
+    return adapter_dir, merged_dir
+
+
+def training_metadata(trained: TrainedModel, run: TrainingRun, png: bytes) -> dict:
+    steps, losses = [s for s, _ in run.loss_curve], [loss for _, loss in run.loss_curve]
+    return {
+        "preset": trained.preset,
+        "device": trained.device,
+        "train_examples": trained.train_examples,
+        "max_length": trained.max_length,
+        "steps": trained.steps,
+        "train_loss": trained.train_loss,
+        "final_loss": losses[-1] if losses else None,
+        "train_seconds": round(run.seconds, 1),
+        "tokens_per_second": round(float(run.tokens) / run.seconds, 1) if run.tokens else None,
+        "loss_curve": dg.MetadataValue.md(
+            f"![loss curve](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
+            + pd.DataFrame({"step": steps, "loss": losses}).to_markdown(index=False)
+        ),
+        "adapter_dir": dg.MetadataValue.path(trained.adapter_dir),
+        "merged_dir": dg.MetadataValue.path(trained.merged_dir),
+    }
+
+
 @dg.asset(
     group_name="model",
     kinds={"pytorch", "huggingface"},
@@ -108,90 +198,31 @@ def fine_tuned_model(
     instruction_pairs: RecordSet,
     models: ModelLoader,
     state: StateStore,
-) -> dict:
+) -> TrainedModel:
     """A LoRA adapter on `base_model`, trained by TRL's SFTTrainer on the train split of
     `instruction_pairs` with loss on the assistant's tokens only; plus the adapter merged into the
     base weights (a plain model for serving). The value holds both folders' paths, the settings
     and the loss curve; the folders live under FT_HOME/artifacts/fine_tuned_model/<run id>/.
     """
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import SFTTrainer
-
     train = instruction_pairs.frame(where=[("split", "=", "train"), ("kind", "=", "sft")])
-    # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
-    max_length = int(train["n_tokens"].max())
-    device = models.resolved_device()
     out_dir = state.asset_dir("fine_tuned_model", context.run.run_id)
-    sft_config, lora_config = trainer_configs(training, out_dir / "trainer", max_length, device == "cpu")
-
-    tokenizer = models.load_tokenizer(base_model)
-    serving_template = tokenizer.chat_template
-    tokenizer.chat_template = training_chat_template(tokenizer) or serving_template
-    model = models.load_model(base_model)
-
-    class LogToDagster(TrainerCallback):
-        def on_log(self, args, state_, control, logs=None, **kwargs):
-            if logs:
-                context.log.info(f"step {state_.global_step}: {logs}")
-
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config,
-        train_dataset=Dataset.from_list([{"messages": m} for m in train["messages"]]),
-        processing_class=tokenizer,
-        peft_config=lora_config,
-        callbacks=[LogToDagster()],
-    )
-    started = time.time()
-    result = trainer.train()
-    seconds = time.time() - started
-
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    steps, losses = [h["step"] for h in history], [float(h["loss"]) for h in history]
-    tokens = trainer.state.num_input_tokens_seen or (history[-1].get("num_tokens", 0) if history else 0)
-
-    tokenizer.chat_template = serving_template
-    adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
-    with state.atomic_dir(adapter_dir) as scratch:
-        trainer.model.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-    with state.atomic_dir(merged_dir) as scratch:
-        trainer.model.merge_and_unload().save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-
-    png = loss_curve_png(steps, losses)
+    run = train_adapter(training, base_model, train, models, out_dir, context.log.info)
+    adapter_dir, merged_dir = save_models(run, out_dir, state)
+    png = loss_curve_png([s for s, _ in run.loss_curve], [loss for _, loss in run.loss_curve])
     (out_dir / "loss_curve.png").write_bytes(png)
-    context.add_output_metadata(
-        {
-            "preset": training.preset,
-            "device": device,
-            "train_examples": len(train),
-            "max_length": max_length,
-            "steps": trainer.state.global_step,
-            "train_loss": float(result.training_loss),
-            "final_loss": losses[-1] if losses else None,
-            "train_seconds": round(seconds, 1),
-            "tokens_per_second": round(float(tokens) / seconds, 1) if tokens else None,
-            "loss_curve": dg.MetadataValue.md(
-                f"![loss curve](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
-                + pd.DataFrame({"step": steps, "loss": losses}).to_markdown(index=False)
-            ),
-            "adapter_dir": dg.MetadataValue.path(str(adapter_dir)),
-            "merged_dir": dg.MetadataValue.path(str(merged_dir)),
-        }
+    trained = TrainedModel(
+        adapter_dir=str(adapter_dir),
+        merged_dir=str(merged_dir),
+        loss_curve_png=str(out_dir / "loss_curve.png"),
+        preset=training.preset,
+        settings={k: v for k, v in training.model_dump().items() if k != "preset"},
+        device=models.resolved_device(),
+        max_length=int(train["n_tokens"].max()),
+        train_examples=len(train),
+        steps=run.trainer.state.global_step,
+        train_loss=run.train_loss,
+        train_seconds=run.seconds,
+        loss_curve=tuple(run.loss_curve),
     )
-    return {
-        "adapter_dir": str(adapter_dir),
-        "merged_dir": str(merged_dir),
-        "loss_curve_png": str(out_dir / "loss_curve.png"),
-        "preset": training.preset,
-        "settings": training.model_dump(),
-        "max_length": max_length,
-        "device": device,
-        "train_examples": len(train),
-        "steps": trainer.state.global_step,
-        "train_loss": float(result.training_loss),
-        "loss_curve": list(zip(steps, losses)),
-        "train_seconds": seconds,
-    }
+    context.add_output_metadata(training_metadata(trained, run, png))
+    return trained

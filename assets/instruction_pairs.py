@@ -10,12 +10,20 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from assets._chat_format import conversation_text, normalize, prompt_hash
-from assets._drops import DROPS, by_drop
+from assets.domain.chat import conversation_text, normalize, prompt_hash
+from assets.domain.drops import DROPS, by_drop
+from assets.domain.rows import row_location
+from assets.domain.values import EXAMPLE_ROWS, PairsSummary
 from resources.records import MESSAGES, FirstSeen, RecordSet, RecordWriter
 from resources.state import StateStore
 
 SPLIT_BUCKETS = 10_000
+# Hex digits of a prompt's hash read as the split bucket: 48 bits, far more than SPLIT_BUCKETS.
+SPLIT_DIGEST_CHARS = 12
+# Bytes of each example's digest summed into a set hash (the sum is kept modulo 2**128).
+SET_DIGEST_BYTES = 16
+# Hex digits naming a train or eval set: 64 bits, short enough for run params and model cards.
+SET_HASH_CHARS = 16
 
 # Retrain when any validated drop (or the base model) changed since this asset last ran, once
 # nothing upstream is still running. Held-back drops are missing partitions and must not block it,
@@ -44,7 +52,7 @@ class SplitConfig(dg.ConfigurableResource):
 def split_of(prompt_digest: str, eval_fraction: float, salt: str = "") -> str:
     """'eval' or 'train', a pure function of the normalized prompt's hash (never of row order)."""
     digest = hashlib.sha256((salt + prompt_digest).encode()).hexdigest()
-    return "eval" if int(digest[:12], 16) % SPLIT_BUCKETS < eval_fraction * SPLIT_BUCKETS else "train"
+    return "eval" if int(digest[:SPLIT_DIGEST_CHARS], 16) % SPLIT_BUCKETS < eval_fraction * SPLIT_BUCKETS else "train"
 
 
 def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> list[dict]:
@@ -84,7 +92,7 @@ def mark_cross_drop_duplicates(pairs: list[dict], seen: FirstSeen) -> None:
     """Rows repeating (up to case and whitespace) a row of an earlier drop get split 'excluded' and
     an `excluded_reason`; each drop's own duplicates were already rejected by its validation."""
     texts = [normalize(conversation_text(p["messages"], p["chosen"], p["rejected"])) for p in pairs]
-    for p, first in zip(pairs, seen.check(texts, [f"{p['source_file']}:{p['source_line']}" for p in pairs])):
+    for p, first in zip(pairs, seen.check(texts, [row_location(p) for p in pairs])):
         if first is not None:
             p["split"], p["excluded_reason"] = "excluded", f"duplicate of {first} from an earlier drop"
 
@@ -98,10 +106,10 @@ class SetHash:
 
     def add(self, example_id: str, messages: list[dict]) -> None:
         digest = hashlib.sha256(f"{example_id}\x1f{messages!r}".encode()).digest()
-        self.total = (self.total + int.from_bytes(digest[:16])) % (1 << 128)
+        self.total = (self.total + int.from_bytes(digest[:SET_DIGEST_BYTES])) % (1 << 128)
 
     def hexdigest(self) -> str:
-        return f"{self.total:032x}"[:16]
+        return f"{self.total:032x}"[:SET_HASH_CHARS]
 
 
 @dataclass
@@ -134,8 +142,20 @@ class PairTally:
                 self.eval_hash.add(p["example_id"], p["messages"])
             if p["split"] == "excluded":
                 self.excluded += 1
-                if len(self.excluded_examples) < 10:
-                    self.excluded_examples.append(f"{p['source_file']}:{p['source_line']}: {p['excluded_reason']}")
+                if len(self.excluded_examples) < EXAMPLE_ROWS:
+                    self.excluded_examples.append(f"{row_location(p)}: {p['excluded_reason']}")
+
+    def summary(self) -> PairsSummary:
+        return PairsSummary(
+            train_rows=self.train,
+            eval_rows=self.eval,
+            preference_pairs=self.preference,
+            excluded_duplicates=self.excluded,
+            drops=tuple(sorted(self.drops)),
+            validations={d: sorted(results) for d, results in sorted(self.drops.items())},
+            train_set_hash=self.train_hash.hexdigest(),
+            eval_set_hash=self.eval_hash.hexdigest(),
+        )
 
 
 PAIRS_SCHEMA = pa.schema(
@@ -160,6 +180,29 @@ def show_example(messages: list[dict]) -> str:
     return "\n\n".join(f"**{m['role']}**: {m['content']}" for m in messages)
 
 
+def write_pairs(
+    drops: list[tuple[str, RecordSet]], config: SplitConfig, path: Path, scratch: Path
+) -> tuple[RecordWriter, PairTally]:
+    """Write the pairs of `drops` to `path`, drop by drop and batch by batch, repeats of an
+    earlier drop's row excluded. Fails when the split leaves no train or no eval example."""
+    tally = PairTally()
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp, RecordWriter(path, PAIRS_SCHEMA) as out:
+        seen = FirstSeen(Path(tmp) / "seen.sqlite")
+        for _, records in drops:
+            for batch in records.batches():
+                pairs = build_pairs(batch, config.eval_fraction, config.split_salt)
+                mark_cross_drop_duplicates(pairs, seen)
+                out.write(pairs)
+                tally.add(pairs)
+        seen.close()
+        if tally.train == 0 or tally.eval == 0:
+            raise ValueError(
+                f"The split left {tally.train} train and {tally.eval} eval SFT examples from {out.rows} rows; "
+                "both need at least one. Add data or change eval_fraction."
+            )
+    return out, tally
+
+
 @dg.asset(
     group_name="data",
     kinds={"parquet"},
@@ -179,47 +222,27 @@ def instruction_pairs(
 
     Streamed drop by drop and batch by batch into a Parquet file under FT_HOME/datasets; repeats
     across drops are found through an on-disk table, so memory does not grow with the data. The
-    value's `meta` carries the counts, drops and set hashes that registration records.
+    value's `summary` (a `PairsSummary`) carries the counts, drops and set hashes that registration records.
     """
     per_drop = by_drop(validated_records)
     passed = {d for d, records in per_drop.items() if records is not None}
     held_back = sorted(set(context.instance.get_dynamic_partitions(DROPS.name)) - passed)
-    tally = PairTally()
     path = state.dataset_path("instruction_pairs", None, context.run.run_id)
-    with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp, RecordWriter(path, PAIRS_SCHEMA) as out:
-        seen = FirstSeen(Path(tmp) / "seen.sqlite")
-        for _, records in drops_to_use(per_drop, split.drops_window):
-            for batch in records.batches():
-                pairs = build_pairs(batch, split.eval_fraction, split.split_salt)
-                mark_cross_drop_duplicates(pairs, seen)
-                out.write(pairs)
-                tally.add(pairs)
-        seen.close()
-        if tally.train == 0 or tally.eval == 0:
-            raise ValueError(
-                f"The split left {tally.train} train and {tally.eval} eval SFT examples from {out.rows} rows; "
-                "both need at least one. Add data or change eval_fraction."
-            )
-    summary = {
-        "train_rows": tally.train,
-        "eval_rows": tally.eval,
-        "preference_pairs": tally.preference,
-        "excluded_duplicates": tally.excluded,
-        "drops": sorted(tally.drops),
-        "validations": {d: sorted(results) for d, results in sorted(tally.drops.items())},
-        "train_set_hash": tally.train_hash.hexdigest(),
-        "eval_set_hash": tally.eval_hash.hexdigest(),
-    }
+    out, tally = write_pairs(drops_to_use(per_drop, split.drops_window), split, path, state.scratch_dir())
+    summary = tally.summary()
     context.add_output_metadata(
         {
-            **{k: summary[k] for k in ("train_rows", "eval_rows", "preference_pairs", "excluded_duplicates")},
-            "drops": dg.MetadataValue.json(summary["drops"]),
+            "train_rows": summary.train_rows,
+            "eval_rows": summary.eval_rows,
+            "preference_pairs": summary.preference_pairs,
+            "excluded_duplicates": summary.excluded_duplicates,
+            "drops": dg.MetadataValue.json(list(summary.drops)),
             "drops_held_back": dg.MetadataValue.json(held_back),
             "excluded_examples": dg.MetadataValue.json(tally.excluded_examples),
-            "train_set_hash": summary["train_set_hash"],
-            "eval_set_hash": summary["eval_set_hash"],
+            "train_set_hash": summary.train_set_hash,
+            "eval_set_hash": summary.eval_set_hash,
             "example": dg.MetadataValue.md(show_example(tally.example or [])),
             "dataset": dg.MetadataValue.path(str(path)),
         }
     )
-    return out.record_set(**summary)
+    return out.record_set(summary=summary)

@@ -4,19 +4,24 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets._chat_format import normalize, training_chat_template
+from assets.domain.chat import training_chat_template
+from assets.domain.metrics import DEFAULT_PRIMARY, mean_scores, metrics_table, score_answer, task_type
+from assets.domain.values import ChampionScores, Evaluation, TrainedModel
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
 
-GENERAL_PROBE = Path(__file__).resolve().parents[1] / "pipelines" / "sample_data" / "general_probe.txt"
-DEFAULT_PRIMARY = {"json": "exact_match", "open_ended": "rougeL"}
+GENERAL_PROBE = Path(__file__).resolve().parent / "domain" / "general_probe.txt"
+# Hex characters of a sha256 that name an eval set or an evaluation's settings.
+HASH_CHARS = 16
 
 
 class EvaluationConfig(dg.ConfigurableResource):
@@ -41,57 +46,7 @@ class EvaluationConfig(dg.ConfigurableResource):
         probe = Path(self.probe_path).read_bytes()
         fields = {k: getattr(self, k) for k in ("max_new_tokens", "max_eval_examples")}
         payload = json.dumps(fields, sort_keys=True).encode() + hashlib.sha256(probe).digest()
-        return hashlib.sha256(payload).hexdigest()[:16]
-
-
-def parse_json(value: str):
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return None
-
-
-def task_type(expected: list[str]) -> str:
-    """'json' when every expected answer parses as JSON, else 'open_ended'."""
-    return "json" if expected and all(parse_json(e) is not None for e in expected) else "open_ended"
-
-
-_rouge = None
-
-
-def text_scores(prediction: str, expected: str) -> dict[str, float]:
-    """ROUGE-L and token F1 (ROUGE-1 F-measure: unigram overlap) from rouge-score, chrF from sacrebleu."""
-    global _rouge
-    import sacrebleu
-    from rouge_score import rouge_scorer
-
-    _rouge = _rouge or rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
-    rouge = _rouge.score(expected, prediction)
-    return {
-        "rougeL": rouge["rougeL"].fmeasure,
-        "token_f1": rouge["rouge1"].fmeasure,
-        "chrf": sacrebleu.sentence_chrf(prediction, [expected]).score / 100,
-    }
-
-
-def score_answer(prediction: str, expected: str, task: str = "open_ended") -> dict[str, float]:
-    """Per-example scores. For JSON tasks the comparison is on parsed values, so key order and
-    spacing do not matter, and `json_valid` and `field_accuracy` (for objects) are added."""
-    scores = text_scores(prediction, expected)
-    if task != "json":
-        scores["exact_match"] = float(normalize(prediction) == normalize(expected))
-        return scores
-    target, got = parse_json(expected), parse_json(prediction.strip())
-    scores.update({"exact_match": float(got == target), "json_valid": float(got is not None)})
-    if isinstance(target, dict) and target:
-        got_fields = got if isinstance(got, dict) else {}
-        scores["field_accuracy"] = sum(got_fields.get(k) == v for k, v in target.items()) / len(target)
-    return scores
-
-
-def mean_scores(per_example: list[dict[str, float]]) -> dict[str, float]:
-    keys = sorted({k for s in per_example for k in s})
-    return {k: sum(s.get(k, 0.0) for s in per_example) / len(per_example) for k in keys}
+        return hashlib.sha256(payload).hexdigest()[:HASH_CHARS]
 
 
 def generate(model, tokenizer, conversations, max_new_tokens: int, batch_size: int):
@@ -164,55 +119,106 @@ def probe_perplexity(model, tokenizer, text: str, window: int = 512) -> float:
     return math.exp(total / count)
 
 
-def score_model(model, tokenizer, conversations, expected, template, task, evaluation: EvaluationConfig, probe):
-    answers, stopped, speed = generate(
-        model, tokenizer, conversations, evaluation.max_new_tokens, evaluation.batch_size
-    )
-    metrics = mean_scores([score_answer(a, e, task) for a, e in zip(answers, expected)])
-    metrics["end_of_turn_rate"] = sum(stopped) / len(stopped)
-    metrics["eval_loss"] = eval_loss(model, tokenizer, conversations, template, evaluation.batch_size)
-    metrics["perplexity"] = math.exp(metrics["eval_loss"])
-    metrics["probe_perplexity"] = probe_perplexity(model, tokenizer, probe)
-    return metrics, answers, speed
+@dataclass
+class Scorer:
+    """Scores any model on one eval set with one decoding: task metrics, end-of-turn rate, eval loss
+    and perplexity, probe perplexity. Remembers each named model's generation speed."""
+
+    tokenizer: Any
+    template: str
+    examples: "EvalSet"
+    config: EvaluationConfig
+    probe: str
+    speeds: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, model, name: str = "model") -> tuple[dict[str, float], list[str]]:
+        tokenizer, config, ex = self.tokenizer, self.config, self.examples
+        answers, stopped, self.speeds[name] = generate(
+            model, tokenizer, ex.conversations, config.max_new_tokens, config.batch_size
+        )
+        metrics = mean_scores([score_answer(a, e, ex.task) for a, e in zip(answers, ex.expected)])
+        metrics["end_of_turn_rate"] = sum(stopped) / len(stopped)
+        metrics["eval_loss"] = eval_loss(model, tokenizer, ex.conversations, self.template, config.batch_size)
+        metrics["perplexity"] = math.exp(metrics["eval_loss"])
+        metrics["probe_perplexity"] = probe_perplexity(model, tokenizer, self.probe)
+        return metrics, answers
 
 
-def metrics_table(base: dict, tuned: dict, primary: str, champion: dict | None = None) -> str:
-    head = "| metric | base | tuned | change |" + (" champion |" if champion else "")
-    lines = [head, "|---|---|---|---|" + ("---|" if champion else "")]
-    for key in sorted(tuned):
-        mark = " (primary)" if key == primary else ""
-        before = base.get(key, float("nan"))
-        row = f"| {key}{mark} | {before:.4f} | {tuned[key]:.4f} | {tuned[key] - before:+.4f} |"
-        if champion:
-            row += f" {champion.get(key, float('nan')):.4f} |"
-        lines.append(row)
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class EvalSet:
+    """The eval examples every model is scored on, the same ones every time."""
+
+    conversations: list[list[dict]]
+    expected: list[str]
+    task: str
+    primary: str
+    eval_hash: str
+
+    @classmethod
+    def of(cls, pairs: RecordSet, config: EvaluationConfig) -> "EvalSet":
+        evals = pairs.frame(where=[("split", "=", "eval"), ("kind", "=", "sft")]).sort_values("example_id")
+        if config.max_eval_examples:
+            evals = evals.head(config.max_eval_examples)
+        conversations = list(evals["messages"])
+        expected = [c[-1]["content"] for c in conversations]
+        task = task_type(expected)
+        primary = DEFAULT_PRIMARY[task] if config.primary_metric == "auto" else config.primary_metric
+        eval_hash = hashlib.sha256("\n".join(evals["example_id"]).encode()).hexdigest()[:HASH_CHARS]
+        return cls(conversations, expected, task, primary, eval_hash)
 
 
-def champion_scores(registry, eval_hash, settings_hash, base_model, score, tuned_model) -> dict | None:
-    """The current champion's metrics on this very eval set and settings: taken from its run when
-    it was evaluated the same way, else re-scored here (its adapter on the loaded base model, or its
-    logged model when it was trained on another base)."""
+def champion_scores(
+    registry: MlflowRegistry, models: ModelLoader, score: Scorer, settings_hash: str, base_model: str, tuned_model
+) -> tuple[ChampionScores | None, list[str] | None]:
+    """The current champion's metrics on this very eval set and settings (and its answers when
+    re-scored): taken from its run when it was evaluated the same way, else re-scored here (its
+    adapter on the loaded base model, or its logged model when it was trained on another base)."""
     version = registry.version_by_alias(CHAMPION)
     if version is None:
-        return None
-    tags = version.tags or {}
-    found = {"version": str(version.version), "rescored": False}
-    if tags.get("data.eval_set_hash") == eval_hash and tags.get("eval.settings_hash") == settings_hash:
+        return None, None
+    tags, number = version.tags or {}, str(version.version)
+    if tags.get("data.eval_set_hash") == score.examples.eval_hash and tags.get("eval.settings_hash") == settings_hash:
         metrics = registry.run_metrics(version.run_id)
-        return {**found, "metrics": {k.removeprefix("tuned."): v for k, v in metrics.items() if k.startswith("tuned.")}}
+        tuned = {k.removeprefix("tuned."): v for k, v in metrics.items() if k.startswith("tuned.")}
+        return ChampionScores(version=number, rescored=False, metrics=tuned), None
     if tags.get("base_model") == base_model:
-        tuned_model.load_adapter(registry.download(version.run_id, "adapter"), adapter_name="champion")
-        tuned_model.set_adapter("champion")
+        models.add_adapter(tuned_model, registry.download(version.run_id, "adapter"), name=CHAMPION)
+        tuned_model.set_adapter(CHAMPION)
         metrics, answers = score(tuned_model)
         tuned_model.set_adapter("default")
     else:
-        from transformers import AutoModelForCausalLM
+        metrics, answers = score(models.load_model(registry.download_model_weights(number)).eval())
+    return ChampionScores(version=number, rescored=True, metrics=metrics), answers
 
-        folder = Path(registry.download_model(str(version.version)))
-        weights = next(folder.rglob("config.json")).parent  # the merged model the pyfunc serves
-        metrics, answers = score(AutoModelForCausalLM.from_pretrained(weights).eval())
-    return {**found, "rescored": True, "metrics": metrics, "answers": answers}
+
+def samples_frame(examples: EvalSet, answers: dict[str, list[str] | None]) -> pd.DataFrame:
+    """Prompt, expected answer and each model's answer, one row per eval example."""
+    frame = pd.DataFrame({"prompt": [c[-2]["content"] for c in examples.conversations], "expected": examples.expected})
+    for name, values in answers.items():
+        if values is not None:
+            frame[name] = values
+    return frame
+
+
+def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int) -> dict:
+    primary, champion = ev.primary_metric, ev.champion
+    return {
+        "primary_metric": primary,
+        "task_type": ev.task_type,
+        f"base_{primary}": ev.base_primary,
+        f"tuned_{primary}": ev.tuned_primary,
+        "forgetting_pct": round(ev.forgetting_pct, 2),
+        "champion": dg.MetadataValue.json(
+            {"version": champion.version, "rescored": champion.rescored} if champion else {"version": None}
+        ),
+        "eval_examples": ev.eval_examples,
+        "eval_set_hash": ev.eval_set_hash,
+        "metrics": dg.MetadataValue.md(metrics_table(ev.base, ev.tuned, primary, champion and champion.metrics)),
+        "samples": dg.MetadataValue.md(samples.head(sample_rows).to_markdown(index=False)),
+        "generation_tokens_per_second": dg.MetadataValue.json(
+            {k: round(v, 1) for k, v in ev.generation_tokens_per_second.items()}
+        ),
+    }
 
 
 @dg.asset(
@@ -225,11 +231,11 @@ def model_evaluation(
     context: dg.AssetExecutionContext,
     evaluation: EvaluationConfig,
     base_model: str,
-    fine_tuned_model: dict,
+    fine_tuned_model: TrainedModel,
     instruction_pairs: RecordSet,
     models: ModelLoader,
     mlflow_registry: MlflowRegistry,
-) -> dict:
+) -> Evaluation:
     """The base model, the fine-tuned model (challenger) and the current champion on the same eval
     prompts with the same greedy decoding, from one load of the base model (adapters switched on
     it). Metrics per model: exact match; JSON validity and field accuracy for JSON answers; ROUGE-L,
@@ -237,79 +243,36 @@ def model_evaluation(
     tokens; perplexity on a general-text probe, whose rise is the forgetting. Plus the primary
     metric's name, the task type, the eval set's hash, and sample generations.
     """
-    from peft import PeftModel
-
-    evals = instruction_pairs.frame(where=[("split", "=", "eval"), ("kind", "=", "sft")])
-    evals = evals.sort_values("example_id")
-    if evaluation.max_eval_examples:
-        evals = evals.head(evaluation.max_eval_examples)
-    conversations = list(evals["messages"])
-    expected = [c[-1]["content"] for c in conversations]
-    task = task_type(expected)
-    primary = DEFAULT_PRIMARY[task] if evaluation.primary_metric == "auto" else evaluation.primary_metric
-    probe = Path(evaluation.probe_path).read_text(encoding="utf-8")
-    eval_hash = hashlib.sha256("\n".join(evals["example_id"]).encode()).hexdigest()[:16]
+    examples = EvalSet.of(instruction_pairs, evaluation)
     settings_hash = evaluation.settings_hash()
-
     tokenizer = models.load_tokenizer(base_model)
     template = training_chat_template(tokenizer) or tokenizer.chat_template
+    probe = Path(evaluation.probe_path).read_text(encoding="utf-8")
+    score = Scorer(tokenizer, template, examples, evaluation, probe)
+
     model = models.load_model(base_model).eval()
-    speeds = {}
-
-    def score(m, name="model"):
-        metrics, answers, speeds[name] = score_model(
-            m, tokenizer, conversations, expected, template, task, evaluation, probe
-        )
-        return metrics, answers
-
     base, base_answers = score(model, "base")
-    tuned_model = PeftModel.from_pretrained(model, fine_tuned_model["adapter_dir"]).eval()
+    tuned_model = models.with_adapter(model, fine_tuned_model.adapter_dir).eval()
     tuned, tuned_answers = score(tuned_model, "tuned")
-    if primary not in tuned:
+    if examples.primary not in tuned:
         raise ValueError(
-            f"primary_metric {primary!r} is not among the computed metrics ({', '.join(sorted(tuned))}); "
+            f"primary_metric {examples.primary!r} is not among the computed metrics ({', '.join(sorted(tuned))}); "
             "set evaluation.primary_metric to one of them, or to auto."
         )
-    champion = champion_scores(mlflow_registry, eval_hash, settings_hash, base_model, score, tuned_model)
-    forgetting = 100 * (tuned["probe_perplexity"] / base["probe_perplexity"] - 1)
-
-    samples = pd.DataFrame(
-        {
-            "prompt": [c[-2]["content"] for c in conversations],
-            "expected": expected,
-            "base": base_answers,
-            "tuned": tuned_answers,
-        }
+    champion, champion_answers = champion_scores(mlflow_registry, models, score, settings_hash, base_model, tuned_model)
+    samples = samples_frame(examples, {"base": base_answers, "tuned": tuned_answers, "champion": champion_answers})
+    result = Evaluation(
+        primary_metric=examples.primary,
+        task_type=examples.task,
+        base=base,
+        tuned=tuned,
+        champion=champion,
+        forgetting_pct=100 * (tuned["probe_perplexity"] / base["probe_perplexity"] - 1),
+        eval_examples=len(examples.conversations),
+        eval_set_hash=examples.eval_hash,
+        settings_hash=settings_hash,
+        samples=tuple(samples.to_dict("records")),
+        generation_tokens_per_second=dict(score.speeds),
     )
-    if champion and champion.get("answers"):
-        samples["champion"] = champion.pop("answers")
-    context.add_output_metadata(
-        {
-            "primary_metric": primary,
-            "task_type": task,
-            f"base_{primary}": base[primary],
-            f"tuned_{primary}": tuned[primary],
-            "forgetting_pct": round(forgetting, 2),
-            "champion": dg.MetadataValue.json(
-                {k: v for k, v in champion.items() if k != "metrics"} if champion else {"version": None}
-            ),
-            "eval_examples": len(conversations),
-            "eval_set_hash": eval_hash,
-            "metrics": dg.MetadataValue.md(metrics_table(base, tuned, primary, champion and champion["metrics"])),
-            "samples": dg.MetadataValue.md(samples.head(evaluation.sample_rows).to_markdown(index=False)),
-            "generation_tokens_per_second": dg.MetadataValue.json({k: round(v, 1) for k, v in speeds.items()}),
-        }
-    )
-    return {
-        "primary_metric": primary,
-        "task_type": task,
-        "base": base,
-        "tuned": tuned,
-        "champion": champion,
-        "forgetting_pct": forgetting,
-        "eval_examples": len(conversations),
-        "eval_set_hash": eval_hash,
-        "settings_hash": settings_hash,
-        "samples": samples.to_dict("records"),
-        "generation_tokens_per_second": speeds,
-    }
+    context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows))
+    return result

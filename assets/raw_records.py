@@ -10,14 +10,17 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from assets._drops import DROPS
-from assets._formats import MAPPED, REQUIRED_FIELDS, detect_format
-from resources.landing import LandingFile, LandingZone
+from assets.domain.drops import DROPS
+from assets.domain.formats import MAPPED, REQUIRED_FIELDS, detect_format
+from assets.domain.rows import with_format
+from assets.domain.values import FileSummary, RawSummary
+from resources.landing import DATA_SUFFIXES, LandingFile, LandingZone
 from resources.records import BATCH_ROWS, RecordSet, RecordWriter, row_groups
 from resources.state import StateStore
 
@@ -234,6 +237,10 @@ def read_parquet(stream, name: str) -> Iterator[tuple[int, dict]]:
 
 
 READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}
+# The landing lists files by DATA_SUFFIXES: each needs a reader here, and a reader for any other
+# suffix could never be reached. Checked once, on import, so the two lists cannot drift apart.
+if set(READERS) != set(DATA_SUFFIXES):
+    raise ImportError(f"raw_records has readers for {sorted(READERS)}, the landing lists {sorted(DATA_SUFFIXES)}.")
 
 
 def file_format(columns: set[str], config: IngestConfig, name: str) -> str:
@@ -274,9 +281,37 @@ def records_of(file: LandingFile, stream) -> Iterator[tuple[int, dict]]:
         ) from None
 
 
+def stream_file(
+    landing: LandingZone, file: LandingFile, first_row_id: int, write: Callable[[list[dict]], None]
+) -> tuple[int, set[str]]:
+    """Read one file, handing its rows to `write` in batches of BATCH_ROWS (row ids from
+    `first_row_id`). Returns how many rows it held and every field name seen in them."""
+    columns: set[str] = set()
+    batch: list[dict] = []
+    rows = 0
+    with landing.open(file) as stream:
+        for number, record in records_of(file, stream):
+            columns.update(record)
+            batch.append(
+                {
+                    "row_id": first_row_id + rows,
+                    "drop": file.drop,
+                    "source_file": file.name,
+                    "source_line": number,
+                    "record": record,
+                }
+            )
+            rows += 1
+            if len(batch) == BATCH_ROWS:
+                write(batch)
+                batch = []
+    write(batch)
+    return rows, columns
+
+
 def stream_drop(
     landing: LandingZone, drop: str, ingest: IngestConfig, write: Callable[[list[dict]], None]
-) -> dict[str, dict]:
+) -> dict[str, FileSummary]:
     """Read every file of one drop, handing rows to `write` in batches of BATCH_ROWS: `row_id`,
     `drop`, `source_file`, `source_line` and `record` (the fields, unchanged). Returns each file's
     rows, format and mapping; a file's format is known once all its fields have been seen.
@@ -291,45 +326,17 @@ def stream_drop(
         )
     per_file, row_id = {}, 0
     for file in files:
-        columns: set[str] = set()
-        batch: list[dict] = []
-        rows = 0
-        with landing.open(file) as stream:
-            for number, record in records_of(file, stream):
-                columns.update(record)
-                batch.append(
-                    {
-                        "row_id": row_id,
-                        "drop": file.drop,
-                        "source_file": file.name,
-                        "source_line": number,
-                        "record": record,
-                    }
-                )
-                row_id, rows = row_id + 1, rows + 1
-                if len(batch) == BATCH_ROWS:
-                    write(batch)
-                    batch = []
-        write(batch)
+        rows, columns = stream_file(landing, file, row_id, write)
+        row_id += rows
         if not rows:
             raise IngestError(f"{file.name}: the file holds no records. Remove it or add data.")
         fmt = file_format(columns, ingest, file.name)
-        per_file[file.name] = {
-            "rows": rows,
-            "format": fmt,
-            "mapping": dict(ingest.column_mapping) if fmt == MAPPED else None,
-        }
+        mapping = dict(ingest.column_mapping) if fmt == MAPPED else None
+        per_file[file.name] = FileSummary(rows=rows, format=fmt, mapping=mapping)
     return per_file
 
 
-def with_format(rows: list[dict], files: dict[str, dict]) -> list[dict]:
-    """Raw rows with their file's `format` and `mapping` (kept per file in the record set's meta)."""
-    return [
-        {**r, "format": files[r["source_file"]]["format"], "mapping": files[r["source_file"]]["mapping"]} for r in rows
-    ]
-
-
-def read_drop(landing: LandingZone, drop: str, ingest: IngestConfig) -> tuple[list[dict], dict]:
+def read_drop(landing: LandingZone, drop: str, ingest: IngestConfig) -> tuple[list[dict], dict[str, FileSummary]]:
     """All rows of one drop in memory, each with its file's format, and the per-file summary. For
     tests and small tools; the asset streams the same rows to disk."""
     rows: list[dict] = []
@@ -356,7 +363,7 @@ def raw_records(
     content unchanged in `record`, with where it came from: `drop` (the partition: dated sub-folder
     or file), `source_file`, `source_line` (1-based line of a text file, record number in a JSON
     array or Parquet file), and a `row_id` later stages use to name rows. Each file's detected
-    `format` is in the record set's `files` summary (and `with_format` adds it to rows).
+    `format` is in the record set's `RawSummary` (and `with_format` adds it to rows).
 
     Files are read as streams and rows written in batches to a Parquet file under FT_HOME/datasets,
     so a drop larger than memory goes through. A file that cannot be read fails its drop with an
@@ -368,14 +375,14 @@ def raw_records(
         per_file = stream_drop(landing, drop, ingest, out.write)
     formats = Counter()
     for summary in per_file.values():
-        formats[summary["format"]] += summary["rows"]
+        formats[summary.format] += summary.rows
     context.add_output_metadata(
         {
             "rows": out.rows,
-            "files": dg.MetadataValue.json(per_file),
+            "files": dg.MetadataValue.json({name: asdict(summary) for name, summary in per_file.items()}),
             "formats": dg.MetadataValue.json(dict(formats)),
             "landing": landing.path,
             "dataset": dg.MetadataValue.path(str(out.path)),
         }
     )
-    return out.record_set(partition=drop, files=per_file)
+    return out.record_set(partition=drop, summary=RawSummary(files=per_file))

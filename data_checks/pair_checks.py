@@ -6,9 +6,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets._chat_format import conversation_text, normalize, prompt_turns
+from assets.domain.chat import conversation_text, normalize, prompt_turns
 from resources.records import RecordSet
 from resources.state import StateStore
+
+# How many shared prompts the disjointness check shows (each can be long: whole prompts).
+SHARED_EXAMPLES = 5
 
 
 def shared_prompts(pairs: RecordSet, scratch: Path) -> tuple[int, int, list[str]]:
@@ -31,7 +34,7 @@ def shared_prompts(pairs: RecordSet, scratch: Path) -> tuple[int, int, list[str]
 
         exact, normalized = shared("exact"), shared("normalized")
         db.close()
-    return len(exact), len(normalized), normalized[:5]
+    return len(exact), len(normalized), normalized[:SHARED_EXAMPLES]
 
 
 @dg.asset_check(asset="instruction_pairs", blocking=True)

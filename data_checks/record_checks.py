@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from assets.domain.rows import row_location
+from assets.domain.values import EXAMPLE_ROWS
 from resources.expectations import ValidationReport
 
 SUITE_CHECK = "rows_pass_record_suite"
 SHARE_CHECK = "rejected_share_within_limit"
 PII_CHECK = "personal_data_scan"
+# How many of the most frequent rules the share check lists.
+TOP_REASONS = 5
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -77,8 +81,8 @@ def share_check_result(
             "max_rejected_fraction": float(max_fraction),
             "rows_rejected": rows_rejected,
             "rows_raw": rows_raw,
-            "top_reasons": dg.MetadataValue.json({rule: n for rule, n in rules.most_common(5) if n}),
-            "example_rows": dg.MetadataValue.json(examples[:10]),
+            "top_reasons": dg.MetadataValue.json({rule: n for rule, n in rules.most_common(TOP_REASONS) if n}),
+            "example_rows": dg.MetadataValue.json(examples[:EXAMPLE_ROWS]),
             "expectations": dg.MetadataValue.md(expectation_table(report)),
             "data_docs": dg.MetadataValue.url(report.docs_url or ""),
         },
@@ -99,8 +103,8 @@ class PiiTally:
             if r["pii"]:
                 self.flagged += 1
                 self.totals.update(r["pii"])
-                if len(self.examples) < 10:
-                    self.examples.append(f"{r['source_file']}:{r['source_line']}: {', '.join(sorted(r['pii']))}")
+                if len(self.examples) < EXAMPLE_ROWS:
+                    self.examples.append(f"{row_location(r)}: {', '.join(sorted(r['pii']))}")
         return self
 
     def result(self, mode: str) -> dg.AssetCheckResult:

@@ -5,33 +5,79 @@ wrong with the chat structure or the text, the token length of the formatted exa
 row it duplicates); Great Expectations decides which rows break which rule and keeps the record.
 Each expectation's `meta["rule"]` is the wording a user sees beside a rejected row, followed by the
 row's value in that column.
+
+`FEATURES` is the one list of those columns: the features table Great Expectations reads, the
+feature fields of the validated rows' Parquet schema and the suite are all derived from it.
 """
 
-# column -> rule wording; a row breaks the rule when the column is not null
-NULL_RULES = {
-    "missing_fields": "required field missing or blank",
-    "structure_error": "chat structure broken",
-    "hygiene_error": "text hygiene",
-    "duplicate_of": "duplicate of an earlier row",
-}
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from resources.expectations import ExpectationOutcome
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature column: its types in SQLite and Parquet, and the rule the suite checks on it."""
+
+    column: str
+    sql_type: str
+    arrow_type: pa.DataType
+    rule: str
+    """Wording shown beside a rejected row; `{max_tokens}` is filled in from the suite's limit."""
+    expectation: Literal["null", "at_most_max_tokens"]
+    """'null': the row breaks the rule when the column holds a value; 'at_most_max_tokens': when
+    the value is above max_tokens."""
+    unit: str = ""
+    """Word after the row's value in its rejection reason ('300 tokens')."""
+
+
+# In the order of the features table's columns and of the suite's expectations.
+FEATURES = (
+    Feature("missing_fields", "TEXT", pa.string(), "required field missing or blank", "null"),
+    Feature("structure_error", "TEXT", pa.string(), "chat structure broken", "null"),
+    Feature("hygiene_error", "TEXT", pa.string(), "text hygiene", "null"),
+    Feature(
+        "n_tokens",
+        "INTEGER",
+        pa.int64(),
+        "formatted example is longer than max_tokens={max_tokens}",
+        "at_most_max_tokens",
+        unit="tokens",
+    ),
+    Feature("duplicate_of", "TEXT", pa.string(), "duplicate of an earlier row", "null"),
+)
+FEATURE_COLUMNS = tuple(f.column for f in FEATURES)
+# (column, SQLite type) of the features table, for `resources.features_file.FeaturesFile`.
+FEATURE_SQL_COLUMNS = tuple((f.column, f.sql_type) for f in FEATURES)
+FEATURE_FIELDS = [pa.field(f.column, f.arrow_type) for f in FEATURES]
+_UNITS = {f.column: f.unit for f in FEATURES if f.unit}
 
 
 def too_long_rule(max_tokens: int) -> str:
-    return f"formatted example is longer than max_tokens={max_tokens}"
+    return next(f.rule for f in FEATURES if f.expectation == "at_most_max_tokens").format(max_tokens=max_tokens)
+
+
+def failure_detail(outcome: ExpectationOutcome, value: Any) -> str:
+    """One broken rule as a rejected row's reason shows it: the rule, then the row's value."""
+    unit = _UNITS.get(outcome.column or "")
+    return f"{outcome.rule}: {value} {unit}" if unit else f"{outcome.rule}: {value}"
+
+
+def _expectation(feature: Feature, max_tokens: int):
+    import great_expectations.expectations as gxe
+
+    meta = {"rule": feature.rule.format(max_tokens=max_tokens)}
+    if feature.expectation == "null":
+        return gxe.ExpectColumnValuesToBeNull(column=feature.column, meta=meta)
+    return gxe.ExpectColumnValuesToBeBetween(column=feature.column, max_value=max_tokens, meta=meta)
 
 
 def record_suite(max_tokens: int, name: str = "records"):
+    """The suite over the features table: one expectation per feature, in `FEATURES` order."""
     import great_expectations as gx
-    import great_expectations.expectations as gxe
 
-    expectations = [
-        gxe.ExpectColumnValuesToBeNull(column=column, meta={"rule": rule}) for column, rule in NULL_RULES.items()
-    ]
-    expectations.insert(
-        3,
-        gxe.ExpectColumnValuesToBeBetween(
-            column="n_tokens", max_value=max_tokens, meta={"rule": too_long_rule(max_tokens)}
-        ),
-    )
     # Built unbound (expectations passed to the constructor): the resource adds it to its context.
-    return gx.ExpectationSuite(name=name, expectations=expectations)
+    return gx.ExpectationSuite(name=name, expectations=[_expectation(f, max_tokens) for f in FEATURES])

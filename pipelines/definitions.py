@@ -1,14 +1,16 @@
 """The Dagster Definitions: settings -> resources, the asset graph, its checks, jobs, the landing
 sensor, the retraining schedule and automation.
 
-`dagster dev` (make dev) and `python -m pipelines.run` (make run) both load `defs` from here.
+`dagster dev` (make dev) loads `defs` from here, and `python -m pipelines.run` (make run) calls
+`build_definitions`. Nothing happens on import: `defs` reads the settings and prepares the state
+folder only when Dagster loads it.
 """
 
 import dagster as dg
 
-from assets._drops import DROPS
 from assets.base_model import base_model
 from assets.champion_model import champion_model
+from assets.domain.drops import DROPS
 from assets.fine_tuned_model import fine_tuned_model
 from assets.instruction_pairs import instruction_pairs
 from assets.model_evaluation import model_evaluation
@@ -85,4 +87,7 @@ def build_definitions(settings: Settings, overrides: dict[str, dict] | None = No
     )
 
 
-defs = build_definitions(Settings.from_env().prepare())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The definitions for the settings in the environment (FT_HOME, FT_PRESET, ...)."""
+    return build_definitions(Settings.from_env().prepare())

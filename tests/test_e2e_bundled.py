@@ -4,7 +4,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.run import gate_only_failure
-from pipelines.settings import BUNDLED_BASE_MODEL
+from resources.models import BUNDLED_BASE_MODEL
 from tests.conftest import make_settings, run_all
 
 pytestmark = pytest.mark.e2e
@@ -44,13 +44,13 @@ def test_smoke_run_registers_a_version_trained_on_the_bundled_model(run):
     settings, result = run
     # three steps teach the model nothing, so the gate keeps the champion: an outcome, not an error
     assert result.success or gate_only_failure(result)
-    assert not result.output_for_node("registered_model")["gate"]["passed"]
+    assert not result.output_for_node("registered_model").gate.passed
     registered = result.output_for_node("registered_model")
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     version = client.get_model_version_by_alias(settings.model_name, "challenger")
-    assert str(version.version) == registered["version"]
+    assert str(version.version) == registered.version
     params = client.get_run(version.run_id).data.params
     assert params["base_model"].endswith("bundled_smollm2-135m-instruct")
     assert params["preset"] == "smoke" and params["train.max_steps"] == "3"
     trained = result.output_for_node("fine_tuned_model")
-    assert trained["steps"] == 3 and trained["train_loss"] > 0
+    assert trained.steps == 3 and trained.train_loss > 0

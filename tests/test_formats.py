@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from assets._formats import detect_format, to_example
+from assets.domain.formats import detect_format, to_example
 from assets.raw_records import IngestConfig, read_drop
 from resources.landing import LandingZone
 

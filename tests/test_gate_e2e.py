@@ -14,11 +14,12 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 
-from assets._chat_format import prompt_hash
-from assets._formats import to_example
+from assets.domain.chat import prompt_hash
+from assets.domain.formats import to_example
 from assets.instruction_pairs import split_of
 from pipelines.run import gate_only_failure
-from pipelines.settings import BUNDLED_BASE_MODEL, SAMPLE_LANDING
+from pipelines.settings import SAMPLE_LANDING
+from resources.models import BUNDLED_BASE_MODEL
 from tests.conftest import make_settings, run_all
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +65,7 @@ def test_good_candidate_learns_and_takes_champion(gate_runs):
     settings, good, _ = gate_runs
     assert good.success
     evaluation = good.output_for_node("model_evaluation")
-    assert evaluation["tuned"]["exact_match"] > evaluation["base"]["exact_match"] + 0.05
+    assert evaluation.tuned["exact_match"] > evaluation.base["exact_match"] + 0.05
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
 
@@ -73,9 +74,9 @@ def test_bad_candidate_stays_challenger_and_champion_does_not_move(gate_runs):
     settings, good, bad = gate_runs
     assert not bad.success and gate_only_failure(bad)
     evaluation = bad.output_for_node("model_evaluation")
-    champion = evaluation["champion"]
-    assert champion["version"] == "1" and champion["rescored"], "other eval set: the champion is re-scored"
-    assert evaluation["tuned"]["exact_match"] < champion["metrics"]["exact_match"]
+    champion = evaluation.champion
+    assert champion.version == "1" and champion.rescored, "other eval set: the champion is re-scored"
+    assert evaluation.tuned["exact_match"] < champion.metrics["exact_match"]
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
     challenger = client.get_model_version_by_alias(settings.model_name, "challenger")

@@ -1,7 +1,10 @@
 import pytest
 
-from assets.model_evaluation import mean_scores, metrics_table, score_answer, task_type
-from assets.registered_model import GateConfig, gate_verdict, is_transient, model_card
+from assets.domain.lineage import DataCounts, RunLineage, model_card
+from assets.domain.metrics import mean_scores, metrics_table, score_answer, task_type
+from assets.domain.values import ChampionScores, Evaluation, GateVerdict, PairsSummary, TrainedModel
+from data_checks.promotion_gate import GateConfig, gate_verdict
+from resources.mlflow_registry import is_transient
 
 EXPECTED = '{"category": "billing", "priority": "high", "product": "CloudDrive"}'
 
@@ -52,17 +55,18 @@ def test_metrics_table_marks_the_primary_metric():
     assert "| exact_match (primary) | 0.1000 | 0.9000 | +0.8000 |" in table
 
 
-def evaluation(base=0.1, tuned=0.8, champion=None, forgetting=2.0, task="json"):
-    return {
-        "primary_metric": "exact_match",
-        "task_type": task,
-        "base": {"exact_match": base},
-        "tuned": {"exact_match": tuned},
-        "champion": None if champion is None else {"version": "3", "metrics": {"exact_match": champion}},
-        "forgetting_pct": forgetting,
-        "eval_examples": 10,
-        "eval_set_hash": "abc",
-    }
+def evaluation(base=0.1, tuned=0.8, champion=None, forgetting=2.0, task="json", **metrics):
+    return Evaluation(
+        primary_metric="exact_match",
+        task_type=task,
+        base={"exact_match": base, **{k: b for k, (b, _) in metrics.items()}},
+        tuned={"exact_match": tuned, **{k: t for k, (_, t) in metrics.items()}},
+        champion=None if champion is None else ChampionScores("3", False, {"exact_match": champion}),
+        forgetting_pct=forgetting,
+        eval_examples=10,
+        eval_set_hash="abc",
+        settings_hash="def",
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,23 +85,57 @@ def evaluation(base=0.1, tuned=0.8, champion=None, forgetting=2.0, task="json"):
     ],
 )
 def test_gate_checks_base_champion_and_forgetting(kwargs, gate, passed, phrase):
-    ok, reason, rows = gate_verdict(evaluation(**kwargs), GateConfig(**gate))
-    assert ok is passed
-    assert phrase in reason
-    assert all(set(r) == {"criterion", "value", "threshold", "passed"} for r in rows)
+    verdict = gate_verdict(evaluation(**kwargs), GateConfig(**gate))
+    assert verdict.passed is passed
+    assert phrase in verdict.reason
+    assert [c.passed for c in verdict.criteria if not c.passed] == ([] if passed else [False])
+
+
+PASSED = GateVerdict(True, "beats base", ())
+
+
+def lineage(gate=PASSED) -> RunLineage:
+    pairs = PairsSummary(
+        train_rows=80, eval_rows=10, preference_pairs=0, excluded_duplicates=0, drops=("d1", "d2"),
+        validations={"d1": ["/gx/results/d1-run/records.json"]}, train_set_hash="h", eval_set_hash="e",
+    )  # fmt: skip
+    trained = TrainedModel(
+        adapter_dir="/a", merged_dir="/m", loss_curve_png="/l.png", preset="cpu", settings={"max_steps": 50},
+        device="cpu", max_length=128, train_examples=80, steps=50, train_loss=0.5, train_seconds=60.0,
+    )  # fmt: skip
+    return RunLineage(
+        model_name="m",
+        dagster_run_id="run-1",
+        base_model="/models/base",
+        data=DataCounts.of(pairs, rows_raw=100, rows_valid=95, rows_rejected=5),
+        trained=trained,
+        evaluation=evaluation(eval_loss=(2.0, 0.5)),
+        gate=gate,
+    )
 
 
 def test_model_card_shows_data_metrics_use_and_limits():
-    data = {"drops": "d1,d2", "rows_raw": 100, "rows_valid": 95, "rows_rejected": 5, "rows_excluded": 0,
-            "train_rows": 80, "train_set_hash": "h"}  # fmt: skip
-    full = evaluation()
-    full["base"].update(eval_loss=2.0)
-    full["tuned"].update(eval_loss=0.5)
-    card = model_card("m", "v1", full, data, "/models/base", "cpu", (True, "beats base"))
+    card = model_card(lineage(), "v1")
     for heading in ("## Data", "## Evaluation", "## Intended use", "## Limits"):
         assert heading in card
     assert "| exact_match (primary) | 0.1000 | 0.8000 | +0.7000 |" in card
     assert "100 raw, 95 valid, 5 rejected" in card and "Gate: **passed**" in card
+
+
+def test_every_view_of_a_run_states_the_same_facts():
+    record = lineage(GateVerdict(False, "vs champion v3: too low", ()))
+    params, tags = record.mlflow_params(), record.version_tags()
+    assert params["data.drops"] == tags["data.drops"] == "d1,d2"
+    assert params["data.train_set_hash"] == tags["data.train_set_hash"] == "h"
+    assert params["data.eval_set_hash"] == tags["data.eval_set_hash"] == "abc", "the evaluation's hash"
+    assert (params["preset"], params["train.max_steps"], params["data.eval_rows"]) == ("cpu", "50", "10")
+    assert tags["gate.passed"] == record.gate_tags()["gate.passed"] == "false"
+    assert tags["eval.exact_match"] == "0.8000" and tags["eval.settings_hash"] == "def"
+    assert tags["data.validations"] == '{"d1": ["results/d1-run/records.json"]}'
+    assert record.mlflow_metrics()["tuned.eval_loss"] == 0.5 and record.mlflow_metrics()["train.seconds"] == 60.0
+    metadata = record.dagster_metadata("7", "mlflow-run")
+    assert metadata["version"] == 7 and metadata["model_uri"] == "models:/m/7" and not metadata["gate_passed"]
+    assert "Gate: **not passed** (vs champion v3: too low)" in model_card(record, "v7")
 
 
 def test_only_unreachable_tracking_servers_are_retried():

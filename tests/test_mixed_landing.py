@@ -92,9 +92,9 @@ def test_the_run_goes_on_without_the_unreadable_drop(mixed):
     metadata = instance.get_latest_materialization_event(dg.AssetKey("instruction_pairs")).asset_materialization
     assert metadata.metadata["drops_held_back"].value == ["2026-02-03", "2026-02-04"]
     files = {
-        f: s for d in ("2026-02-01", "2026-02-02") for f, s in stored(settings, "raw_records", d).meta["files"].items()
+        f: s for d in ("2026-02-01", "2026-02-02") for f, s in stored(settings, "raw_records", d).summary.files.items()
     }
-    assert {f: (s["format"], s["rows"]) for f, s in files.items()} == {
+    assert {f: (s.format, s.rows) for f, s in files.items()} == {
         "2026-02-01/chat.jsonl": ("openai_chat", 40),
         "2026-02-01/share.json.gz": ("sharegpt", 30),
         "2026-02-02/dolly.csv": ("dolly", 30),
@@ -116,7 +116,7 @@ def test_bad_rows_are_rejected_or_excluded_with_reasons_and_counted_in_mlflow(mi
     assert excluded[["source_file", "source_line", "excluded_reason"]].values.tolist() == [
         ["2026-02-02/dolly.csv", 31, "duplicate of 2026-02-01/chat.jsonl:4 from an earlier drop"]
     ]
-    run_id = result.output_for_node("registered_model")["mlflow_run_id"]
+    run_id = result.output_for_node("registered_model").mlflow_run_id
     params = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(run_id).data.params
     counts = [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")]
     assert counts == ["110", "108", "2", "1"]
@@ -131,4 +131,4 @@ def test_multi_turn_and_preference_examples_keep_their_shape(mixed):
     assert len(prefs) == 10 and set(prefs["chosen"]) == {"Good."} and set(prefs["rejected"]) == {"Bad."}
     trained = result.output_for_node("fine_tuned_model")
     sft_train = pairs[(pairs["kind"] == "sft") & (pairs["split"] == "train")]
-    assert trained["train_examples"] == len(sft_train)
+    assert trained.train_examples == len(sft_train)

@@ -55,13 +55,13 @@ def test_first_run_promotes_and_second_is_stopped_by_the_gate(pipeline):
     first, second = pipeline["first"], pipeline["second"]
     assert first.success
     assert checks_of(first) == {"train_eval_disjoint": True, "promotion_gate": True}
-    assert first.output_for_node("champion_model")["version"] == "1"
+    assert first.output_for_node("champion_model").version == "1"
     # same data, same seed: the new version only ties the champion, so the blocking gate fails and
     # champion_model does not run; the version is still registered
     assert not second.success and gate_only_failure(second)
     assert checks_of(second) == {"train_eval_disjoint": True, "promotion_gate": False}
     assert "champion_model" not in {e.step_key for e in second.get_step_success_events()}
-    assert second.output_for_node("registered_model")["version"] == "2"
+    assert second.output_for_node("registered_model").version == "2"
 
 
 def test_every_drop_is_ingested_once_with_its_checks(pipeline):
@@ -125,10 +125,10 @@ def test_mlflow_run_carries_the_contract(pipeline):
     assert [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")] == ["400", "396", "4", "2"]
     assert int(params["data.train_rows"]) + int(params["data.eval_rows"]) <= 394
     evaluation = pipeline["first"].output_for_node("model_evaluation")
-    for metric in evaluation["tuned"]:
-        assert run.data.metrics[f"base.{metric}"] == pytest.approx(evaluation["base"][metric])
-        assert run.data.metrics[f"tuned.{metric}"] == pytest.approx(evaluation["tuned"][metric])
-    assert {"exact_match", "json_valid", "field_accuracy", "eval_loss"} <= set(evaluation["tuned"])
+    for metric in evaluation.tuned:
+        assert run.data.metrics[f"base.{metric}"] == pytest.approx(evaluation.base[metric])
+        assert run.data.metrics[f"tuned.{metric}"] == pytest.approx(evaluation.tuned[metric])
+    assert {"exact_match", "json_valid", "field_accuracy", "eval_loss"} <= set(evaluation.tuned)
     assert run.data.tags["eval.primary_metric"] == "exact_match"
     assert version.tags["dagster.run_id"] == pipeline["first"].run_id
     assert version.tags["data.drops"] == "2026-01-05,2026-01-12,2026-01-19"
@@ -144,10 +144,10 @@ def test_training_changes_the_adapter_and_leaves_base_weights_alone(pipeline, ti
     original = load_file(tiny_model_dir / "model.safetensors")
     for name, tensor in load_file(f"{base_dir}/model.safetensors").items():
         assert (tensor == original[name]).all(), f"base weight {name} changed"
-    adapter = load_file(f"{trained['adapter_dir']}/adapter_model.safetensors")
+    adapter = load_file(f"{trained.adapter_dir}/adapter_model.safetensors")
     lora_b = [t for n, t in adapter.items() if "lora_B" in n]
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b), "LoRA B starts at zero; training must move it"
-    merged = load_file(f"{trained['merged_dir']}/model.safetensors")
+    merged = load_file(f"{trained.merged_dir}/model.safetensors")
     changed = [n for n, t in merged.items() if n in original and not (t == original[n]).all()]
     assert any("q_proj" in n for n in changed)
 
@@ -163,5 +163,5 @@ def test_an_asset_rematerializes_alone_from_stored_upstream(pipeline):
     )
     assert result.success
     evaluation = result.output_for_node("model_evaluation")
-    assert evaluation["eval_examples"] == 3
+    assert evaluation.eval_examples == 3
     assert [e.step_key for e in result.get_step_success_events()] == ["model_evaluation"]

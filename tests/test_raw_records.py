@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from assets.raw_records import IngestConfig, IngestError, read_drop
-from resources.landing import LandingZone
+from assets.domain.rows import row_location, with_format
+from assets.domain.values import FileSummary
+from assets.raw_records import READERS, IngestConfig, IngestError, read_drop
+from resources.landing import DATA_SUFFIXES, LandingZone
 
 BAD_FILES = Path(__file__).parent / "bad_files"
 
@@ -94,6 +96,21 @@ def test_line_numbers_follow_the_raw_file(tmp_path):
         ("b.csv", 4),
     ]
     assert rows[2]["record"] == {"instruction": "two\nlines", "input": "x", "output": "y"}
+
+
+def test_every_suffix_the_landing_lists_has_a_reader():
+    assert sorted(READERS) == sorted(DATA_SUFFIXES)
+
+
+def test_rows_are_named_by_file_and_line_and_get_their_files_format():
+    files = {"d/a.jsonl": FileSummary(rows=1, format="alpaca"), "d/b.csv": FileSummary(2, "mapped", {"output": "y"})}
+    rows = [{"source_file": "d/b.csv", "source_line": 3, "record": {}}, {"source_file": "d/a.jsonl", "source_line": 1}]
+    assert [row_location(r) for r in rows] == ["d/b.csv:3", "d/a.jsonl:1"]
+    assert [(r["format"], r["mapping"]) for r in with_format(rows, files)] == [
+        ("mapped", {"output": "y"}),
+        ("alpaca", None),
+    ]
+    assert "format" not in rows[0], "the raw rows are left as they were"
 
 
 def test_landing_zone_lists_data_files_with_their_drop(tmp_path):

@@ -5,6 +5,7 @@ import json
 import pyarrow as pa
 import pytest
 
+from assets.domain.values import FileSummary
 from assets.raw_records import IngestConfig, stream_drop
 from resources.landing import LandingZone
 from resources.records import BATCH_ROWS, MESSAGES, FirstSeen, RecordWriter
@@ -26,8 +27,8 @@ def test_rows_come_back_as_written_in_any_batch_size(tmp_path):
     with RecordWriter(tmp_path / "set.parquet", SCHEMA, ("record",)) as out:
         for start in range(0, 25, 10):
             out.write(rows[start : start + 10])
-    records = out.record_set(partition="p", note="x")
-    assert len(records) == 25 and records.partition == "p" and records.meta == {"note": "x"}
+    records = out.record_set(partition="p", summary={"note": "x"})
+    assert len(records) == 25 and records.partition == "p" and records.summary == {"note": "x"}
     batches = list(records.batches(batch_size=4))
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2, 4, 1], "at most 4, never across a written batch"
     assert [r for b in batches for r in b] == rows
@@ -65,5 +66,5 @@ def test_a_drop_is_streamed_in_batches_with_continuous_row_ids(tmp_path):
     ids = [r["row_id"] for b in batches for r in b]
     assert ids == list(range(n + 1))
     assert batches[-1][0]["source_file"] == "d/b.csv" and batches[-1][0]["source_line"] == 2
-    assert per_file["d/a.jsonl"] == {"rows": n, "format": "prompt_completion", "mapping": None}
-    assert per_file["d/b.csv"]["format"] == "alpaca"
+    assert per_file["d/a.jsonl"] == FileSummary(rows=n, format="prompt_completion", mapping=None)
+    assert per_file["d/b.csv"].format == "alpaca"

@@ -109,7 +109,7 @@ def history(loop):
         seen["automation"].append(loop.automation_requests())
         result = loop.retrain()
         seen["pairs"].append(result.output_for_node("instruction_pairs").frame())
-        seen["versions"].append(result.output_for_node("registered_model")["version"])
+        seen["versions"].append(result.output_for_node("registered_model").version)
         seen["automation"].append(loop.automation_requests())
         seen["schedule"].append(loop.schedule_tick())
     return seen

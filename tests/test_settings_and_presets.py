@@ -4,7 +4,8 @@ import pytest
 
 from assets.fine_tuned_model import TrainingConfig, trainer_configs
 from pipelines.presets import STAGES, available, load_preset, stage_resources
-from pipelines.settings import BUNDLED_BASE_MODEL, REPO_ROOT, SAMPLE_LANDING, Settings
+from pipelines.settings import REPO_ROOT, SAMPLE_LANDING, Settings
+from resources.models import BUNDLED_BASE_MODEL
 
 
 def test_defaults_keep_all_state_under_one_home():

@@ -2,22 +2,15 @@
 
 import itertools
 import re
-import sqlite3
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from assets.validated_records import (
-    FEATURES,
-    ValidationConfig,
-    record_reasons,
-    store_features,
-    structure_problem,
-    with_features,
-)
+from assets.validated_records import ValidationConfig
 from data_checks.record_checks import PiiTally, share_check_result, suite_check_result
-from data_checks.record_suite import record_suite
+from data_checks.record_rules import structure_problem, with_features
+from data_checks.record_suite import FEATURE_COLUMNS, FEATURE_SQL_COLUMNS, failure_detail, record_suite
 from resources.expectations import GreatExpectations
 from resources.records import FirstSeen
 
@@ -46,14 +39,12 @@ def validate(bundled_tokenizer, tmp_path_factory):
         n = next(runs)
         config = ValidationConfig(**{"max_tokens": 128, "system_prompt": "Be precise.", **config})
         rows = with_features(raw(rows, fmt), bundled_tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
-        db = folder / f"features-{n}.sqlite"
-        connection = sqlite3.connect(db)
-        store_features(connection, "records", rows)
-        connection.commit()
-        report = gx.validate_table(db, "records", record_suite(config.max_tokens), run_name=f"test-{n}")
-        record_reasons(connection, report)
-        reasons = dict(connection.execute("SELECT row_id, reason FROM reasons"))
-        connection.close()
+        features = gx.features_file(f"test-{n}", FEATURE_SQL_COLUMNS)
+        features.store("records", rows)
+        report = gx.validate_features(features, "records", record_suite(config.max_tokens))
+        features.record_reasons(report, failure_detail)
+        reasons = features.reasons_of([r["row_id"] for r in rows])
+        features.close()
         return pd.DataFrame(rows), report, reasons
 
     return run
@@ -176,7 +167,7 @@ def test_validation_is_kept_as_json_and_a_data_docs_page(validate):
     _, report, _ = validate([GOOD, {**GOOD, "output": ""}])
     html = re.sub(r"<[^>]+>", " ", Path(report.docs_url.removeprefix("file://")).read_text())
     html = re.sub(r"\s+", " ", html)
-    for column in FEATURES:
+    for column in FEATURE_COLUMNS:
         assert column in html
     assert "values must be null" in html and "less than or equal to 128" in html
     assert "Unsuccessful Expectations 1" in html

@@ -16,8 +16,8 @@ from assets.fine_tuned_model import TrainingConfig
 from assets.instruction_pairs import SplitConfig
 from assets.model_evaluation import EvaluationConfig
 from assets.raw_records import IngestConfig
-from assets.registered_model import GateConfig
 from assets.validated_records import ValidationConfig
+from data_checks.promotion_gate import GateConfig
 
 PRESETS_DIR = Path(__file__).parent
 STAGES = {

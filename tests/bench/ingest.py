@@ -75,7 +75,7 @@ def run_once(rows: int, home: Path) -> dict:
     import dagster as dg
 
     from pipelines.definitions import build_definitions
-    from pipelines.settings import BUNDLED_BASE_MODEL
+    from resources.models import BUNDLED_BASE_MODEL
     from tests.conftest import make_settings
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,11 @@
 """The served model: chat messages in, the fine-tuned model's reply out.
 
-An MLflow pyfunc logged as code (`mlflow.pyfunc.log_model(python_model=<this file>)`) with the merged
-model folder as its artifact, so it loads anywhere MLflow and transformers are installed; it imports
-nothing from this project. Generation parameters come per request through the signature's params:
+An MLflow pyfunc logged as code (`MlflowRegistry.log_chat_model` passes this file's path to
+`mlflow.pyfunc.log_model(python_model=...)`) with the merged model folder as its artifact, so it
+loads anywhere MLflow and transformers are installed. It imports nothing from this project, and
+nothing in the project imports it: MLflow executes it when it loads the model, which is when the
+`set_model` call at the bottom must run. Its signature is declared in `resources/mlflow_registry.py`.
+Generation parameters come per request through the signature's params:
 
     POST /invocations
     {"dataframe_records": [{"messages": [{"role": "user", "content": "..."}]}],
@@ -15,32 +18,14 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-DEFAULT_MAX_NEW_TOKENS = 256
-
-
-def signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array, Object, Property
-
-    message = Object([Property("role", DataType.string), Property("content", DataType.string)])
-    return ModelSignature(
-        inputs=Schema([ColSpec(Array(message), "messages")]),
-        outputs=Schema([ColSpec(DataType.string, n) for n in ("role", "content", "finish_reason")]),
-        params=ParamSchema(
-            [
-                ParamSpec("max_new_tokens", DataType.long, DEFAULT_MAX_NEW_TOKENS),
-                ParamSpec("temperature", DataType.double, 0.0),
-            ]
-        ),
-    )
-
 
 class ChatModel(PythonModel):
     def load_context(self, context):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # The signature's default, passed as model_config when the model was logged.
+        self.default_max_new_tokens = int(context.model_config["default_max_new_tokens"])
         folder = context.artifacts["model"]
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -69,7 +54,7 @@ class ChatModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = params or {}
-        max_new_tokens = int(params.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        max_new_tokens = int(params.get("max_new_tokens") or self.default_max_new_tokens)
         temperature = float(params.get("temperature") or 0.0)
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else model_input
         return pd.DataFrame([self.reply(list(r["messages"]), max_new_tokens, temperature) for r in rows])

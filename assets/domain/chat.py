@@ -1,6 +1,6 @@
 """Rules about chat examples shared by the data, training and evaluation assets.
 
-Not an asset itself (hence the underscore): how an example is normalized, keyed, split and
+Shared, not an asset: how an example is normalized, keyed, split and
 rendered for training must be identical wherever it is measured, trained on or scored.
 """
 

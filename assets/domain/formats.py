@@ -1,6 +1,6 @@
 """The instruction-data formats the pipeline reads, and how a record of each becomes a conversation.
 
-Not an asset (hence the underscore): `raw_records` detects each file's format and the validation
+Shared, not an asset: `raw_records` detects each file's format and the validation
 and formatting assets convert records with the same rules, so they live in one place.
 
 A conversion never raises on bad content: it returns what it could build plus the problems it

@@ -1,0 +1,163 @@
+"""One record per training run's registration: what the version learned from, how it was trained,
+how it scored and what the gate said. Built once in `registered_model`; the MLflow params, run and
+version tags, the model card and the Dagster metadata are all derived from it, so a fact (a hash,
+a drop list, a verdict) is stated in one place and its views cannot disagree.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from assets.domain.metrics import metrics_table
+from assets.domain.values import Evaluation, GateVerdict, PairsSummary, TrainedModel
+
+# How many trailing path parts name a Great Expectations result in a version tag.
+VALIDATION_PATH_PARTS = 3
+
+
+@dataclass(frozen=True)
+class DataCounts:
+    """Rows of the drops a version was trained on, from raw landing to the train split."""
+
+    drops: tuple[str, ...]
+    rows_raw: int
+    rows_valid: int
+    rows_rejected: int
+    rows_excluded: int
+    train_rows: int
+    train_set_hash: str
+    validations: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, pairs: PairsSummary, rows_raw: int, rows_valid: int, rows_rejected: int) -> "DataCounts":
+        return cls(
+            drops=tuple(pairs.drops),
+            rows_raw=rows_raw,
+            rows_valid=rows_valid,
+            rows_rejected=rows_rejected,
+            rows_excluded=pairs.excluded_duplicates,
+            train_rows=pairs.train_rows,
+            train_set_hash=pairs.train_set_hash,
+            validations=pairs.validations,
+        )
+
+
+@dataclass(frozen=True)
+class RunLineage:
+    """Everything a registered version states about itself."""
+
+    model_name: str
+    dagster_run_id: str
+    base_model: str
+    data: DataCounts
+    trained: TrainedModel
+    evaluation: Evaluation
+    gate: GateVerdict
+
+    def mlflow_params(self) -> dict[str, str]:
+        data, ev, trained = self.data, self.evaluation, self.trained
+        params = {
+            "data.rows_raw": data.rows_raw,
+            "data.rows_valid": data.rows_valid,
+            "data.rows_rejected": data.rows_rejected,
+            "data.rows_excluded": data.rows_excluded,
+            "data.train_rows": data.train_rows,
+            "data.eval_rows": ev.eval_examples,
+            "data.train_set_hash": data.train_set_hash,
+            "data.eval_set_hash": ev.eval_set_hash,
+            "data.drops": ",".join(data.drops),
+            "preset": trained.preset,
+            "base_model": self.base_model,
+            "train.max_length": trained.max_length,
+            "train.device": trained.device,
+            **{f"train.{k}": v for k, v in trained.settings.items()},
+        }
+        return {k: str(v) for k, v in params.items()}
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        ev, trained = self.evaluation, self.trained
+        metrics = {f"base.{k}": v for k, v in ev.base.items()}
+        metrics |= {f"tuned.{k}": v for k, v in ev.tuned.items()}
+        if ev.champion is not None:
+            metrics |= {f"champion.{k}": v for k, v in ev.champion.metrics.items()}
+        metrics["forgetting_pct"] = ev.forgetting_pct
+        metrics |= {f"generation.tokens_per_second.{k}": v for k, v in ev.generation_tokens_per_second.items()}
+        metrics |= {"train.loss_mean": trained.train_loss, "train.seconds": trained.train_seconds}
+        return metrics
+
+    def run_tags(self) -> dict[str, str]:
+        return {"dagster.run_id": self.dagster_run_id, "eval.primary_metric": self.evaluation.primary_metric}
+
+    def gate_tags(self) -> dict[str, str]:
+        return {"gate.passed": str(self.gate.passed).lower(), "gate.reason": self.gate.reason}
+
+    def version_tags(self) -> dict[str, str]:
+        ev = self.evaluation
+        validations = {
+            drop: ["/".join(Path(p).parts[-VALIDATION_PATH_PARTS:]) for p in paths]
+            for drop, paths in self.data.validations.items()
+        }
+        return {
+            "eval.settings_hash": ev.settings_hash,
+            "eval.forgetting_pct": f"{ev.forgetting_pct:.2f}",
+            "dagster.run_id": self.dagster_run_id,
+            "data.drops": ",".join(self.data.drops),
+            "data.train_set_hash": self.data.train_set_hash,
+            "data.eval_set_hash": ev.eval_set_hash,
+            "data.validations": json.dumps(validations),
+            "base_model": self.base_model,
+            "preset": self.trained.preset,
+            "eval.primary_metric": ev.primary_metric,
+            f"eval.{ev.primary_metric}": f"{ev.tuned_primary:.4f}",
+            **self.gate_tags(),
+        }
+
+    def dagster_metadata(self, version: str, mlflow_run_id: str) -> dict:
+        """The registration's materialization metadata (the model card is added by the asset)."""
+        ev = self.evaluation
+        return {
+            "model": self.model_name,
+            "version": int(version),
+            "gate_passed": self.gate.passed,
+            "reason": self.gate.reason,
+            f"base_{ev.primary_metric}": ev.base_primary,
+            f"tuned_{ev.primary_metric}": ev.tuned_primary,
+            "mlflow_run_id": mlflow_run_id,
+            "model_uri": f"models:/{self.model_name}/{version}",
+        }
+
+
+def model_card(lineage: RunLineage, title: str) -> str:
+    """The markdown card logged with each version: data, metrics against base, intended use, limits."""
+    ev, data, gate = lineage.evaluation, lineage.data, lineage.gate
+    champion = ev.champion.metrics if ev.champion else None
+    name, base_model = lineage.model_name, lineage.base_model
+    return f"""# {name} {title}
+
+Fine-tuned from `{base_model}` with a LoRA adapter (TRL SFTTrainer), preset `{lineage.trained.preset}`, by the
+fine-tuning pipeline. Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).
+
+## Data
+- Drops: {",".join(data.drops)}
+- Rows: {data.rows_raw} raw, {data.rows_valid} valid, {data.rows_rejected} rejected,
+  {data.rows_excluded} excluded as repeats of earlier drops
+- Train / eval examples: {data.train_rows} / {ev.eval_examples}
+  (split by a hash of the normalized prompt; train set hash `{data.train_set_hash}`,
+  eval set hash `{ev.eval_set_hash}`)
+
+## Evaluation ({ev.task_type} task, primary metric `{ev.primary_metric}`)
+{metrics_table(ev.base, ev.tuned, ev.primary_metric, champion)}
+
+Forgetting: perplexity on a general-text probe changed by {ev.forgetting_pct:+.1f}%.
+
+## Intended use
+Answering prompts like those in its training data (same instruction style, same task), through
+the chat interface of the logged model (`mlflow models serve -m models:/{name}@champion`).
+
+## Limits
+- Scored on {ev.eval_examples} held-out examples of the same distribution as training;
+  quality on other inputs is unknown.
+- A {base_model.split("/")[-1]} base: small, with the base model's knowledge and biases.
+- Rows flagged for possible personal data (the `personal_data_scan` check) were trained on unless
+  the validation setting `pii: redact` was used; the model may reproduce them.
+"""

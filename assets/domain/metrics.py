@@ -1,0 +1,77 @@
+"""How an answer is scored against the expected one, and how scores are shown.
+
+Pure functions, shared by `model_evaluation` (which computes the scores), the promotion gate and
+the model card (which show them). Text metrics come from the libraries that define them
+(rouge-score, sacrebleu); JSON answers are compared by value.
+"""
+
+import json
+
+from assets.domain.chat import normalize
+
+# The metric the gate compares when `evaluation.primary_metric` is 'auto', by task type.
+DEFAULT_PRIMARY = {"json": "exact_match", "open_ended": "rougeL"}
+
+
+def parse_json(value: str):
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def task_type(expected: list[str]) -> str:
+    """'json' when every expected answer parses as JSON, else 'open_ended'."""
+    return "json" if expected and all(parse_json(e) is not None for e in expected) else "open_ended"
+
+
+_rouge = None
+
+
+def text_scores(prediction: str, expected: str) -> dict[str, float]:
+    """ROUGE-L and token F1 (ROUGE-1 F-measure: unigram overlap) from rouge-score, chrF from sacrebleu."""
+    global _rouge
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    _rouge = _rouge or rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+    rouge = _rouge.score(expected, prediction)
+    return {
+        "rougeL": rouge["rougeL"].fmeasure,
+        "token_f1": rouge["rouge1"].fmeasure,
+        "chrf": sacrebleu.sentence_chrf(prediction, [expected]).score / 100,
+    }
+
+
+def score_answer(prediction: str, expected: str, task: str = "open_ended") -> dict[str, float]:
+    """Per-example scores. For JSON tasks the comparison is on parsed values, so key order and
+    spacing do not matter, and `json_valid` and `field_accuracy` (for objects) are added."""
+    scores = text_scores(prediction, expected)
+    if task != "json":
+        scores["exact_match"] = float(normalize(prediction) == normalize(expected))
+        return scores
+    target, got = parse_json(expected), parse_json(prediction.strip())
+    scores.update({"exact_match": float(got == target), "json_valid": float(got is not None)})
+    if isinstance(target, dict) and target:
+        got_fields = got if isinstance(got, dict) else {}
+        scores["field_accuracy"] = sum(got_fields.get(k) == v for k, v in target.items()) / len(target)
+    return scores
+
+
+def mean_scores(per_example: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for s in per_example for k in s})
+    return {k: sum(s.get(k, 0.0) for s in per_example) / len(per_example) for k in keys}
+
+
+def metrics_table(base: dict, tuned: dict, primary: str, champion: dict | None = None) -> str:
+    """Markdown: each metric for base and tuned, the change, and the champion's when given."""
+    head = "| metric | base | tuned | change |" + (" champion |" if champion else "")
+    lines = [head, "|---|---|---|---|" + ("---|" if champion else "")]
+    for key in sorted(tuned):
+        mark = " (primary)" if key == primary else ""
+        before = base.get(key, float("nan"))
+        row = f"| {key}{mark} | {before:.4f} | {tuned[key]:.4f} | {tuned[key] - before:+.4f} |"
+        if champion:
+            row += f" {champion.get(key, float('nan')):.4f} |"
+        lines.append(row)
+    return "\n".join(lines)

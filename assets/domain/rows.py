@@ -1,0 +1,17 @@
+"""Raw rows as the data stages pass them: where a row came from, and the format of its file.
+
+`raw_records` writes rows with `source_file` and `source_line` and keeps each file's format in its
+`RawSummary`; validation and pairing name rows by their place and convert them by their file's format.
+"""
+
+from assets.domain.values import FileSummary
+
+
+def row_location(row: dict) -> str:
+    """Where a row came from, as errors, reasons and duplicate notes name it: 'file:line'."""
+    return f"{row['source_file']}:{row['source_line']}"
+
+
+def with_format(rows: list[dict], files: dict[str, FileSummary]) -> list[dict]:
+    """Raw rows with their file's `format` and `mapping` (kept per file in the raw summary)."""
+    return [{**r, "format": files[r["source_file"]].format, "mapping": files[r["source_file"]].mapping} for r in rows]

@@ -1,0 +1,83 @@
+"""The promotion gate: whether a newly registered version may become champion.
+
+A blocking asset check on `registered_model`: when it fails, `champion_model` does not run and the
+version stays `challenger`. The verdict is a pure function of the evaluation and the gate settings.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.domain.values import Criterion, Evaluation, GateVerdict
+
+GATE_CHECK = "promotion_gate"
+# How much the tuned primary metric must beat the base by default, by task type.
+DEFAULT_MIN_IMPROVEMENT = {"json": 0.05, "open_ended": 0.01}
+
+GATE_CHECK_SPEC = dg.AssetCheckSpec(
+    GATE_CHECK,
+    asset="registered_model",
+    blocking=True,
+    description="The promotion gate: the new version beats the base and the champion on the primary "
+    "metric, within the forgetting budget. Blocks champion_model; the version stays challenger.",
+)
+
+
+class GateConfig(dg.ConfigurableResource):
+    min_improvement: float | None = Field(
+        default=None,
+        description="How much the tuned primary metric must exceed the base model's. Default by task "
+        "type: 0.05 for JSON answers (exact match), 0.01 for open-ended text (ROUGE-L).",
+    )
+    min_gain_over_champion: float = Field(
+        default=0.0,
+        description="How much it must exceed the current champion's, on the same eval set (0: any gain).",
+    )
+    max_forgetting_pct: float = Field(
+        default=10.0,
+        description="Largest rise, in percent, of perplexity on the general-text probe (forgetting budget).",
+    )
+
+
+def gate_verdict(evaluation: Evaluation, gate: GateConfig) -> GateVerdict:
+    """Whether the challenger may become champion, why (in words, for a tag), and each criterion
+    with its value beside its threshold. It must beat the base by more than `min_improvement` on
+    the primary metric, the current champion (scored on the same eval set) by more than
+    `min_gain_over_champion`, and keep forgetting within `max_forgetting_pct`."""
+    primary, tuned = evaluation.primary_metric, evaluation.tuned_primary
+    margin = gate.min_improvement
+    if margin is None:
+        margin = DEFAULT_MIN_IMPROVEMENT[evaluation.task_type]
+    base = evaluation.base_primary
+    criteria = [Criterion(f"{primary} vs base", tuned, f"> {base:.4f} + {margin}", tuned > base + margin)]
+    champion = evaluation.champion
+    if champion is not None and primary in champion.metrics:
+        best, gain = champion.metrics[primary], gate.min_gain_over_champion
+        name = f"{primary} vs champion v{champion.version}"
+        criteria.append(Criterion(name, tuned, f"> {best:.4f} + {gain}", tuned > best + gain))
+    forgetting, budget = evaluation.forgetting_pct, gate.max_forgetting_pct
+    criteria.append(Criterion("probe perplexity change %", forgetting, f"<= {budget}", forgetting <= budget))
+    failed = [c for c in criteria if not c.passed]
+    if failed:
+        reason = "; ".join(f"{c.criterion}: {c.value:.4f}, needs {c.threshold}" for c in failed)
+    else:
+        reason = "; ".join(f"{c.criterion}: {c.value:.4f} ({c.threshold})" for c in criteria)
+    return GateVerdict(passed=not failed, reason=reason, criteria=tuple(criteria))
+
+
+def gate_table(verdict: GateVerdict) -> str:
+    lines = ["| criterion | value | threshold | passed |", "|---|---|---|---|"]
+    lines += [
+        f"| {c.criterion} | {c.value:.4f} | {c.threshold} | {'yes' if c.passed else 'no'} |" for c in verdict.criteria
+    ]
+    return "\n".join(lines)
+
+
+def gate_check_result(verdict: GateVerdict, version: str) -> dg.AssetCheckResult:
+    """The blocking check's result: the verdict, each criterion beside its threshold, the version."""
+    return dg.AssetCheckResult(
+        check_name=GATE_CHECK,
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict.reason,
+        metadata={"criteria": dg.MetadataValue.md(gate_table(verdict)), "version": int(version)},
+    )

@@ -1,0 +1,280 @@
+"""The per-row rules of validation as plain functions: a word tokenizer and an in-memory `seen`
+stand in for the base model's tokenizer and the on-disk FirstSeen, so no Dagster, Great
+Expectations or SQLite is involved."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from data_checks.record_rules import (
+    NORMALIZED_KEY,
+    conversation_row,
+    duplicate_note,
+    hygiene_problem,
+    mark_duplicates,
+    measure,
+    render_lengths,
+    structure_problem,
+    truncate_last_user_turn,
+    with_features,
+)
+
+GOOD = {"instruction": "Triage the ticket.", "input": "My RouterX is down.", "output": "RouterX"}
+
+
+def m(role, content):
+    return {"role": role, "content": content}
+
+
+def settings(**overrides):
+    return SimpleNamespace(
+        **{"max_tokens": 64, "truncate_over_long": False, "system_prompt": "Be precise.", "pii": "warn", **overrides}
+    )
+
+
+def raw(records, fmt="alpaca", file="d/t.jsonl"):
+    return [
+        {"row_id": i, "drop": "d", "source_file": file, "source_line": i + 1, "format": fmt, "record": r}
+        for i, r in enumerate(records)
+    ]
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word; the chat template adds one role token per turn."""
+
+    def __init__(self):
+        self.words: list[str] = []
+        self.ids: dict[str, int] = {}
+
+    def _id(self, word: str) -> int:
+        if word not in self.ids:
+            self.ids[word] = len(self.words)
+            self.words.append(word)
+        return self.ids[word]
+
+    def apply_chat_template(self, messages, tokenize=False):
+        return " ".join(f"<{t['role']}> {t['content']}" for t in messages)
+
+    def __call__(self, texts, add_special_tokens=False):
+        if isinstance(texts, str):
+            return {"input_ids": [self._id(w) for w in texts.split()]}
+        return {"input_ids": [[self._id(w) for w in t.split()] for t in texts]}
+
+    def decode(self, ids):
+        return " ".join(self.words[i] for i in ids)
+
+
+class MemorySeen:
+    """FirstSeen's contract (first place of each text, earlier calls included) in a dict."""
+
+    def __init__(self):
+        self.first: dict[str, str] = {}
+        self.calls: list[list[str]] = []
+
+    def check(self, texts, places):
+        self.calls.append(list(texts))
+        found = []
+        for text, place in zip(texts, places):
+            found.append(self.first.get(text))
+            self.first.setdefault(text, place)
+        return found
+
+
+# ---- structure and hygiene ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "kind", "problem"),
+    [
+        ([m("system", "s"), m("user", "q"), m("assistant", "a")], "sft", None),
+        ([m("user", "q"), m("assistant", "a"), m("user", "q2"), m("assistant", "a2")], "sft", None),
+        ([m("system", "s")], "sft", "no user or assistant turns"),
+        ([], "sft", "no user or assistant turns"),
+        (
+            [m("user", "q"), m("system", "s"), m("assistant", "a")],
+            "sft",
+            "turn 2 is a system message; only the first message may be one",
+        ),
+        (
+            [m("assistant", "a"), m("user", "q")],
+            "sft",
+            "turn 1 is from the assistant, expected the user (turns must alternate)",
+        ),
+        (
+            [m("user", "q"), m("assistant", "a"), m("user", "q2")],
+            "sft",
+            "last turn is from the user; a training example ends with the assistant's answer",
+        ),
+        ([m("user", "q"), m("assistant", "")], "sft", "turn 2 (assistant) is empty"),
+        ([m("user", "")], "preference", "turn 1 (user) is empty"),
+        ([m("user", "p")], "preference", None),
+        ([m("user", "p"), m("assistant", "a")], "preference", "a preference prompt must end with a user turn"),
+    ],
+)
+def test_structure_problem_names_the_first_broken_rule(messages, kind, problem):
+    assert structure_problem(messages, kind) == problem
+
+
+def test_hygiene_problem_flags_mis_decoded_text_and_control_characters():
+    assert hygiene_problem(["fine", "tabs\tand\nnew lines\r\n are fine"]) is None
+    assert hygiene_problem(["ok", "bell \x07"]) == "control character U+0007"
+    assert hygiene_problem(["del \x7f"]) == "control character U+007F"
+    assert hygiene_problem(["caf\ufffd", "\x07"]).startswith("U+FFFD replacement character")
+
+
+# ---- conversion ----------------------------------------------------------------------------------
+
+
+def test_a_row_becomes_a_conversation_with_the_system_prompt_and_its_source():
+    row = conversation_row(raw([GOOD])[0], settings())
+    assert row["messages"] == [
+        m("system", "Be precise."),
+        m("user", "Triage the ticket.\n\nMy RouterX is down."),
+        m("assistant", "RouterX"),
+    ]
+    assert (row["row_id"], row["source_file"], row["source_line"], row["kind"]) == (0, "d/t.jsonl", 1, "sft")
+    assert row["missing_fields"] is row["structure_error"] is row["hygiene_error"] is row["pii"] is None
+
+
+def test_a_row_missing_a_field_is_not_also_blamed_for_its_structure():
+    row = conversation_row(raw([{**GOOD, "output": "  "}])[0], settings())
+    assert row["missing_fields"] == "output"
+    assert row["structure_error"] is None
+
+
+def test_conversion_problems_come_before_structure_rules():
+    record = {"messages": [m("user", "Hi"), m("tool", "42"), m("user", "again")]}
+    row = conversation_row(raw([record], fmt="openai_chat")[0], settings())
+    assert row["structure_error"] == "messages[2] has unknown role 'tool'"
+
+
+def test_personal_data_is_counted_and_redacted_only_when_asked():
+    record = raw([{**GOOD, "input": "Mail dana@example.com, dana@example.org or call +1 415-555-0132."}])[0]
+    warned = conversation_row(record, settings())
+    assert warned["pii"] == {"email": 2, "phone": 1}
+    assert "dana@example.com" in warned["messages"][1]["content"]
+    redacted = conversation_row(record, settings(pii="redact"))
+    assert redacted["pii"] == {"email": 2, "phone": 1}
+    assert redacted["messages"][1]["content"].endswith("Mail [EMAIL], [EMAIL] or call [PHONE].")
+
+
+def test_preference_rows_keep_their_answers_apart():
+    row = conversation_row(raw([{"prompt": "Pick.", "chosen": "A", "rejected": "B"}], fmt="preference")[0], settings())
+    assert row["kind"] == "preference"
+    assert row["messages"] == [m("system", "Be precise."), m("user", "Pick.")]
+    assert (row["chosen"], row["rejected"]) == ("A", "B")
+    assert row["structure_error"] is None
+
+
+# ---- measuring and truncation -------------------------------------------------------------------
+
+
+def test_token_length_is_of_the_rendered_chat_in_any_chunk_size():
+    tokenizer = WordTokenizer()
+    chats = [[m("user", "one two three"), m("assistant", "four")], [m("user", "x")]]
+    assert render_lengths(tokenizer, chats) == [6, 2]
+    assert render_lengths(tokenizer, chats, chunk=1) == [6, 2]
+
+
+def test_preference_pairs_are_measured_by_their_longer_answer():
+    rows = [
+        conversation_row(r, settings())
+        for r in raw([{"prompt": "p", "chosen": "a", "rejected": "b c d e"}], "preference")
+    ]
+    measure(rows, WordTokenizer(), settings())
+    # system: 3 tokens (role + 2 words), user: 2, longer answer: 5
+    assert rows[0]["n_tokens"] == 10 and rows[0]["truncated"] is False
+
+
+def test_rows_without_messages_are_not_measured():
+    row = {"messages": [], "kind": "sft", "chosen": None, "rejected": None}
+    measure([row], WordTokenizer(), settings())
+    assert row["n_tokens"] is None and row["truncated"] is False
+
+
+def test_over_long_rows_are_cut_in_the_last_user_turn_only_when_asked():
+    long_input = " ".join(f"w{i}" for i in range(100))
+    tokenizer = WordTokenizer()
+    kept = [conversation_row(r, settings()) for r in raw([{**GOOD, "input": long_input}])]
+    measure(kept, tokenizer, settings(max_tokens=40))
+    assert kept[0]["n_tokens"] > 40 and kept[0]["truncated"] is False
+
+    cut = [conversation_row(r, settings()) for r in raw([{**GOOD, "input": long_input}])]
+    measure(cut, tokenizer, settings(max_tokens=40, truncate_over_long=True))
+    assert cut[0]["truncated"] is True
+    assert cut[0]["n_tokens"] == render_lengths(tokenizer, [cut[0]["messages"]])[0] <= 40
+    assert cut[0]["messages"][-1] == m("assistant", "RouterX"), "the answer is never cut"
+    assert cut[0]["messages"][1]["content"].startswith("Triage the ticket.")
+
+
+def test_preference_rows_are_never_truncated():
+    record = {"prompt": " ".join(["w"] * 80), "chosen": "a", "rejected": "b"}
+    rows = [conversation_row(r, settings()) for r in raw([record], "preference")]
+    measure(rows, WordTokenizer(), settings(max_tokens=20, truncate_over_long=True))
+    assert rows[0]["n_tokens"] > 20 and rows[0]["truncated"] is False
+
+
+def test_truncation_gives_up_when_nothing_can_fit():
+    tokenizer = WordTokenizer()
+    no_user = [m("system", "s"), m("assistant", "a b c")]
+    assert truncate_last_user_turn(no_user, tokenizer, 2, 6) is None
+    answer_too_long = [m("user", "q r"), m("assistant", " ".join(["a"] * 30))]
+    assert truncate_last_user_turn(answer_too_long, tokenizer, 10, 34) is None
+
+
+# ---- duplicates ---------------------------------------------------------------------------------
+
+
+def test_duplicate_note_prefers_the_exact_match():
+    assert duplicate_note("f:1", "f:2") == "exact duplicate of f:1"
+    assert duplicate_note(None, "f:2") == "same as f:2 up to case and whitespace"
+    assert duplicate_note(None, None) is None
+
+
+def test_duplicates_name_the_first_row_across_batches():
+    seen = MemorySeen()
+    first = [conversation_row(r, settings()) for r in raw([GOOD, {**GOOD, "input": "Other."}])]
+    mark_duplicates(first, seen)
+    later = raw([{**GOOD, "input": "  OTHER. "}, GOOD, {**GOOD, "input": "New."}], file="d/u.jsonl")
+    second = [conversation_row(r, settings()) for r in later]
+    mark_duplicates(second, seen)
+    assert [r["duplicate_of"] for r in first] == [None, None]
+    assert [r["duplicate_of"] for r in second] == [
+        "same as d/t.jsonl:2 up to case and whitespace",
+        "exact duplicate of d/t.jsonl:1",
+        None,
+    ]
+
+
+def test_a_normalized_key_is_never_taken_for_an_exact_one():
+    """Exact and normalized texts share one table: a later row whose exact text happens to equal an
+    earlier row's normalized text is a repeat up to case and whitespace, not an exact duplicate."""
+    seen = MemorySeen()
+    first = [
+        conversation_row(r, settings())
+        for r in raw([{"messages": [m("user", "Hi"), m("assistant", "Yo")]}], "openai_chat")
+    ]
+    mark_duplicates(first, seen)
+    # rendered as one user turn, its exact text is the first row's normalized text
+    later = raw([{"messages": [m("user", "hi assistant: yo")]}], "openai_chat", file="d/u.jsonl")
+    second = [conversation_row(r, settings()) for r in later]
+    mark_duplicates(second, seen)
+    assert second[0]["duplicate_of"] == "same as d/t.jsonl:1 up to case and whitespace"
+    assert all(t.startswith(NORMALIZED_KEY) for t in seen.calls[1])
+
+
+def test_with_features_sets_every_feature_the_suite_reads():
+    rows = with_features(raw([GOOD, GOOD]), WordTokenizer(), settings(), MemorySeen())
+    for column in ("missing_fields", "structure_error", "hygiene_error", "n_tokens", "duplicate_of", "truncated"):
+        assert column in rows[0]
+    assert rows[0]["n_tokens"] > 0
+    assert [r["duplicate_of"] for r in rows] == [None, "exact duplicate of d/t.jsonl:1"]
+
+
+def test_the_rules_load_without_dagster_great_expectations_or_sqlite():
+    code = "import sys, data_checks.record_rules; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for heavy in ("dagster", "great_expectations", "sqlite3", "pyarrow", "resources"):
+        assert f"'{heavy}'" not in loaded
