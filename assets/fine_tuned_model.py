@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets.domain.chat import training_chat_template
+from assets.domain.chat import training_chat_template, training_tokens
 from assets.domain.values import TrainedModel
 from resources.models import ModelLoader
 from resources.records import RecordSet
@@ -61,7 +61,10 @@ def trainer_configs(config: TrainingConfig, output_dir: Path, max_length: int, u
         # SFTConfig turns both on by default, even on CPU: always decide explicitly.
         bf16=config.bf16,
         gradient_checkpointing=config.gradient_checkpointing,
-        assistant_only_loss=True,
+        # The dataset comes tokenized with its assistant mask (`training_dataset`): TRL builds the labels
+        # from that mask, so the loss stays on the assistant's tokens. TRL's own assistant_only_loss
+        # would re-render the messages itself and knows neither our tool rendering nor turn weights.
+        assistant_only_loss=False,
         max_length=max_length,
         logging_steps=config.logging_steps,
         save_strategy="no",
@@ -110,12 +113,22 @@ class TrainingRun:
     tokens: int
 
 
+def training_dataset(tokenizer, train: pd.DataFrame):
+    """The train split as TRL trains on it: each conversation's `input_ids` and `assistant_masks`,
+    rendered with tools and turn weights the way validation measured it (`training_tokens`), by a
+    training template with {% generation %} markers (loss on the assistant's tokens only)."""
+    from datasets import Dataset
+
+    template = training_chat_template(tokenizer) or tokenizer.chat_template
+    tools = train["tools"] if "tools" in train else [None] * len(train)
+    return Dataset.from_list([training_tokens(tokenizer, m, t, template) for m, t in zip(train["messages"], tools)])
+
+
 def train_adapter(
     training: TrainingConfig, base_model: str, train: pd.DataFrame, models: ModelLoader, out_dir: Path, log
 ) -> TrainingRun:
     """Train a LoRA adapter on `train`'s conversations with TRL's SFTTrainer, loss on the
     assistant's tokens only. `log` receives each of the trainer's log lines."""
-    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
@@ -124,9 +137,7 @@ def train_adapter(
     sft_config, lora_config = trainer_configs(
         training, out_dir / "trainer", max_length, models.resolved_device() == "cpu"
     )
-    tokenizer = models.load_tokenizer(base_model)
-    serving_template = tokenizer.chat_template
-    tokenizer.chat_template = training_chat_template(tokenizer) or serving_template
+    tokenizer = models.load_tokenizer(base_model)  # saved with the model: serving renders as the base did
 
     class LogToDagster(TrainerCallback):
         def on_log(self, args, state_, control, logs=None, **kwargs):
@@ -136,7 +147,7 @@ def train_adapter(
     trainer = SFTTrainer(
         model=models.load_model(base_model),
         args=sft_config,
-        train_dataset=Dataset.from_list([{"messages": m} for m in train["messages"]]),
+        train_dataset=training_dataset(tokenizer, train),
         processing_class=tokenizer,
         peft_config=lora_config,
         callbacks=[LogToDagster()],
@@ -144,7 +155,6 @@ def train_adapter(
     started = time.time()
     result = trainer.train()
     seconds = time.time() - started
-    tokenizer.chat_template = serving_template  # saved with the model: serving renders plain ChatML
     history = [h for h in trainer.state.log_history if "loss" in h]
     tokens = trainer.state.num_input_tokens_seen or (history[-1].get("num_tokens", 0) if history else 0)
     curve = [(h["step"], float(h["loss"])) for h in history]

@@ -13,6 +13,7 @@ from pydantic import Field
 from assets.domain.chat import conversation_text, normalize, prompt_hash
 from assets.domain.drops import DROPS, by_drop
 from assets.domain.rows import row_location
+from assets.domain.tool_calls import reply_text
 from assets.domain.values import EXAMPLE_ROWS, PairsSummary
 from resources.records import MESSAGES, FirstSeen, RecordSet, RecordWriter
 from resources.state import StateStore
@@ -65,6 +66,7 @@ def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> 
             {
                 "example_id": example_id,
                 **{k: r[k] for k in ("kind", "messages", "chosen", "rejected")},
+                "tools": r.get("tools"),
                 "split": split_of(example_id, eval_fraction, salt),
                 **{k: r[k] for k in ("n_tokens", "drop", "source_file", "source_line")},
                 "gx_result": r.get("gx_result"),
@@ -163,6 +165,7 @@ PAIRS_SCHEMA = pa.schema(
         ("example_id", pa.string()),
         ("kind", pa.string()),
         ("messages", MESSAGES),
+        ("tools", pa.string()),  # JSON: the functions the conversation may call
         ("chosen", pa.string()),
         ("rejected", pa.string()),
         ("split", pa.string()),
@@ -177,7 +180,7 @@ PAIRS_SCHEMA = pa.schema(
 
 
 def show_example(messages: list[dict]) -> str:
-    return "\n\n".join(f"**{m['role']}**: {m['content']}" for m in messages)
+    return "\n\n".join(f"**{m['role']}**: {reply_text(m)}" for m in messages)  # tool calls as blocks
 
 
 def write_pairs(
@@ -186,7 +189,7 @@ def write_pairs(
     """Write the pairs of `drops` to `path`, drop by drop and batch by batch, repeats of an
     earlier drop's row excluded. Fails when the split leaves no train or no eval example."""
     tally = PairTally()
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp, RecordWriter(path, PAIRS_SCHEMA) as out:
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp, RecordWriter(path, PAIRS_SCHEMA, ("tools",)) as out:
         seen = FirstSeen(Path(tmp) / "seen.sqlite")
         for _, records in drops:
             for batch in records.batches():
@@ -215,10 +218,11 @@ def instruction_pairs(
     """Chat examples from every drop that passed validation (or the latest `drops_window`), one per
     validated row: `kind` ('sft', or 'preference' for prompt/chosen/rejected pairs kept for
     preference training; SFT uses only 'sft'), `messages` (system, then alternating user/assistant
-    turns), `chosen`/`rejected`, `split` ('train' or 'eval' by a hash of the normalized prompt, so
-    the split is deterministic and an example never changes side as drops arrive; 'excluded' with
-    an `excluded_reason` for repeats of an earlier drop's row), `example_id` (that hash), `n_tokens`,
-    and the row's source (`drop`, `source_file`, `source_line`, `gx_result`).
+    turns, with tool calls and tool replies where the data has them), `tools`, `chosen`/`rejected`,
+    `split` ('train' or 'eval' by a hash of the normalized prompt, so the split is deterministic and
+    an example never changes side as drops arrive; 'excluded' with an `excluded_reason` for repeats
+    of an earlier drop's row), `example_id` (that hash), `n_tokens`, and the row's source (`drop`,
+    `source_file`, `source_line`, `gx_result`).
 
     Streamed drop by drop and batch by batch into a Parquet file under FT_HOME/datasets; repeats
     across drops are found through an on-disk table, so memory does not grow with the data. The

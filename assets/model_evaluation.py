@@ -12,8 +12,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets.domain.chat import training_chat_template
+from assets.domain.chat import prompt_text, training_chat_template, training_tokens
 from assets.domain.metrics import DEFAULT_PRIMARY, mean_scores, metrics_table, score_answer, task_type
+from assets.domain.tool_calls import reply_text
 from assets.domain.values import ChampionScores, Evaluation, TrainedModel
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
 from resources.models import ModelLoader
@@ -30,7 +31,19 @@ class EvaluationConfig(dg.ConfigurableResource):
         description="Metric the promotion gate compares; 'auto' picks exact_match when every expected "
         "answer is JSON, else rougeL.",
     )
-    max_new_tokens: int = Field(default=48, description="Generation budget per answer (greedy decoding).")
+    max_new_tokens: int = Field(
+        default=0,
+        description="Generation budget per answer (greedy decoding). 0 (auto): from the eval answers' own "
+        "token lengths (their 95th percentile plus a quarter, plus the end-of-turn token), at most "
+        "max_new_tokens_cap, so long references are not scored on cut-off generations.",
+    )
+    max_new_tokens_cap: int = Field(default=256, description="Largest budget the auto max_new_tokens may pick.")
+    answer_pattern: str = Field(
+        default="",
+        description="Optional regex marking the final answer (e.g. '#### (.+)'); when set, exact_match compares "
+        "what it extracts (its first group, or the whole match; the last match in the text) from the "
+        "generation and the reference.",
+    )
     batch_size: int = Field(default=16, description="Prompts generated or scored together.")
     max_eval_examples: int = Field(
         default=0, description="Score at most this many eval examples (0: all), the same ones every time."
@@ -41,26 +54,29 @@ class EvaluationConfig(dg.ConfigurableResource):
         description="General text whose perplexity before and after fine-tuning measures forgetting.",
     )
 
-    def settings_hash(self) -> str:
-        """Identifies everything that makes two evaluations comparable, apart from the eval set."""
+    def settings_hash(self, max_new_tokens: int) -> str:
+        """Identifies everything that makes two evaluations comparable, apart from the eval set:
+        the generation budget in force (`max_new_tokens`, resolved when auto), the example count,
+        the answer pattern and the probe."""
         probe = Path(self.probe_path).read_bytes()
-        fields = {k: getattr(self, k) for k in ("max_new_tokens", "max_eval_examples")}
+        fields = {"max_new_tokens": max_new_tokens, "max_eval_examples": self.max_eval_examples}
+        if self.answer_pattern:
+            fields["answer_pattern"] = self.answer_pattern
         payload = json.dumps(fields, sort_keys=True).encode() + hashlib.sha256(probe).digest()
         return hashlib.sha256(payload).hexdigest()[:HASH_CHARS]
 
 
-def generate(model, tokenizer, conversations, max_new_tokens: int, batch_size: int):
-    """Greedy answers to each conversation's prompt (all but the last turn), batched, left-padded.
-    Returns the answers, whether each stopped on its own before max_new_tokens, and tokens/s."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int):
+    """Greedy answers to rendered prompts (`chat.prompt_text`), batched, left-padded. Returns the
+    answers, whether each stopped on its own before max_new_tokens, and tokens/s."""
     import torch
 
     tokenizer.padding_side = "left"
     answers, stopped, new_tokens, started = [], [], 0, time.time()
-    for i in range(0, len(conversations), batch_size):
-        prompts = [c[:-1] for c in conversations[i : i + batch_size]]
-        enc = tokenizer.apply_chat_template(
-            prompts, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-        ).to(model.device)
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], padding=True, add_special_tokens=False, return_tensors="pt").to(
+            model.device
+        )
         with torch.no_grad():
             out = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
@@ -75,28 +91,23 @@ def generate(model, tokenizer, conversations, max_new_tokens: int, batch_size: i
     return [a.strip() for a in answers], stopped, new_tokens / max(time.time() - started, 1e-9)
 
 
-def eval_loss(model, tokenizer, conversations, chat_template, batch_size: int) -> float:
-    """Mean cross-entropy on the assistant's tokens of the eval conversations."""
+def eval_loss(model, tokenizer, examples: list[dict], batch_size: int) -> float:
+    """Mean cross-entropy on the tokens training puts loss on (`chat.training_tokens`: the
+    assistant's, weight-0 turns excluded), over the eval examples, right-padded batches."""
     import torch
 
-    tokenizer.padding_side = "right"
     total, count = 0.0, 0
-    for i in range(0, len(conversations), batch_size):
-        enc = tokenizer.apply_chat_template(
-            conversations[i : i + batch_size],
-            chat_template=chat_template,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-            padding=True,
-            return_tensors="pt",
-        )
-        labels = enc["input_ids"].clone()
-        labels[enc["assistant_masks"] == 0] = -100
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i : i + batch_size]
+        width = max(len(e["input_ids"]) for e in batch)
+        pad = [width - len(e["input_ids"]) for e in batch]
+        ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * n for e, n in zip(batch, pad)])
+        mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * n for e, n in zip(batch, pad)])
+        labels = torch.tensor([e["assistant_masks"] + [0] * n for e, n in zip(batch, pad)])
+        labels = ids.masked_fill(labels == 0, -100)
         with torch.no_grad():
             out = model(
-                input_ids=enc["input_ids"].to(model.device),
-                attention_mask=enc["attention_mask"].to(model.device),
-                labels=labels.to(model.device),
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), labels=labels.to(model.device)
             )
         n = int((labels[:, 1:] != -100).sum())
         total, count = total + float(out.loss) * n, count + n
@@ -125,20 +136,23 @@ class Scorer:
     and perplexity, probe perplexity. Remembers each named model's generation speed."""
 
     tokenizer: Any
-    template: str
     examples: "EvalSet"
     config: EvaluationConfig
     probe: str
     speeds: dict[str, float] = field(default_factory=dict)
+    cut: dict[str, int] = field(default_factory=dict)
+    """Per named model, how many generations ran out of budget instead of ending their turn."""
 
     def __call__(self, model, name: str = "model") -> tuple[dict[str, float], list[str]]:
         tokenizer, config, ex = self.tokenizer, self.config, self.examples
         answers, stopped, self.speeds[name] = generate(
-            model, tokenizer, ex.conversations, config.max_new_tokens, config.batch_size
+            model, tokenizer, ex.prompts, ex.max_new_tokens, config.batch_size
         )
-        metrics = mean_scores([score_answer(a, e, ex.task) for a, e in zip(answers, ex.expected)])
+        self.cut[name] = len(stopped) - sum(stopped)
+        pattern = config.answer_pattern
+        metrics = mean_scores([score_answer(a, e, ex.task, pattern) for a, e in zip(answers, ex.expected)])
         metrics["end_of_turn_rate"] = sum(stopped) / len(stopped)
-        metrics["eval_loss"] = eval_loss(model, tokenizer, ex.conversations, self.template, config.batch_size)
+        metrics["eval_loss"] = eval_loss(model, tokenizer, ex.tokens, config.batch_size)
         metrics["perplexity"] = math.exp(metrics["eval_loss"])
         metrics["probe_perplexity"] = probe_perplexity(model, tokenizer, self.probe)
         return metrics, answers
@@ -146,25 +160,47 @@ class Scorer:
 
 @dataclass(frozen=True)
 class EvalSet:
-    """The eval examples every model is scored on, the same ones every time."""
+    """The eval examples every model is scored on, the same ones every time, rendered once: the
+    prompts generation starts from, the expected replies, and the tokens eval loss is taken on."""
 
     conversations: list[list[dict]]
+    prompts: list[str]
     expected: list[str]
+    """The reply each prompt should get, as the model should write it (`tool_calls.reply_text`)."""
+    tokens: list[dict]
     task: str
     primary: str
     eval_hash: str
+    max_new_tokens: int
+    """The generation budget: the configured one, or derived from the references (auto)."""
 
     @classmethod
-    def of(cls, pairs: RecordSet, config: EvaluationConfig) -> "EvalSet":
+    def of(cls, pairs: RecordSet, config: EvaluationConfig, tokenizer, template: str) -> "EvalSet":
         evals = pairs.frame(where=[("split", "=", "eval"), ("kind", "=", "sft")]).sort_values("example_id")
         if config.max_eval_examples:
             evals = evals.head(config.max_eval_examples)
         conversations = list(evals["messages"])
-        expected = [c[-1]["content"] for c in conversations]
-        task = task_type(expected)
-        primary = DEFAULT_PRIMARY[task] if config.primary_metric == "auto" else config.primary_metric
-        eval_hash = hashlib.sha256("\n".join(evals["example_id"]).encode()).hexdigest()[:HASH_CHARS]
-        return cls(conversations, expected, task, primary, eval_hash)
+        tools = list(evals["tools"]) if "tools" in evals else [None] * len(conversations)
+        expected = [reply_text(c[-1]) for c in conversations]
+        task = task_type(expected, tool_calls=any(c[-1].get("tool_calls") for c in conversations))
+        return cls(
+            conversations=conversations,
+            prompts=[prompt_text(tokenizer, c, t) for c, t in zip(conversations, tools)],
+            expected=expected,
+            tokens=[training_tokens(tokenizer, c, t, template) for c, t in zip(conversations, tools)],
+            task=task,
+            primary=DEFAULT_PRIMARY[task] if config.primary_metric == "auto" else config.primary_metric,
+            eval_hash=hashlib.sha256("\n".join(evals["example_id"]).encode()).hexdigest()[:HASH_CHARS],
+            max_new_tokens=config.max_new_tokens or generation_budget(tokenizer, expected, config.max_new_tokens_cap),
+        )
+
+
+def generation_budget(tokenizer, references: list[str], cap: int) -> int:
+    """Enough new tokens for nearly every reference answer: the 95th percentile of their token
+    lengths plus a quarter of it as headroom, plus the end-of-turn token, at most `cap`."""
+    lengths = sorted(len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"])
+    p95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]
+    return min(cap, p95 + math.ceil(p95 / 4) + 1)
 
 
 def champion_scores(
@@ -218,6 +254,8 @@ def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int)
         "generation_tokens_per_second": dg.MetadataValue.json(
             {k: round(v, 1) for k, v in ev.generation_tokens_per_second.items()}
         ),
+        "max_new_tokens": ev.max_new_tokens,
+        "generations_cut": dg.MetadataValue.json(ev.generations_cut),
     }
 
 
@@ -243,12 +281,12 @@ def model_evaluation(
     tokens; perplexity on a general-text probe, whose rise is the forgetting. Plus the primary
     metric's name, the task type, the eval set's hash, and sample generations.
     """
-    examples = EvalSet.of(instruction_pairs, evaluation)
-    settings_hash = evaluation.settings_hash()
     tokenizer = models.load_tokenizer(base_model)
     template = training_chat_template(tokenizer) or tokenizer.chat_template
+    examples = EvalSet.of(instruction_pairs, evaluation, tokenizer, template)
+    settings_hash = evaluation.settings_hash(examples.max_new_tokens)
     probe = Path(evaluation.probe_path).read_text(encoding="utf-8")
-    score = Scorer(tokenizer, template, examples, evaluation, probe)
+    score = Scorer(tokenizer, examples, evaluation, probe)
 
     model = models.load_model(base_model).eval()
     base, base_answers = score(model, "base")
@@ -261,7 +299,15 @@ def model_evaluation(
         )
     champion, champion_answers = champion_scores(mlflow_registry, models, score, settings_hash, base_model, tuned_model)
     samples = samples_frame(examples, {"base": base_answers, "tuned": tuned_answers, "champion": champion_answers})
-    result = Evaluation(
+    result = evaluation_of(score, settings_hash, base, tuned, champion, samples)
+    context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows))
+    return result
+
+
+def evaluation_of(score: Scorer, settings_hash: str, base: dict, tuned: dict, champion, samples) -> Evaluation:
+    """The stage's value, from the scores of base, tuned and champion on one eval set."""
+    examples = score.examples
+    return Evaluation(
         primary_metric=examples.primary,
         task_type=examples.task,
         base=base,
@@ -273,6 +319,6 @@ def model_evaluation(
         settings_hash=settings_hash,
         samples=tuple(samples.to_dict("records")),
         generation_tokens_per_second=dict(score.speeds),
+        max_new_tokens=examples.max_new_tokens,
+        generations_cut=dict(score.cut),
     )
-    context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows))
-    return result

@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from assets.domain import tool_calls
 from assets.domain.drops import by_drop
 from assets.domain.lineage import DataCounts, RunLineage, model_card
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel, short_run_id
@@ -53,7 +54,8 @@ def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -
     run.log_folder(trained.adapter_dir, "adapter")
     run.log_dict(lineage.data.validations, "lineage/validations.json")
     run.log_parquet(lineage_rows(pairs), "examples.parquet", "lineage")
-    model_uri = run.log_chat_model(trained.merged_dir)
+    # The served model renders requests with the same module training used, shipped beside its code.
+    model_uri = run.log_chat_model(trained.merged_dir, code_paths=[tool_calls.__file__])
     run.log_text(card, "model_card.md")
     run.set_tags(lineage.gate_tags())
     return model_uri

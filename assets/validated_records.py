@@ -20,9 +20,15 @@ from assets.domain.chat import DEFAULT_SYSTEM_PROMPT
 from assets.domain.drops import DROPS
 from assets.domain.rows import row_location, with_format
 from assets.domain.values import EXAMPLE_ROWS, short_run_id
-from data_checks.record_checks import CHECK_SPECS, PiiTally, share_check_result, suite_check_result
+from data_checks.record_checks import CHECK_SPECS, PiiTally, Rejections, share_check_result, suite_check_result
 from data_checks.record_rules import with_features
-from data_checks.record_suite import FEATURE_FIELDS, FEATURE_SQL_COLUMNS, failure_detail, record_suite
+from data_checks.record_suite import (
+    FEATURE_FIELDS,
+    FEATURE_SQL_COLUMNS,
+    NOT_BAD_DATA,
+    failure_detail,
+    record_suite,
+)
 from resources.expectations import GreatExpectations, ValidationReport
 from resources.features_file import FeaturesFile
 from resources.models import ModelLoader
@@ -37,7 +43,9 @@ class ValidationConfig(dg.ConfigurableResource):
     max_tokens: int = Field(
         default=256,
         description="Longest formatted example (chat template applied, base tokenizer) a row may have. "
-        "Longer rows are rejected unless truncate_over_long; training uses the longest kept row as max_length.",
+        "Longer rows are kept out of training (in rejected_records, reason 'over-long') unless "
+        "truncate_over_long; they are good data, so they do not count against max_rejected_fraction. "
+        "Training uses the longest kept row as max_length.",
     )
     truncate_over_long: bool = Field(
         default=False,
@@ -71,6 +79,7 @@ VALIDATED_SCHEMA = pa.schema(
         *SOURCE_FIELDS,
         ("kind", pa.string()),
         ("messages", MESSAGES),
+        ("tools", pa.string()),  # JSON: the functions the conversation may call
         ("chosen", pa.string()),
         ("rejected", pa.string()),
         *FEATURE_FIELDS,
@@ -127,7 +136,7 @@ def features_pass(
     Expectations. Returns the candidates, the personal-data tally and the conversion warnings."""
     pii, warnings = PiiTally(), Counter()
     seen = FirstSeen(scratch / "seen.sqlite")
-    with RecordWriter(scratch / "candidates.parquet", CANDIDATE_SCHEMA, ("pii", "mapping", "record")) as out:
+    with RecordWriter(scratch / "candidates.parquet", CANDIDATE_SCHEMA, ("pii", "tools", "mapping", "record")) as out:
         for batch in raw.batches():
             batch = with_format(batch, raw.summary.files)
             rows = with_features(batch, tokenizer, config, seen)
@@ -151,7 +160,7 @@ def split_pass(
     examples: list[str] = []
     tally = Tally()
     with (
-        RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii",)) as validated_out,
+        RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii", "tools")) as validated_out,
         RecordWriter(rejected_path, REJECTED_SCHEMA, ("record", "mapping")) as rejected_out,
     ):
         for batch in candidates.batches():
@@ -204,7 +213,8 @@ def validated_output(
             # Not written for a drop that fails its gate: the step then fails on the blocking check.
             is_required=False,
             description="Raw rows that pass every expectation of the record suite, as conversations: "
-            "`kind` (sft or preference), `messages` (system prompt filled in), `chosen`/`rejected` for "
+            "`kind` (sft or preference), `messages` (system prompt filled in; tool calls, tool replies and "
+            "turn weights kept), `tools` (the functions a row may call), `chosen`/`rejected` for "
             "preference pairs, the measured `n_tokens`, `truncated`, `pii` counts, and their source.",
             kinds={"parquet"},
         ),
@@ -244,14 +254,16 @@ def validated_records(
     with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp:
         candidates, pii, warnings = features_pass(raw_records, tokenizer, validation, features, Path(tmp))
         report = gx.validate_features(features, ALL_ROWS, record_suite(validation.max_tokens))
-        rows_rejected = features.record_reasons(report, failure_detail)
+        rejected = Rejections(
+            features.record_reasons(report, failure_detail), features.rows_breaking_only(NOT_BAD_DATA)
+        )
         split = split_pass(candidates, features, report.result_path, state, drop, run_id)
     features.keep_passing(ALL_ROWS, PASSED_ROWS)
     features.close()
     recheck = gx.validate_features(features, PASSED_ROWS, record_suite(validation.max_tokens, name=PASSED_ROWS))
     suite_result = suite_check_result(recheck)
     share_result = share_check_result(
-        len(raw_records), rows_rejected, split.examples, validation.max_rejected_fraction, report
+        len(raw_records), rejected, split.examples, validation.max_rejected_fraction, report
     )
     yield rejected_output(split.rejected)
     # A drop that fails the gate is held back: its validated rows are not handed on, so training

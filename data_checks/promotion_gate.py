@@ -11,7 +11,7 @@ from assets.domain.values import Criterion, Evaluation, GateVerdict
 
 GATE_CHECK = "promotion_gate"
 # How much the tuned primary metric must beat the base by default, by task type.
-DEFAULT_MIN_IMPROVEMENT = {"json": 0.05, "open_ended": 0.01}
+DEFAULT_MIN_IMPROVEMENT = {"json": 0.05, "open_ended": 0.01, "tool_call": 0.05}
 
 GATE_CHECK_SPEC = dg.AssetCheckSpec(
     GATE_CHECK,

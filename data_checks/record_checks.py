@@ -64,22 +64,32 @@ def suite_check_result(report: ValidationReport) -> dg.AssetCheckResult:
 
 
 def share_check_result(
-    rows_raw: int, rows_rejected: int, examples: list[str], max_fraction: float, report: ValidationReport
+    rows_raw: int, rejected: "Rejections", examples: list[str], max_fraction: float, report: ValidationReport
 ) -> dg.AssetCheckResult:
-    """Rejected share against its limit; the metadata shows both, the top rules and example rows."""
-    share = rows_rejected / rows_raw if rows_raw else 0.0
+    """The share of rows rejected as bad data against its limit; the metadata shows both, the
+    over-long rows (kept out of training but not counted: they are not bad data), the top rules and
+    example rows."""
+    share = rejected.bad / rows_raw if rows_raw else 0.0
     rules = Counter()
     for outcome in report.outcomes:
         rules[outcome.rule] += outcome.unexpected_count
+    description = f"{rejected.bad} of {rows_raw} rows rejected as bad data ({share:.1%}); limit {max_fraction:.1%}"
+    if rejected.over_long:
+        description += (
+            f". {rejected.over_long} over-long rows kept out of training and not counted: raise "
+            "validation.max_tokens or set truncate_over_long to train on them"
+        )
     return dg.AssetCheckResult(
         check_name=SHARE_CHECK,
         passed=share <= max_fraction,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{rows_rejected} of {rows_raw} rows rejected ({share:.1%}); limit {max_fraction:.1%}",
+        description=description,
         metadata={
             "rejected_fraction": float(share),
             "max_rejected_fraction": float(max_fraction),
-            "rows_rejected": rows_rejected,
+            "rows_rejected": rejected.total,
+            "rows_bad_data": rejected.bad,
+            "rows_over_long": rejected.over_long,
             "rows_raw": rows_raw,
             "top_reasons": dg.MetadataValue.json({rule: n for rule, n in rules.most_common(TOP_REASONS) if n}),
             "example_rows": dg.MetadataValue.json(examples[:EXAMPLE_ROWS]),
@@ -87,6 +97,19 @@ def share_check_result(
             "data_docs": dg.MetadataValue.url(report.docs_url or ""),
         },
     )
+
+
+@dataclass(frozen=True)
+class Rejections:
+    """A drop's rejected rows: all of them, and those rejected only for being over-long (good
+    data over the length budget), which do not count against `max_rejected_fraction`."""
+
+    total: int
+    over_long: int = 0
+
+    @property
+    def bad(self) -> int:
+        return self.total - self.over_long
 
 
 @dataclass

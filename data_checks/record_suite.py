@@ -1,7 +1,7 @@
 """The Great Expectations suite every raw record must pass before it may be trained on.
 
 The rules read feature columns that `validated_records` computes per row (what is missing, what is
-wrong with the chat structure or the text, the token length of the formatted example, which earlier
+wrong with the chat structure, the tool calls or the text, the token length of the formatted example, which earlier
 row it duplicates); Great Expectations decides which rows break which rule and keeps the record.
 Each expectation's `meta["rule"]` is the wording a user sees beside a rejected row, followed by the
 row's value in that column.
@@ -32,12 +32,17 @@ class Feature:
     the value is above max_tokens."""
     unit: str = ""
     """Word after the row's value in its rejection reason ('300 tokens')."""
+    bad_data: bool = True
+    """Whether breaking the rule makes a row bad data, counted against `max_rejected_fraction`.
+    An over-long row is good data that does not fit the length budget: it is kept out of training
+    with its reason and counted on its own, so a drop of long real data is never held back for it."""
 
 
 # In the order of the features table's columns and of the suite's expectations.
 FEATURES = (
     Feature("missing_fields", "TEXT", pa.string(), "required field missing or blank", "null"),
     Feature("structure_error", "TEXT", pa.string(), "chat structure broken", "null"),
+    Feature("tool_call_error", "TEXT", pa.string(), "tool call invalid", "null"),
     Feature("hygiene_error", "TEXT", pa.string(), "text hygiene", "null"),
     Feature(
         "n_tokens",
@@ -46,6 +51,7 @@ FEATURES = (
         "formatted example is longer than max_tokens={max_tokens}",
         "at_most_max_tokens",
         unit="tokens",
+        bad_data=False,
     ),
     Feature("duplicate_of", "TEXT", pa.string(), "duplicate of an earlier row", "null"),
 )
@@ -54,6 +60,8 @@ FEATURE_COLUMNS = tuple(f.column for f in FEATURES)
 FEATURE_SQL_COLUMNS = tuple((f.column, f.sql_type) for f in FEATURES)
 FEATURE_FIELDS = [pa.field(f.column, f.arrow_type) for f in FEATURES]
 _UNITS = {f.column: f.unit for f in FEATURES if f.unit}
+# Indexes (in suite order) of the expectations whose failure alone does not make a row bad data.
+NOT_BAD_DATA = frozenset(i for i, f in enumerate(FEATURES) if not f.bad_data)
 
 
 def too_long_rule(max_tokens: int) -> str:

@@ -14,6 +14,7 @@ from assets.domain.values import RegisteredVersion
 from data_checks.promotion_gate import GATE_CHECK
 from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job
 from pipelines.settings import Settings
+from pipelines.stale_runs import process_tags, release_dead_runs, wait_for_pool
 
 
 def failed_checks(result, drop: str | None = None) -> list[str]:
@@ -49,19 +50,28 @@ def ingest_new_drops(defs: dg.Definitions, instance: dg.DagsterInstance, landing
         if drop in done:
             continue
         print(f"Ingesting drop {drop}")
-        result = job.execute_in_process(instance=instance, partition_key=drop, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance, partition_key=drop, raise_on_error=False, tags=process_tags()
+        )
         problems += [f"{line} (drop {drop} held back)" for line in step_errors(result)]
         problems += failed_checks(result, drop)
     return problems
 
 
 def run_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance):
-    """Base model, new drops, then the finetune job: (the finetune run's result or None, problems)."""
-    prepared = defs.resolve_job_def(base_model_job.name).execute_in_process(instance=instance, raise_on_error=False)
+    """Base model, new drops, then the finetune job: (the finetune run's result or None, problems).
+    Runs left behind by a killed `make run` are failed and their pool slots freed first, and the
+    finetune job starts only once no live run holds the training pool."""
+    for line in release_dead_runs(instance):
+        print(line)
+    job = defs.resolve_job_def(base_model_job.name)
+    prepared = job.execute_in_process(instance=instance, raise_on_error=False, tags=process_tags())
     if not prepared.success:
         return None, ["Preparing the base model failed:", *step_errors(prepared)]
     problems = ingest_new_drops(defs, instance, defs.resources["landing"])
-    result = defs.resolve_job_def(finetune_job.name).execute_in_process(instance=instance, raise_on_error=False)
+    wait_for_pool(instance)
+    job = defs.resolve_job_def(finetune_job.name)
+    result = job.execute_in_process(instance=instance, raise_on_error=False, tags=process_tags())
     return result, problems + step_errors(result) + failed_checks(result)
 
 

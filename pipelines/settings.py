@@ -20,11 +20,17 @@ DEFAULT_RETRAIN_CRON = "0 6 * * 1"
 
 
 # The Dagster instance under FT_HOME: one run at a time in each concurrency pool (the training
-# pool holds fine_tuned_model and model_evaluation), no telemetry.
+# pool holds fine_tuned_model and model_evaluation), no telemetry. Run monitoring (in the daemon)
+# fails runs whose worker process died and frees their pool slots, so a killed run does not hold
+# the training pool forever; `make run` does the same for its own runs (pipelines/stale_runs.py).
 DAGSTER_INSTANCE_YAML = """\
 concurrency:
   pools:
     default_limit: 1
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 60
 telemetry:
   enabled: false
 """

@@ -56,10 +56,18 @@ class FeaturesFile:
         self.db.executemany("INSERT INTO broken VALUES (?, ?, ?)", report.failing_rows(self.db.cursor()))
         self.db.execute("CREATE TABLE reasons (row_id INTEGER PRIMARY KEY, reason TEXT NOT NULL)")
         self.db.executemany("INSERT INTO reasons VALUES (?, ?)", self._grouped(report, describe))
-        self.db.execute("DROP TABLE broken")
         self.db.commit()
         self.rejected = self.db.execute("SELECT COUNT(*) FROM reasons").fetchone()[0]
         return self.rejected
+
+    def rows_breaking_only(self, expectations: frozenset[int]) -> int:
+        """How many rejected rows broke no expectation outside `expectations` (suite indexes)."""
+        marks = ",".join("?" * len(expectations)) or "NULL"
+        query = (
+            "SELECT COUNT(*) FROM (SELECT row_id FROM broken GROUP BY row_id "
+            f"HAVING SUM(expectation NOT IN ({marks})) = 0)"
+        )
+        return self.db.execute(query, tuple(expectations)).fetchone()[0]
 
     def _grouped(self, report: "ValidationReport", describe: Describe) -> Iterator[tuple[int, str]]:
         rows = self.db.cursor().execute("SELECT row_id, expectation, value FROM broken ORDER BY row_id, expectation")

@@ -20,15 +20,37 @@ DEFAULT_MAX_NEW_TOKENS = 256
 
 
 def chat_signature(default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-    """Chat messages in; role, content and finish reason out; generation params per request."""
+    """Chat messages in (optionally with `tools`, and turns with `tool_calls` or answering one by
+    `tool_call_id`); role, content, finish reason and any parsed `tool_calls` out; generation params
+    per request. Tool schemas are free-form JSON, so `tools` is `AnyType`."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array, Object, Property
+    from mlflow.types.schema import AnyType, Array, Object, Property
 
-    message = Object([Property("role", DataType.string), Property("content", DataType.string)])
+    function = Object([Property("name", DataType.string), Property("arguments", DataType.string)])
+    call = Array(
+        Object(
+            [
+                Property("id", DataType.string, required=False),
+                Property("type", DataType.string, required=False),
+                Property("function", function),
+            ]
+        )
+    )
+    message = Object(
+        [
+            Property("role", DataType.string),
+            Property("content", DataType.string, required=False),
+            Property("tool_calls", call, required=False),
+            Property("tool_call_id", DataType.string, required=False),
+        ]
+    )
     return ModelSignature(
-        inputs=Schema([ColSpec(Array(message), "messages")]),
-        outputs=Schema([ColSpec(DataType.string, n) for n in ("role", "content", "finish_reason")]),
+        inputs=Schema([ColSpec(Array(message), "messages"), ColSpec(AnyType(), "tools", required=False)]),
+        outputs=Schema(
+            [ColSpec(DataType.string, n) for n in ("role", "content", "finish_reason")]
+            + [ColSpec(call, "tool_calls", required=False)]
+        ),
         params=ParamSchema(
             [
                 ParamSpec("max_new_tokens", DataType.long, default_max_new_tokens),
@@ -104,12 +126,14 @@ class TrackedRun:
             frame.to_parquet(path, index=False)
             self._mlflow.log_artifact(str(path), folder)
 
-    def log_chat_model(self, model_dir: str) -> str:
+    def log_chat_model(self, model_dir: str, code_paths: list[str] | tuple = ()) -> str:
         """The merged model folder as a chat pyfunc (`served_model.py`, logged as code) that
-        `mlflow models serve` answers; returns the logged model's URI."""
+        `mlflow models serve` answers; returns the logged model's URI. `code_paths`: modules the
+        served code imports by file name (the tool-call rendering), shipped beside it."""
         info = self._mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVED_MODEL_CODE),
+            code_paths=[str(p) for p in code_paths] or None,
             artifacts={"model": model_dir},
             model_config={"default_max_new_tokens": DEFAULT_MAX_NEW_TOKENS},
             signature=chat_signature(),

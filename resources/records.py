@@ -4,7 +4,10 @@ A data asset writes its rows batch by batch to one Parquet file under FT_HOME/da
 a `RecordSet`, a small handle the IO manager pickles. The next asset reads it back batch by batch,
 so memory stays bounded by the batch size, not by the size of the landing. Columns listed in
 `json_columns` hold free-form values (a raw record, PII counts) as JSON text; they are decoded on
-reading, so rows come back as they were written.
+reading, so rows come back as they were written. Chat messages (`MESSAGES` columns) come back the
+same way: a message holds only the keys it was written with (`role`, `content`, and `tool_calls`,
+`tool_call_id`, `weight` where it had them), never a None-valued key, which chat templates would
+take for a present one.
 
 `FirstSeen` is the matching piece for duplicate detection: which keys were already seen and
 where, kept in an on-disk SQLite table instead of a Python dict.
@@ -25,7 +28,37 @@ import pyarrow.parquet as pq
 BATCH_ROWS = 10_000
 """Rows per batch: the unit of reading, processing and writing (and so of peak memory)."""
 
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+MESSAGES = pa.list_(
+    pa.struct(
+        [
+            ("role", pa.string()),
+            ("content", pa.string()),
+            ("tool_calls", pa.string()),  # JSON text: an assistant turn's calls, OpenAI shape
+            ("tool_call_id", pa.string()),  # a tool turn: the call it answers
+            ("weight", pa.int64()),  # an assistant turn: 0 context, 1 trained on
+        ]
+    )
+)
+
+
+def packed_messages(messages: list[dict] | None) -> list[dict] | None:
+    """Messages as a `MESSAGES` column stores them: tool calls as JSON text."""
+    if messages is None:
+        return None
+    return [{**m, "tool_calls": json.dumps(m["tool_calls"])} if m.get("tool_calls") else m for m in messages]
+
+
+def unpacked_messages(messages: list[dict] | None) -> list[dict] | None:
+    """Messages as they were written: tool calls decoded, the struct's empty fields left out."""
+    if messages is None:
+        return None
+    unpacked = []
+    for stored in messages:
+        m = {k: v for k, v in stored.items() if v is not None}
+        if "tool_calls" in m:
+            m["tool_calls"] = json.loads(m["tool_calls"])
+        unpacked.append(m)
+    return unpacked
 
 
 def row_groups(parquet: pq.ParquetFile, columns: list[str] | None = None) -> Iterator[pa.Table]:
@@ -58,6 +91,9 @@ class RecordSet:
                 for row in rows:
                     if row[column] is not None:
                         row[column] = json.loads(row[column])
+        for column in (f.name for f in table.schema if f.type == MESSAGES):
+            for row in rows:
+                row[column] = unpacked_messages(row[column])
         return rows
 
     def batches(self, columns: list[str] | None = None, batch_size: int = BATCH_ROWS) -> Iterator[list[dict]]:
@@ -86,6 +122,7 @@ class RecordWriter:
 
     def __init__(self, path: Path, schema: pa.Schema, json_columns: tuple[str, ...] = ()):
         self.path, self.schema, self.json_columns = Path(path), schema, json_columns
+        self.message_columns = [f.name for f in schema if f.type == MESSAGES]
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.rows = 0
 
@@ -102,6 +139,8 @@ class RecordWriter:
                 {**r, **{c: None if r.get(c) is None else json.dumps(r[c], default=str) for c in self.json_columns}}
                 for r in rows
             ]
+        if self.message_columns:
+            rows = [{**r, **{c: packed_messages(r.get(c)) for c in self.message_columns}} for r in rows]
         self._writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
         self.rows += len(rows)
 

@@ -12,7 +12,15 @@ Generation parameters come per request through the signature's params:
      "params": {"max_new_tokens": 64, "temperature": 0.0}}
 
 `temperature` 0 (the default) decodes greedily, exactly as the evaluation did; above 0 it samples.
+
+Tool calling: a request row may carry `tools` (OpenAI function schemas) and messages with
+`tool_calls` and `tool` turns. They are rendered by the module `tool_calls` (the project's
+`assets/domain/tool_calls.py`, logged beside this file through `code_paths`, so a request is rendered
+exactly as the training examples were), and the reply's `<tool_call>` blocks come back parsed as
+`tool_calls` (OpenAI shape, `finish_reason` "tool_calls"); `tool_calls` is null when none was made.
 """
+
+import json
 
 import mlflow
 import pandas as pd
@@ -21,23 +29,27 @@ from mlflow.pyfunc import PythonModel
 
 class ChatModel(PythonModel):
     def load_context(self, context):
+        import tool_calls  # logged beside this file (code_paths): the rendering training used
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.rendering = tool_calls
         # The signature's default, passed as model_config when the model was logged.
         self.default_max_new_tokens = int(context.model_config["default_max_new_tokens"])
         folder = context.artifacts["model"]
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
-    def reply(self, messages: list[dict], max_new_tokens: int, temperature: float) -> dict:
+    def reply(self, messages: list[dict], tools: list | None, max_new_tokens: int, temperature: float) -> dict:
         import torch
 
+        rendered, native_tools = self.rendering.template_inputs(messages, tools, self.tokenizer.chat_template)
         enc = self.tokenizer.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
+            rendered,
             add_generation_prompt=True,
             return_tensors="pt",
             return_dict=True,
+            **({"tools": native_tools} if native_tools else {}),
         )
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         with torch.no_grad():
@@ -46,10 +58,17 @@ class ChatModel(PythonModel):
             )
         generated = out[0, enc["input_ids"].shape[1] :].tolist()
         stop_ids = {self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id}
+        text = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        return self.assemble(text, "stop" if any(t in stop_ids for t in generated) else "length")
+
+    def assemble(self, text: str, finish_reason: str) -> dict:
+        """The response row for a generated text: its content, and the tool calls parsed out of it."""
+        content, calls = self.rendering.parse_reply(text)
         return {
             "role": "assistant",
-            "content": self.tokenizer.decode(generated, skip_special_tokens=True).strip(),
-            "finish_reason": "stop" if any(t in stop_ids for t in generated) else "length",
+            "content": content,
+            "finish_reason": "tool_calls" if calls else finish_reason,
+            "tool_calls": calls or None,
         }
 
     def predict(self, context, model_input, params=None):
@@ -57,7 +76,28 @@ class ChatModel(PythonModel):
         max_new_tokens = int(params.get("max_new_tokens") or self.default_max_new_tokens)
         temperature = float(params.get("temperature") or 0.0)
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else model_input
-        return pd.DataFrame([self.reply(list(r["messages"]), max_new_tokens, temperature) for r in rows])
+        replies = [
+            self.reply(request_messages(r["messages"]), request_tools(r.get("tools")), max_new_tokens, temperature)
+            for r in rows
+        ]
+        return pd.DataFrame(replies)
+
+
+def request_messages(messages) -> list[dict]:
+    """A request's messages without the empty fields the schema fills in (templates test whether a
+    key is defined), content defaulting to "" (an assistant turn may hold only tool calls)."""
+    cleaned = []
+    for m in messages:
+        m = {k: v for k, v in dict(m).items() if v is not None}
+        cleaned.append({**m, "content": m.get("content") or ""})
+    return cleaned
+
+
+def request_tools(tools) -> list | None:
+    """A request row's `tools`: a list, JSON text of one, or missing (None, or NaN in a frame)."""
+    if isinstance(tools, str):
+        tools = json.loads(tools)
+    return list(tools) if isinstance(tools, list | tuple) and len(tools) else None
 
 
 mlflow.models.set_model(ChatModel())

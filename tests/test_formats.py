@@ -76,6 +76,23 @@ CASES = {
         [[m(U, "Say hi.")], [m(U, "2+2?")]],
         [("Hi!", "No."), ("4", "5")],
     ),
+    # A hosted fine-tuning service's preference format (prompt in input.messages, answers as lists).
+    "hosted_preference": (
+        [
+            {
+                "input": {"messages": [m(S, "Be brief."), m(U, "Say hi.")], "tools": [], "parallel_tool_calls": True},
+                "preferred_output": [m(A, "Hi!")],
+                "non_preferred_output": [m(A, "No.")],
+            },
+            {
+                "input": {"messages": [m(U, "2+2?")]},
+                "preferred_output": [m(A, "4")],
+                "non_preferred_output": [m(A, "5")],
+            },
+        ],
+        [[m(S, "Be brief."), m(U, "Say hi.")], [m(U, "2+2?")]],
+        [("Hi!", "No."), ("4", "5")],
+    ),
 }
 MAPPING = {"instruction": "question", "output": "answer"}
 MAPPED_CASE = (
@@ -90,7 +107,7 @@ def encode(records: list[dict], suffix: str) -> bytes:
     if suffix == ".json":
         return json.dumps(records, indent=2).encode()
     if suffix == ".csv":
-        flat = [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in records]
+        flat = [{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in r.items()} for r in records]
         return pd.DataFrame(flat).to_csv(index=False).encode()
     buf = io.BytesIO()
     pd.DataFrame(records).to_parquet(buf, index=False)
@@ -127,15 +144,114 @@ def test_column_mapping_reads_any_columns(suffix, tmp_path):
     assert [to_example(r["record"], r["format"], r["mapping"]).messages for r in rows] == expected
 
 
-def test_tools_are_ignored_with_a_warning():
-    example = to_example(CASES["openai_chat"][0][1], "openai_chat")
-    assert example.warnings == ["tools ignored"]
-    calls = {"messages": [m(U, "x"), {"role": "assistant", "content": "y", "tool_calls": []}]}
-    assert to_example(calls, "openai_chat").warnings == ["tool calls ignored"]
+# A tool-calling chat as a hosted fine-tuning API takes it: `tools` per row, assistant `tool_calls`
+# without content, `tool` replies by `tool_call_id`, and per-turn `weight` on assistant turns.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TICKET = {
+    "type": "function",
+    "function": {
+        "name": "create_ticket",
+        "parameters": {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]},
+    },
+}
+
+
+def call(id_, name, arguments):
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+TOOL_CHAT = [
+    {
+        "messages": [
+            m(S, "Be brief."),
+            m(U, "Weather in Paris?"),
+            {"role": "assistant", "content": None, "tool_calls": [call("c1", "get_weather", '{"city": "Paris"}')]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18C, sunny"},
+            {"role": "assistant", "content": "18C and sunny.", "weight": 1},
+        ],
+        "tools": [WEATHER],
+    },
+    {
+        "messages": [
+            m(U, "Printer broken, and is it raining in Oslo?"),
+            {
+                "role": "assistant",
+                "content": "On it.",
+                "weight": 0,
+                "tool_calls": [
+                    call("a", "create_ticket", '{"title": "Printer"}'),
+                    call("b", "get_weather", '{"city": "Oslo"}'),
+                ],
+            },
+            {"role": "tool", "tool_call_id": "a", "content": "T-7"},
+            {"role": "tool", "tool_call_id": "b", "content": "rain"},
+            {"role": "assistant", "content": "Ticket T-7; yes, rain."},
+        ],
+        "tools": [WEATHER, TICKET],
+    },
+]
+TOOL_CHAT_MESSAGES = [
+    [
+        m(S, "Be brief."),
+        m(U, "Weather in Paris?"),
+        {"role": "assistant", "content": "", "tool_calls": [call("c1", "get_weather", '{"city": "Paris"}')]},
+        {"role": "tool", "content": "18C, sunny", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "18C and sunny.", "weight": 1},
+    ],
+    [
+        m(U, "Printer broken, and is it raining in Oslo?"),
+        {
+            "role": "assistant",
+            "content": "On it.",
+            "tool_calls": [
+                call("a", "create_ticket", '{"title": "Printer"}'),
+                call("b", "get_weather", '{"city": "Oslo"}'),
+            ],
+            "weight": 0,
+        },
+        {"role": "tool", "content": "T-7", "tool_call_id": "a"},
+        {"role": "tool", "content": "rain", "tool_call_id": "b"},
+        m(A, "Ticket T-7; yes, rain."),
+    ],
+]
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_tool_calling_chat_keeps_tools_calls_replies_and_weights(suffix, gz, tmp_path):
+    rows = ingest(tmp_path, TOOL_CHAT, suffix, gz)
+    assert [r["format"] for r in rows] == ["openai_chat"] * 2
+    examples = [to_example(r["record"], r["format"]) for r in rows]
+    assert [e.messages for e in examples] == TOOL_CHAT_MESSAGES
+    assert [e.tools for e in examples] == [[WEATHER], [WEATHER, TICKET]]
+    assert all(not e.problems and not e.missing and not e.warnings for e in examples)
+
+
+def test_tool_calls_are_normalized_to_the_openai_shape():
+    record = {"messages": [m(U, "x"), {"role": "assistant", "tool_calls": [
+        {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}]}  # fmt: skip
+    (turn,) = to_example(record, "openai_chat").messages[1:]
+    assert turn == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}  # fmt: skip
+
+
+def test_tool_fields_outside_tool_calling_chat_are_ignored_with_a_warning():
+    legacy = {"messages": [m(U, "x"), {"role": "assistant", "content": "y", "function_call": {"name": "f"}}]}
+    assert to_example(legacy, "openai_chat").warnings == ["function_call ignored (use tool_calls)"]
+    completion = {"prompt": "x", "completion": [{"role": "assistant", "content": "y", "tool_calls": []}]}
+    assert to_example(completion, "prompt_completion").warnings == ["tool calls ignored"]
 
 
 def test_detection_prefers_the_most_specific_format():
     assert detect_format({"prompt", "chosen", "rejected"}) == "preference"
+    assert detect_format({"input", "preferred_output", "non_preferred_output"}) == "hosted_preference"
     assert detect_format({"prompt", "completion"}) == "prompt_completion"
     assert detect_format({"instruction", "context", "response", "category"}) == "dolly"
     assert detect_format({"instruction", "input", "output"}) == "alpaca"
@@ -151,7 +267,56 @@ def test_detection_prefers_the_most_specific_format():
         ({"messages": [m("bot", "x")]}, "openai_chat", [], "messages[1] has unknown role 'bot'"),
         ({"conversations": [{"from": "robot", "value": "x"}]}, "sharegpt", [], "conversations[1] has unknown role"),
         ({"messages": [{"role": "user", "content": ["a"]}]}, "openai_chat", [], "messages[1] content is not text"),
+        ({"messages": [m(U, "q")], "tools": "calc"}, "openai_chat", [], "tools is not a list of functions"),
+        (
+            {"messages": [m(U, "q")], "tools": [{"type": "function"}]},
+            "openai_chat",
+            [],
+            "tools[1] has no function name",
+        ),
+        (
+            {"messages": [m(U, "q"), {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}]},
+            "openai_chat",
+            [],
+            "messages[2] tool call 1 has no function name",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q", "tool_calls": [call("c", "f", "{}")]}]},
+            "openai_chat",
+            [],
+            "messages[1] (user) has tool_calls; only assistant turns make calls",
+        ),
+        (
+            {"messages": [m(U, "q"), {"role": "assistant", "content": "a", "weight": 0.5}]},
+            "openai_chat",
+            [],
+            "messages[2] has weight 0.5; a turn's weight is 0 or 1",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q", "weight": 1}, m(A, "a")]},
+            "openai_chat",
+            [],
+            "messages[1] (user) has a weight; only assistant turns have one",
+        ),
         ({"prompt": "p", "chosen": [m(U, "x")], "rejected": "r"}, "preference", [], "chosen does not end with"),
+        (
+            {"input": {"messages": []}, "preferred_output": [m(A, "a")], "non_preferred_output": [m(A, "b")]},
+            "hosted_preference",
+            ["input.messages"],
+            None,
+        ),
+        (
+            {"input": "hi", "preferred_output": [m(A, "a")], "non_preferred_output": [m(A, "b")]},
+            "hosted_preference",
+            [],
+            "input is not an object with messages",
+        ),
+        (
+            {"input": {"messages": [m(U, "q")]}, "preferred_output": [m(A, "a")], "non_preferred_output": [m(U, "b")]},
+            "hosted_preference",
+            [],
+            "non_preferred_output does not end with an assistant message",
+        ),
     ],
 )
 def test_broken_records_report_what_is_wrong(record, fmt, missing, problem):

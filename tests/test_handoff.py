@@ -101,6 +101,23 @@ def test_generation_params_are_taken_per_request(server, pipeline):
     assert len(answers) > 1, "temperature above 0 samples"
 
 
+def test_a_tool_calling_request_is_answered_over_http(server):
+    """Tools and earlier calls travel in the request; the reply carries `tool_calls` (null: no call)."""
+    tools = [{"type": "function", "function": {"name": "create_ticket", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "create_ticket", "arguments": '{"title": "crash"}'}}
+    history = MESSAGES + [
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "T-1"},
+    ]
+    body = {
+        "dataframe_records": [{"messages": history, "tools": tools}, {"messages": MESSAGES}],
+        "params": {"max_new_tokens": 4},
+    }
+    replies = post(server + "/invocations", body)["predictions"]
+    assert [r["role"] for r in replies] == ["assistant", "assistant"]
+    assert all("tool_calls" in r for r in replies)
+
+
 def test_model_card_is_logged_with_each_version(pipeline):
     settings = pipeline["settings"]
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)

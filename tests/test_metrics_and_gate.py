@@ -1,8 +1,9 @@
 import pytest
 
 from assets.domain.lineage import DataCounts, RunLineage, model_card
-from assets.domain.metrics import mean_scores, metrics_table, score_answer, task_type
+from assets.domain.metrics import extract_answer, mean_scores, metrics_table, score_answer, task_type
 from assets.domain.values import ChampionScores, Evaluation, GateVerdict, PairsSummary, TrainedModel
+from assets.model_evaluation import generation_budget
 from data_checks.promotion_gate import GateConfig, gate_verdict
 from resources.mlflow_registry import is_transient
 
@@ -148,3 +149,46 @@ def test_only_unreachable_tracking_servers_are_retried():
     assert is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
     assert not is_transient(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
     assert not is_transient(ValueError("primary_metric 'x' is not among the computed metrics"))
+
+
+def test_an_answer_pattern_makes_exact_match_compare_final_answers():
+    reference = "Half of 12 is 6, plus 4 is 10.\n#### 10"
+    assert extract_answer(reference, r"#### (.+)") == "10"
+    assert extract_answer("The answer is 7. Wait: the answer is 9.", r"answer is (\d+)") == "9", "the last match"
+    assert extract_answer("no marker", r"#### (.+)") is None
+    right = score_answer("6 + 4 = 10\n#### 10", reference, "open_ended", r"#### (.+)")
+    assert right["exact_match"] == 1.0 and score_answer("#### 10", reference)["exact_match"] == 0.0
+    assert score_answer("It is 10.", reference, "open_ended", r"#### (.+)")["exact_match"] == 0.0, "no marker: wrong"
+    assert score_answer("#### Paris", "Paris", "open_ended", r"#### (.+)")["exact_match"] == 1.0, "bare reference"
+
+
+class CharTokenizer:
+    """Stands in for a tokenizer: one token per character."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [list(t) for t in texts]}
+
+
+def test_generation_budget_fits_nearly_every_reference():
+    references = ["x" * n for n in range(1, 101)]  # 1..100 tokens
+    assert generation_budget(CharTokenizer(), references, cap=512) == 95 + 24 + 1  # p95, a quarter, end of turn
+    assert generation_budget(CharTokenizer(), references, cap=64) == 64
+    assert generation_budget(CharTokenizer(), ["abcd"], cap=512) == 4 + 1 + 1
+
+
+CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}</tool_call>'
+
+
+def test_tool_calls_are_scored_by_name_and_arguments_by_value():
+    assert task_type([CALL], tool_calls=True) == "tool_call"
+    same = '<tool_call>{"name": "get_weather", "arguments": {"unit": "c", "city": "Paris"}}</tool_call>'
+    assert score_answer(same, CALL, "tool_call")["exact_match"] == 1.0, "argument order does not matter"
+    wrong_city = CALL.replace("Paris", "Lyon")
+    scores = score_answer(wrong_city, CALL, "tool_call")
+    assert (scores["exact_match"], scores["tool_name_accuracy"]) == (0.0, 1.0)
+    other_tool = CALL.replace("get_weather", "get_time")
+    assert score_answer(other_tool, CALL, "tool_call")["tool_name_accuracy"] == 0.0
+    assert score_answer("It is sunny in Paris.", CALL, "tool_call")["exact_match"] == 0.0, "no call made"
+    # a turn that should answer in text (after the tool replied) must not call again
+    assert score_answer("Sunny, 21 C.", "Sunny, 21 C.", "tool_call")["exact_match"] == 1.0
+    assert score_answer(CALL, "Sunny, 21 C.", "tool_call")["exact_match"] == 0.0

@@ -27,6 +27,17 @@ def m(role, content):
     return {"role": role, "content": content}
 
 
+def latest_check(instance, name: str, drop: str):
+    """The evaluation of check `name` in the ingestion run of `drop`."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest_drop", tags={"dagster/partition": drop}))
+    (entry,) = [
+        e
+        for e in instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        if e.dagster_event.event_specific_data.asset_check_key.name == name
+    ]
+    return entry.dagster_event.event_specific_data
+
+
 def write_landing(root):
     chat = [{"messages": [m("user", f"Question {i}?"), m("assistant", f"Answer {i}.")]} for i in range(38)]
     chat.append({"messages": [m("user", "Hi"), m("user", "Hello?"), m("assistant", "Hey.")]})  # not alternating
@@ -54,6 +65,13 @@ def write_landing(root):
     (root / "2026-02-04").mkdir()
     junk = [{"prompt": f"Junk {i}", "completion": "" if i % 2 else "ok"} for i in range(6)]  # half rejected
     (root / "2026-02-04/junk.jsonl").write_text("".join(json.dumps(r) + "\n" for r in junk))
+    # good data, but 6 of 10 rows longer than max_tokens: kept out of training, the drop is not held back
+    long = [
+        {"prompt": f"Tell story {i}.", "completion": ("Once upon a time. " * 80) if i < 6 else "The end."}
+        for i in range(10)
+    ]
+    (root / "2026-02-05").mkdir()
+    (root / "2026-02-05/stories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long))
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +97,17 @@ def test_the_run_goes_on_without_the_unreadable_drop(mixed):
         "(Expecting value at column 12). Each line of a .jsonl file must be one JSON object. The raw file is "
         "left as it is: fix it at its source and land it again. (drop 2026-02-03 held back)"
     )
-    assert "3 of 6 rows rejected (50.0%); limit 10.0%" in "\n".join(problems[1:])
+    assert "3 of 6 rows rejected as bad data (50.0%); limit 10.0%" in "\n".join(problems[1:])
     assert sorted(instance.get_materialized_partitions(dg.AssetKey("raw_records"))) == [
         "2026-02-01",
         "2026-02-02",
         "2026-02-04",
+        "2026-02-05",
     ]
-    held_back = instance.get_materialized_partitions(dg.AssetKey("validated_records"))
-    assert sorted(held_back) == ["2026-02-01", "2026-02-02"], "the drop that failed its gate wrote no validated rows"
+    validated = instance.get_materialized_partitions(dg.AssetKey("validated_records"))
+    assert sorted(validated) == ["2026-02-01", "2026-02-02", "2026-02-05"], "the failed drop wrote no validated rows"
     pairs = result.output_for_node("instruction_pairs").frame()
-    assert sorted(pairs["drop"].unique()) == ["2026-02-01", "2026-02-02"]
+    assert sorted(pairs["drop"].unique()) == ["2026-02-01", "2026-02-02", "2026-02-05"]
     metadata = instance.get_latest_materialization_event(dg.AssetKey("instruction_pairs")).asset_materialization
     assert metadata.metadata["drops_held_back"].value == ["2026-02-03", "2026-02-04"]
     files = {
@@ -119,7 +138,20 @@ def test_bad_rows_are_rejected_or_excluded_with_reasons_and_counted_in_mlflow(mi
     run_id = result.output_for_node("registered_model").mlflow_run_id
     params = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(run_id).data.params
     counts = [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")]
-    assert counts == ["110", "108", "2", "1"]
+    assert counts == ["120", "112", "8", "1"]
+
+
+def test_over_long_rows_are_kept_out_of_training_without_holding_the_drop_back(mixed):
+    settings, result, instance, _ = mixed
+    rejected = stored(settings, "rejected_records", "2026-02-05").frame()
+    assert sorted(rejected["source_line"]) == [1, 2, 3, 4, 5, 6]
+    assert all(r.startswith("formatted example is longer than max_tokens=256: ") for r in rejected["reason"])
+    share = latest_check(instance, "rejected_share_within_limit", "2026-02-05")
+    assert share.passed
+    assert share.metadata["rows_over_long"].value == 6 and share.metadata["rows_bad_data"].value == 0
+    assert "6 over-long rows kept out of training and not counted" in share.description
+    pairs = result.output_for_node("instruction_pairs").frame()
+    assert sorted(pairs.loc[pairs["drop"] == "2026-02-05", "source_line"]) == [7, 8, 9, 10]
 
 
 def test_multi_turn_and_preference_examples_keep_their_shape(mixed):

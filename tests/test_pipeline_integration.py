@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
+from assets.model_evaluation import generation_budget
 from pipelines.presets import load_preset
 from pipelines.run import gate_only_failure
 
@@ -130,6 +132,8 @@ def test_mlflow_run_carries_the_contract(pipeline):
         assert run.data.metrics[f"tuned.{metric}"] == pytest.approx(evaluation.tuned[metric])
     assert {"exact_match", "json_valid", "field_accuracy", "eval_loss"} <= set(evaluation.tuned)
     assert run.data.tags["eval.primary_metric"] == "exact_match"
+    assert params["eval.max_new_tokens"] == "24", "the smoke preset sets the budget"
+    assert {"base.generations_cut", "tuned.generations_cut"} <= set(run.data.metrics)
     assert version.tags["dagster.run_id"] == pipeline["first"].run_id
     assert version.tags["data.drops"] == "2026-01-05,2026-01-12,2026-01-19"
     assert len(version.tags["data.train_set_hash"]) == 16
@@ -152,16 +156,31 @@ def test_training_changes_the_adapter_and_leaves_base_weights_alone(pipeline, ti
     assert any("q_proj" in n for n in changed)
 
 
+SMOKE_EVALUATION = load_preset("smoke")["evaluation"]
+
+
 def test_an_asset_rematerializes_alone_from_stored_upstream(pipeline):
     result = pipeline["job"].execute_in_process(
         instance=pipeline["instance"],
         asset_selection=[dg.AssetKey("model_evaluation")],
         # a run's own settings replace the stage's whole section, preset values included
         run_config={
-            "resources": {"evaluation": {"config": {**load_preset("smoke")["evaluation"], "max_eval_examples": 3}}}
+            "resources": {
+                "evaluation": {
+                    "config": {**load_preset("smoke")["evaluation"], "max_eval_examples": 3, "max_new_tokens": 0}
+                }
+            }
         },
     )
     assert result.success
     evaluation = result.output_for_node("model_evaluation")
     assert evaluation.eval_examples == 3
+    # max_new_tokens 0: the budget comes from the three reference answers' token lengths
+    tokenizer = AutoTokenizer.from_pretrained(pipeline["first"].output_for_node("base_model"))
+    pairs = pipeline["first"].output_for_node("instruction_pairs").frame(where=[("split", "=", "eval")])
+    references = [c[-1]["content"] for c in pairs.sort_values("example_id")["messages"].head(3)]
+    assert evaluation.max_new_tokens == generation_budget(tokenizer, references, 256)
+    assert set(evaluation.generations_cut) >= {"base", "tuned"} and all(
+        0 <= n <= 3 for n in evaluation.generations_cut.values()
+    )
     assert [e.step_key for e in result.get_step_success_events()] == ["model_evaluation"]

@@ -6,12 +6,14 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from assets.domain.rows import row_location, with_format
 from assets.domain.values import FileSummary
 from assets.raw_records import READERS, IngestConfig, IngestError, read_drop
+from data_checks.record_rules import conversation_row
 from resources.landing import DATA_SUFFIXES, LandingZone
 
 BAD_FILES = Path(__file__).parent / "bad_files"
@@ -35,6 +37,25 @@ EXPECTED_ERRORS = {
 }
 
 
+# bad file -> (source line -> the feature and reason its row is rejected with): files that read fine
+# but hold rows the record rules reject; every other row of the file passes.
+EXPECTED_REJECTIONS = {
+    "tool_call_bad_arguments.jsonl": {
+        2: (
+            "tool_call_error",
+            "turn 2 calls 'get_weather' with arguments that are not valid JSON (Expecting property name "
+            "enclosed in double quotes at column 2): \"{'city': 'Paris'}\"",
+        )
+    },
+    "preference_same_answers.jsonl": {
+        2: (
+            "structure_error",
+            "chosen and rejected answers are the same (up to case and whitespace): nothing to prefer",
+        )
+    },
+}
+
+
 def write(root: Path, name: str, text: str) -> Path:
     path = root / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +69,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 def test_every_bad_file_in_the_corpus_has_a_test():
     corpus = {p.name for p in BAD_FILES.iterdir() if p.suffix != ".py"}
-    assert corpus == set(EXPECTED_ERRORS)
+    assert corpus == set(EXPECTED_ERRORS) | set(EXPECTED_REJECTIONS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
@@ -61,6 +82,17 @@ def test_bad_file_stops_its_drop_with_a_precise_message(name, tmp_path):
     assert re.search(EXPECTED_ERRORS[name], message), message
     assert "fix it at its source" in message or "column_mapping" in message or "Remove it" in message
     assert digest(tmp_path) == before, "raw files are never modified"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_REJECTIONS))
+def test_bad_rows_in_a_readable_file_are_rejected_by_name(name, tmp_path):
+    shutil.copy(BAD_FILES / name, tmp_path / name)
+    rows, _ = read_drop(LandingZone(path=str(tmp_path)), name, IngestConfig())
+    rules = SimpleNamespace(max_tokens=512, truncate_over_long=False, system_prompt="Be precise.", pii="warn")
+    features = ("missing_fields", "structure_error", "tool_call_error", "hygiene_error")
+    converted = [conversation_row(r, rules) for r in rows]
+    broken = {r["source_line"]: (f, r[f]) for r in converted for f in features if r[f] is not None}
+    assert broken == EXPECTED_REJECTIONS[name]
 
 
 def test_a_bad_file_fails_its_whole_drop_and_no_other(tmp_path):

@@ -17,6 +17,7 @@ from data_checks.record_rules import (
     measure,
     render_lengths,
     structure_problem,
+    tool_call_problem,
     truncate_last_user_turn,
     with_features,
 )
@@ -145,9 +146,9 @@ def test_a_row_missing_a_field_is_not_also_blamed_for_its_structure():
 
 
 def test_conversion_problems_come_before_structure_rules():
-    record = {"messages": [m("user", "Hi"), m("tool", "42"), m("user", "again")]}
+    record = {"messages": [m("user", "Hi"), m("function", "42"), m("user", "again")]}
     row = conversation_row(raw([record], fmt="openai_chat")[0], settings())
-    assert row["structure_error"] == "messages[2] has unknown role 'tool'"
+    assert row["structure_error"] == "messages[2] has unknown role 'function'"
 
 
 def test_personal_data_is_counted_and_redacted_only_when_asked():
@@ -278,3 +279,179 @@ def test_the_rules_load_without_dagster_great_expectations_or_sqlite():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for heavy in ("dagster", "great_expectations", "sqlite3", "pyarrow", "resources"):
         assert f"'{heavy}'" not in loaded
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "problem"),
+    [
+        ("4", "5", None),
+        ("Four.", " four. ", "chosen and rejected answers are the same (up to case and whitespace): nothing to prefer"),
+    ],
+)
+def test_a_preference_pair_needs_two_different_answers(chosen, rejected, problem):
+    (row,) = [
+        conversation_row(r, settings())
+        for r in raw([{"prompt": "2+2?", "chosen": chosen, "rejected": rejected}], "preference")
+    ]
+    assert row["structure_error"] == problem
+
+
+def test_hosted_preference_rows_are_preference_pairs():
+    record = {"input": {"messages": [m("user", "2+2?")]}, "preferred_output": [m("assistant", "4")],
+              "non_preferred_output": [m("assistant", "4")]}  # fmt: skip
+    (row,) = [conversation_row(r, settings()) for r in raw([record], "hosted_preference")]
+    assert row["kind"] == "preference" and (row["chosen"], row["rejected"]) == ("4", "4")
+    assert row["structure_error"].startswith("chosen and rejected answers are the same")
+
+
+# ---- tool calling and turn weights --------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def calls(*pairs):
+    """An assistant turn calling (name, arguments JSON) pairs, ids c1, c2, ..."""
+    made = [
+        {"id": f"c{k}", "type": "function", "function": {"name": n, "arguments": a}}
+        for k, (n, a) in enumerate(pairs, start=1)
+    ]
+    return {"role": "assistant", "content": "", "tool_calls": made}
+
+
+def tool(content, id_="c1"):
+    return {"role": "tool", "content": content, "tool_call_id": id_}
+
+
+CITY = '{"city": "Oslo"}'
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ([m("user", "q"), calls(("get_weather", CITY)), tool("rain"), m("assistant", "Rain.")], None),
+        ([m("user", "q"), calls(("get_weather", CITY))], None),  # the call itself is the answer
+        (
+            [
+                m("user", "q"),
+                calls(("get_weather", CITY), ("get_weather", CITY)),
+                tool("a"),
+                tool("b", "c2"),
+                m("assistant", "Done."),
+                m("user", "More?"),
+                m("assistant", "No."),
+            ],
+            None,
+        ),  # fmt: skip
+        ([m("user", "q"), tool("rain")], "turn 2 is a tool reply, but the turn before it made no tool call"),
+        (
+            [m("user", "q"), m("assistant", "a"), tool("rain")],
+            "turn 3 is a tool reply, but the turn before it made no tool call",
+        ),
+        (
+            [m("user", "q"), calls(("get_weather", CITY)), m("assistant", "Rain.")],
+            "turn 3 is from the assistant, expected a tool reply to the tool calls of turn 2",
+        ),
+        (
+            [m("user", "q"), calls(("get_weather", CITY)), tool("rain"), m("user", "And?")],
+            "turn 4 is from the user, expected the assistant after the tool replies",
+        ),
+        (
+            [m("user", "q"), calls(("get_weather", CITY)), tool("rain")],
+            "last turn is from the tool; a training example ends with the assistant's answer",
+        ),
+        ([m("user", "q"), {"role": "assistant", "content": "", "tool_calls": []}], "turn 2 (assistant) is empty"),
+        (
+            [m("user", "q"), {**m("assistant", "a"), "weight": 0}],
+            "every assistant turn has weight 0; nothing to train on",
+        ),
+        ([m("user", "q"), {**m("assistant", "a"), "weight": 0}, m("user", "q2"), m("assistant", "b")], None),
+    ],
+)
+def test_tool_turns_follow_the_calls_they_answer(messages, problem):
+    assert structure_problem(messages, "sft") == problem
+
+
+@pytest.mark.parametrize(
+    ("messages", "tools", "problem"),
+    [
+        ([m("user", "q"), calls(("get_weather", CITY)), tool("rain"), m("assistant", "Rain.")], [WEATHER], None),
+        ([m("user", "q"), calls(("get_forecast", CITY))], None, None),  # no tools listed: any name
+        (
+            [m("user", "q"), calls(("get_forecast", CITY))],
+            [WEATHER],
+            "turn 2 calls 'get_forecast', which is not among the row's tools (get_weather)",
+        ),
+        (
+            [m("system", "s"), m("user", "q"), calls(("get_weather", '{"city": "Oslo"'))],
+            [WEATHER],
+            "turn 2 calls 'get_weather' with arguments that are not valid JSON "
+            "(Expecting ',' delimiter at column 16): '{\"city\": \"Oslo\"'",
+        ),
+        (
+            [m("user", "q"), calls(("get_weather", '["Oslo"]'))],
+            [WEATHER],
+            "turn 2 calls 'get_weather' with arguments that are not a JSON object: '[\"Oslo\"]'",
+        ),
+        (
+            [m("user", "q"), calls(("get_weather", CITY)), tool("rain", "c9"), m("assistant", "Rain.")],
+            [WEATHER],
+            "turn 3 answers tool call 'c9', which no earlier assistant turn made",
+        ),
+        (
+            [m("user", "q"), calls(("get_weather", CITY)), m("tool", "rain"), m("assistant", "Rain.")],
+            [WEATHER],
+            "turn 3 is a tool reply without a tool_call_id naming the call it answers",
+        ),
+    ],
+)
+def test_tool_calls_name_a_listed_tool_parse_and_are_answered_by_id(messages, tools, problem):
+    assert tool_call_problem(messages, tools) == problem
+
+
+def tool_record(arguments=CITY, email=""):
+    return {
+        "messages": [
+            m("user", f"Weather in Oslo?{email}"),
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+            {"role": "assistant", "content": "Rain.", "weight": 1},
+        ],
+        "tools": [WEATHER],
+    }  # fmt: skip
+
+
+def test_a_tool_calling_row_keeps_its_tools_calls_and_weights():
+    row = conversation_row(raw([tool_record()], fmt="openai_chat")[0], settings())
+    assert row["tools"] == [WEATHER]
+    assert row["messages"][0] == m("system", "Be precise.")
+    assert row["messages"][2]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": CITY}
+    assert row["messages"][3] == tool("rain")
+    assert row["messages"][4] == {"role": "assistant", "content": "Rain.", "weight": 1}
+    assert row["structure_error"] is row["tool_call_error"] is row["warnings"] is None
+
+
+def test_a_call_with_unparsable_arguments_is_a_tool_call_error():
+    row = conversation_row(raw([tool_record(arguments="{city: Oslo}")], fmt="openai_chat")[0], settings())
+    assert row["structure_error"] is None
+    assert row["tool_call_error"].startswith("turn 2 calls 'get_weather' with arguments that are not valid JSON")
+
+
+def test_personal_data_in_call_arguments_is_counted_and_redacted():
+    record = tool_record(arguments='{"city": "Oslo", "notify": "dana@example.com"}')
+    row = conversation_row(raw([record], fmt="openai_chat")[0], settings(pii="redact"))
+    assert row["pii"] == {"email": 1}
+    assert row["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo", "notify": "[EMAIL]"}'
+    assert row["tool_call_error"] is None
+
+
+def test_a_tool_calling_row_is_measured_with_its_tools_rendered():
+    rows = [conversation_row(r, settings()) for r in raw([tool_record()], fmt="openai_chat")]
+    plain = [conversation_row(r, settings()) for r in raw([{"messages": tool_record()["messages"]}], "openai_chat")]
+    measure(rows + plain, WordTokenizer(), settings(max_tokens=1000))
+    assert rows[0]["n_tokens"] > plain[0]["n_tokens"], "the tool schemas count toward the length"
+    rendered = (
+        "<system> Be precise. <user> Weather in Oslo? <assistant> "
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call> <tool> rain <assistant> Rain.'
+    )
+    assert plain[0]["n_tokens"] == len(rendered.split())

@@ -23,6 +23,7 @@ def test_the_suite_checks_every_feature_in_order_with_its_rule():
     assert got == [
         ("expect_column_values_to_be_null", "missing_fields", "required field missing or blank", None),
         ("expect_column_values_to_be_null", "structure_error", "chat structure broken", None),
+        ("expect_column_values_to_be_null", "tool_call_error", "tool call invalid", None),
         ("expect_column_values_to_be_null", "hygiene_error", "text hygiene", None),
         ("expect_column_values_to_be_between", "n_tokens", "formatted example is longer than max_tokens=128", 128),
         ("expect_column_values_to_be_null", "duplicate_of", "duplicate of an earlier row", None),
@@ -31,7 +32,14 @@ def test_the_suite_checks_every_feature_in_order_with_its_rule():
 
 
 def test_the_parquet_schemas_carry_the_feature_fields():
-    assert FEATURE_COLUMNS == ("missing_fields", "structure_error", "hygiene_error", "n_tokens", "duplicate_of")
+    assert FEATURE_COLUMNS == (
+        "missing_fields",
+        "structure_error",
+        "tool_call_error",
+        "hygiene_error",
+        "n_tokens",
+        "duplicate_of",
+    )
     for schema in (VALIDATED_SCHEMA, CANDIDATE_SCHEMA):
         assert [schema.field(f.name) for f in FEATURE_FIELDS] == FEATURE_FIELDS
     assert VALIDATED_SCHEMA.field("n_tokens").type == pa.int64()

@@ -38,6 +38,26 @@ def test_rows_come_back_as_written_in_any_batch_size(tmp_path):
     assert records.frame(columns=["id"]).columns.tolist() == ["id"]
 
 
+def test_tool_calling_messages_come_back_with_exactly_their_own_keys(tmp_path):
+    """Plain turns stay {role, content}; tool fields come back only where written (chat templates test
+    whether a key is defined, so a None-valued key would change the rendering)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call], "weight": 0},
+        {"role": "tool", "content": "rain", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "Rain.", "weight": 1},
+    ]
+    rows = [{**row(0), "messages": messages}, row(1)]
+    with RecordWriter(tmp_path / "set.parquet", SCHEMA, ("record",)) as out:
+        out.write(rows)
+    assert [r["messages"] for b in out.record_set().batches() for r in b] == [messages, row(1)["messages"]]
+    assert out.record_set().frame()["messages"].iloc[1] == [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+    ]
+
+
 def test_a_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError), RecordWriter(tmp_path / "set.parquet", SCHEMA) as out:
         out.write([row(0)])

@@ -87,7 +87,8 @@ def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
     config = TrainingConfig(lora_target_modules="q_proj, v_proj", bf16=False, max_steps=7)
     sft, lora = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
     assert sft.max_steps == 7 and sft.max_length == 99
-    assert sft.assistant_only_loss is True
+    # the dataset arrives tokenized with its assistant mask (tools, turn weights); TRL labels from it
+    assert sft.assistant_only_loss is False
     assert sft.bf16 is False and sft.gradient_checkpointing is False
     assert sft.save_strategy == "no" and sft.report_to == []
     assert sorted(lora.target_modules) == ["q_proj", "v_proj"]

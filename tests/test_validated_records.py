@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from assets.validated_records import ValidationConfig
-from data_checks.record_checks import PiiTally, share_check_result, suite_check_result
+from data_checks.record_checks import PiiTally, Rejections, share_check_result, suite_check_result
 from data_checks.record_rules import structure_problem, with_features
 from data_checks.record_suite import FEATURE_COLUMNS, FEATURE_SQL_COLUMNS, failure_detail, record_suite
 from resources.expectations import GreatExpectations
@@ -95,6 +95,7 @@ def test_chat_structure_rules(validate):
         {"messages": [m("user", "Hi2"), m("assistant", "")]},
         {"messages": [m("user", "Hi3"), m("system", "x"), m("assistant", "y")]},
         {"messages": [m("tool", "42")]},
+        {"messages": [m("bot", "42")]},
     ]
     _, _, reasons = validate(rows, fmt="openai_chat")
     assert reasons == {
@@ -102,8 +103,35 @@ def test_chat_structure_rules(validate):
         2: "chat structure broken: last turn is from the user; a training example ends with the assistant's answer",
         3: "chat structure broken: turn 2 (assistant) is empty",
         4: "chat structure broken: turn 2 is a system message; only the first message may be one",
-        5: "chat structure broken: messages[1] has unknown role 'tool'",
+        5: "chat structure broken: turn 1 is a tool reply, but the turn before it made no tool call",
+        6: "chat structure broken: messages[1] has unknown role 'bot'",
     }
+
+
+def test_tool_calling_rows_pass_or_are_rejected_for_their_calls(validate):
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+    def row(name="get_weather", arguments='{"city": "Oslo"}', answered="c1", city="Oslo"):
+        call = {"id": "c1", "type": "function", "function": {"name": name, "arguments": arguments}}
+        return {
+            "tools": [weather],
+            "messages": [
+                m("user", f"Weather in {city}?"),
+                {"role": "assistant", "content": None, "tool_calls": [call], "weight": 0},
+                {"role": "tool", "tool_call_id": answered, "content": "rain"},
+                {"role": "assistant", "content": "Rain.", "weight": 1},
+            ],
+        }
+
+    rows = [row(), row("get_time", city="Rome"), row(arguments="{oops", city="Bonn"), row(answered="c2", city="Nice")]
+    frame, _, reasons = validate(rows, fmt="openai_chat", max_tokens=512)
+    assert reasons == {
+        1: "tool call invalid: turn 2 calls 'get_time', which is not among the row's tools (get_weather)",
+        2: "tool call invalid: turn 2 calls 'get_weather' with arguments that are not valid JSON "
+        "(Expecting property name enclosed in double quotes at column 2): '{oops'",
+        3: "tool call invalid: turn 3 answers tool call 'c2', which no earlier assistant turn made",
+    }
+    assert frame.loc[0, "tools"] == [weather] and frame.loc[0, "messages"][2]["weight"] == 0
 
 
 def test_structure_problem_for_preference_prompts():
@@ -155,12 +183,16 @@ def test_check_results_show_values_beside_thresholds(validate):
     assert "required field missing or blank | 1 | 2 | no" in suite.metadata["expectations"].value
     assert suite.metadata["data_docs"].value.startswith("file://")
 
-    over = share_check_result(10, 2, ["d/t.jsonl:2: ..."], 0.1, report)
+    over = share_check_result(10, Rejections(2), ["d/t.jsonl:2: ..."], 0.1, report)
     assert not over.passed
     assert over.metadata["rejected_fraction"].value == pytest.approx(0.2)
     assert over.metadata["max_rejected_fraction"].value == pytest.approx(0.1)
     assert over.metadata["top_reasons"].value == {"required field missing or blank": 1}
-    assert share_check_result(10, 1, [], 0.1, report).passed
+    assert share_check_result(10, Rejections(1), [], 0.1, report).passed
+    # over-long rows are good data kept out of training: counted apart, never against the limit
+    long = share_check_result(10, Rejections(total=6, over_long=5), [], 0.1, report)
+    assert long.passed and long.metadata["rows_over_long"].value == 5 and long.metadata["rows_bad_data"].value == 1
+    assert "1 of 10 rows rejected as bad data" in long.description and "5 over-long rows" in long.description
 
 
 def test_validation_is_kept_as_json_and_a_data_docs_page(validate):
@@ -197,4 +229,5 @@ def test_every_failing_row_is_found_however_many_there_are(validate):
     rows = [{**GOOD, "input": f"Ticket {i}: " + "word " * 150} for i in range(45)] + [GOOD]
     _, report, reasons = validate(rows)
     assert len(reasons) == 45 and 45 not in reasons
-    assert report.outcomes[3].unexpected_count == 45
+    (too_long,) = [o for o in report.outcomes if o.column == "n_tokens"]
+    assert too_long.unexpected_count == 45

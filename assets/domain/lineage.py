@@ -70,6 +70,7 @@ class RunLineage:
             "base_model": self.base_model,
             "train.max_length": trained.max_length,
             "train.device": trained.device,
+            "eval.max_new_tokens": ev.max_new_tokens,
             **{f"train.{k}": v for k, v in trained.settings.items()},
         }
         return {k: str(v) for k, v in params.items()}
@@ -82,6 +83,7 @@ class RunLineage:
             metrics |= {f"champion.{k}": v for k, v in ev.champion.metrics.items()}
         metrics["forgetting_pct"] = ev.forgetting_pct
         metrics |= {f"generation.tokens_per_second.{k}": v for k, v in ev.generation_tokens_per_second.items()}
+        metrics |= {f"{k}.generations_cut": v for k, v in ev.generations_cut.items()}
         metrics |= {"train.loss_mean": trained.train_loss, "train.seconds": trained.train_seconds}
         return metrics
 

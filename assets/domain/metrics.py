@@ -6,11 +6,13 @@ the model card (which show them). Text metrics come from the libraries that defi
 """
 
 import json
+import re
 
 from assets.domain.chat import normalize
+from assets.domain.tool_calls import parse_reply
 
 # The metric the gate compares when `evaluation.primary_metric` is 'auto', by task type.
-DEFAULT_PRIMARY = {"json": "exact_match", "open_ended": "rougeL"}
+DEFAULT_PRIMARY = {"json": "exact_match", "open_ended": "rougeL", "tool_call": "exact_match"}
 
 
 def parse_json(value: str):
@@ -20,9 +22,31 @@ def parse_json(value: str):
         return None
 
 
-def task_type(expected: list[str]) -> str:
-    """'json' when every expected answer parses as JSON, else 'open_ended'."""
+def task_type(expected: list[str], tool_calls: bool = False) -> str:
+    """'tool_call' when expected replies call tools, 'json' when every expected answer parses as
+    JSON, else 'open_ended'."""
+    if tool_calls:
+        return "tool_call"
     return "json" if expected and all(parse_json(e) is not None for e in expected) else "open_ended"
+
+
+def call_signatures(text: str) -> tuple[str, list[tuple[str, object]]]:
+    """A reply's text and its tool calls as (name, parsed arguments), in order, for comparison."""
+    content, calls = parse_reply(text)
+    return content, [(c["function"]["name"], parse_json(c["function"]["arguments"])) for c in calls]
+
+
+def tool_call_scores(prediction: str, expected: str) -> dict[str, float]:
+    """Exact match of the calls (names and arguments compared by value, in order; a reply that
+    should call no tool must match as text), and the share of expected calls whose tool was named
+    in the same place."""
+    got_text, got = call_signatures(prediction)
+    want_text, want = call_signatures(expected)
+    if not want:
+        exact = not got and normalize(got_text) == normalize(want_text)
+        return {"exact_match": float(exact), "tool_name_accuracy": float(not got)}
+    named = sum(g[0] == w[0] for g, w in zip(got, want)) / len(want)
+    return {"exact_match": float(got == want), "tool_name_accuracy": named}
 
 
 _rouge = None
@@ -43,10 +67,31 @@ def text_scores(prediction: str, expected: str) -> dict[str, float]:
     }
 
 
-def score_answer(prediction: str, expected: str, task: str = "open_ended") -> dict[str, float]:
+def extract_answer(text: str, pattern: str) -> str | None:
+    """The final answer `pattern` marks in `text`: its last match's first group (or the whole
+    match when it has no group), or None when it does not match."""
+    matches = list(re.finditer(pattern, text))
+    if not matches:
+        return None
+    last = matches[-1]
+    return (last.group(1) if last.re.groups else last.group(0)).strip()
+
+
+def score_answer(
+    prediction: str, expected: str, task: str = "open_ended", answer_pattern: str = ""
+) -> dict[str, float]:
     """Per-example scores. For JSON tasks the comparison is on parsed values, so key order and
-    spacing do not matter, and `json_valid` and `field_accuracy` (for objects) are added."""
+    spacing do not matter, and `json_valid` and `field_accuracy` (for objects) are added. With an
+    `answer_pattern`, exact match compares the extracted answers (a reference the pattern does not
+    match is compared whole; a generation it does not match is wrong)."""
     scores = text_scores(prediction, expected)
+    if task == "tool_call":
+        return scores | tool_call_scores(prediction, expected)
+    if answer_pattern:
+        reference = extract_answer(expected, answer_pattern) or expected
+        answer = extract_answer(prediction, answer_pattern)
+        scores["exact_match"] = float(answer is not None and normalize(answer) == normalize(reference))
+        return scores
     if task != "json":
         scores["exact_match"] = float(normalize(prediction) == normalize(expected))
         return scores

@@ -105,6 +105,10 @@ class Evaluation:
     samples: tuple[dict[str, str], ...] = ()
     """Per eval example: prompt, expected, base, tuned (and champion when re-scored)."""
     generation_tokens_per_second: dict[str, float] = field(default_factory=dict)
+    max_new_tokens: int = 0
+    """The generation budget every model had (configured, or derived from the references)."""
+    generations_cut: dict[str, int] = field(default_factory=dict)
+    """Per model (base, tuned, champion when re-scored): generations that hit max_new_tokens."""
 
     @property
     def base_primary(self) -> float:

@@ -8,10 +8,33 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 GOOD = {"instruction": "Say hi.", "output": "Hi!"}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def tool_chat(arguments: str) -> dict:
+    """A tool-calling chat row whose one call has `arguments` (JSON text, when well formed)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    return {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+            {"role": "assistant", "content": "18C in Paris."},
+        ],
+        "tools": [WEATHER],
+    }
 
 
 def lines(*rows) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def preference(prompt: str, chosen: str, rejected: str) -> dict:
+    return {
+        "input": {"messages": [{"role": "user", "content": prompt}]},
+        "preferred_output": [{"role": "assistant", "content": chosen}],
+        "non_preferred_output": [{"role": "assistant", "content": rejected}],
+    }
 
 
 def main() -> None:
@@ -30,6 +53,12 @@ def main() -> None:
         ),
         "not_parquet.parquet": b"instruction,output\nSay hi.,Hi!\n",
         "scalar_line.jsonl": lines(GOOD) + b"[1, 2]\n",
+        # Readable, so not an ingest error: its second row is rejected (arguments as a Python dict repr).
+        "tool_call_bad_arguments.jsonl": lines(tool_chat('{"city": "Paris"}'), tool_chat("{'city': 'Paris'}")),
+        # A hosted-format preference file whose second pair offers the same answer twice.
+        "preference_same_answers.jsonl": lines(
+            preference("2+2?", "4", "5"), preference("Capital of France?", "Paris.", " paris. ")
+        ),
     }
     for name, data in files.items():
         (HERE / name).write_bytes(data)
