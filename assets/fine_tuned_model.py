@@ -1,86 +1,31 @@
-"""fine_tuned_model: a LoRA adapter trained with TRL's SFTTrainer on the train split."""
+"""fine_tuned_model: the SFT stage, an adapter (or all weights) trained with TRL's SFTTrainer on the train split."""
 
 import base64
+import hashlib
 import io
+import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from assets.domain.chat import training_chat_template, training_tokens
-from assets.domain.values import TrainedModel
+from assets.domain.preferences import chosen_conversations
+from assets.domain.training import TrainingConfig, resolve_method, trainer_configs, trains_sft
+from assets.domain.values import TrainedModel, short_run_id
+from resources.checkpoints import CheckpointStore
+from resources.mlflow_registry import MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
 from resources.state import StateStore
+from resources.training_tracking import live_tracking
 
-
-class TrainingConfig(dg.ConfigurableResource):
-    """Trainer and LoRA settings. Defaults are the `cpu` preset; presets override them by name."""
-
-    preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
-    max_steps: int = Field(default=50, description="Optimizer steps to train for.")
-    per_device_train_batch_size: int = Field(default=8, description="Examples per step and device.")
-    gradient_accumulation_steps: int = Field(default=1, description="Steps whose gradients are summed.")
-    learning_rate: float = Field(default=5e-4, description="Peak learning rate.")
-    lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name.")
-    warmup_steps: int = Field(default=10, description="Linear warm-up steps before the peak rate.")
-    weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
-    lora_r: int = Field(default=16, description="LoRA rank.")
-    lora_alpha: int = Field(default=32, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(default=0.0, description="Dropout on the LoRA path.")
-    lora_target_modules: str = Field(
-        default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
-    )
-    bf16: bool = Field(default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU).")
-    gradient_checkpointing: bool = Field(
-        default=False, description="Recompute activations to save memory (costs ~20% speed)."
-    )
-    logging_steps: int = Field(default=5, description="Log the training loss every N steps.")
-    seed: int = Field(default=0, description="Seed for adapter init and data order.")
-
-
-def trainer_configs(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool):
-    """The one mapping from our TrainingConfig to TRL's SFTConfig and PEFT's LoraConfig."""
-    from peft import LoraConfig
-    from trl import SFTConfig
-
-    targets = config.lora_target_modules
-    sft = SFTConfig(
-        output_dir=str(output_dir),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        # SFTConfig turns both on by default, even on CPU: always decide explicitly.
-        bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        # The dataset comes tokenized with its assistant mask (`training_dataset`): TRL builds the labels
-        # from that mask, so the loss stays on the assistant's tokens. TRL's own assistant_only_loss
-        # would re-render the messages itself and knows neither our tool rendering nor turn weights.
-        assistant_only_loss=False,
-        max_length=max_length,
-        logging_steps=config.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        use_cpu=use_cpu,
-        disable_tqdm=True,
-    )
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        task_type="CAUSAL_LM",
-    )
-    return sft, lora
+# The file in a setup's checkpoint folder naming the MLflow run its training reports to.
+MLFLOW_RUN_FILE = "mlflow_run_id"
 
 
 def loss_curve_png(steps: list[int], losses: list[float]) -> bytes:
@@ -124,36 +69,39 @@ def training_dataset(tokenizer, train: pd.DataFrame):
     return Dataset.from_list([training_tokens(tokenizer, m, t, template) for m, t in zip(train["messages"], tools)])
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where one training setup checkpoints, what it resumes from, and its live-tracking callback."""
+
+    folder: Path
+    resume: Path | None
+    resumed_from_step: int | None
+    callback: Any
+
+
 def train_adapter(
-    training: TrainingConfig, base_model: str, train: pd.DataFrame, models: ModelLoader, out_dir: Path, log
+    training: TrainingConfig, base_model: str, train: pd.DataFrame, models: ModelLoader, checkpoints: Checkpoints
 ) -> TrainingRun:
-    """Train a LoRA adapter on `train`'s conversations with TRL's SFTTrainer, loss on the
-    assistant's tokens only. `log` receives each of the trainer's log lines."""
-    from transformers import TrainerCallback
+    """Train `training.adapter` (or all weights) on `train`'s conversations with TRL's SFTTrainer, loss on the
+    assistant's tokens only, checkpointing into `checkpoints.folder` and resuming from
+    `checkpoints.resume` when a killed training left one."""
     from trl import SFTTrainer
 
     # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
     max_length = int(train["n_tokens"].max())
-    sft_config, lora_config = trainer_configs(
-        training, out_dir / "trainer", max_length, models.resolved_device() == "cpu"
-    )
+    # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
+    setup = trainer_configs(training, checkpoints.folder, max_length, models.resolved_device() == "cpu")
     tokenizer = models.load_tokenizer(base_model)  # saved with the model: serving renders as the base did
-
-    class LogToDagster(TrainerCallback):
-        def on_log(self, args, state_, control, logs=None, **kwargs):
-            if logs:
-                log(f"step {state_.global_step}: {logs}")
-
     trainer = SFTTrainer(
-        model=models.load_model(base_model),
-        args=sft_config,
+        model=models.load_model(base_model, **setup.model_kwargs),
+        args=setup.sft,
         train_dataset=training_dataset(tokenizer, train),
         processing_class=tokenizer,
-        peft_config=lora_config,
-        callbacks=[LogToDagster()],
+        peft_config=setup.peft,
+        callbacks=[checkpoints.callback],
     )
     started = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(checkpoints.resume) if checkpoints.resume else None)
     seconds = time.time() - started
     history = [h for h in trainer.state.log_history if "loss" in h]
     tokens = trainer.state.num_input_tokens_seen or (history[-1].get("num_tokens", 0) if history else 0)
@@ -161,17 +109,84 @@ def train_adapter(
     return TrainingRun(trainer, tokenizer, float(result.training_loss), seconds, curve, int(tokens))
 
 
-def save_models(run: TrainingRun, out_dir: Path, state: StateStore) -> tuple[Path, Path]:
-    """The adapter, and the adapter merged into the base weights (a plain model for serving),
-    each written atomically; returns both folders."""
-    adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
-    with state.atomic_dir(adapter_dir) as scratch:
-        run.trainer.model.save_pretrained(scratch)
-        run.tokenizer.save_pretrained(scratch)
-    with state.atomic_dir(merged_dir) as scratch:
-        run.trainer.model.merge_and_unload().save_pretrained(scratch)
-        run.tokenizer.save_pretrained(scratch)
+# Settings that change how a training reports or checkpoints, not what it learns: not in its key.
+NOT_IN_SETUP_KEY = ("preset", "logging_steps", "save_steps", "keep_checkpoints")
+SETUP_KEY_CHARS = 16
+
+
+def setup_key(training: TrainingConfig, train_set_hash: str, base_model: str, stage: str = "sft") -> str:
+    """Names a training setup: the stage, every setting that changes the result, the training
+    data's content hash and the base model. Same key, same training: its checkpoints may be resumed."""
+    settings = {k: v for k, v in training.model_dump().items() if k not in NOT_IN_SETUP_KEY}
+    payload = json.dumps(
+        {"stage": stage, "settings": settings, "data": train_set_hash, "base": base_model}, sort_keys=True
+    )
+    return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()[:SETUP_KEY_CHARS]}"
+
+
+@contextmanager
+def tracked_training(registry: MlflowRegistry, folder: Path, dagster_run_id: str, resumed_from: int | None):
+    """The MLflow run a training reports to while it trains: a new one, or the run of the killed
+    attempt this training resumes (its id is kept in the checkpoint folder), so one run holds the
+    whole curve. Registration later adds the evaluation to this same run."""
+    marker = folder / MLFLOW_RUN_FILE
+    run_id = marker.read_text().strip() if marker.is_file() else None
+    if run_id and not registry.run_exists(run_id):
+        run_id = None
+    tags = {"dagster.run_id": dagster_run_id}
+    if resumed_from is not None:
+        tags["train.resumed_from_step"] = str(resumed_from)
+    run_name = f"{registry.model_name}-{short_run_id(dagster_run_id)}"
+    with registry.start_run(run_name=run_name, tags=tags, run_id=run_id) as run:
+        marker.write_text(run.run_id)
+        yield run
+
+
+def save_models(
+    run: TrainingRun, out_dir: Path, state: StateStore, models: ModelLoader, base_model: str
+) -> tuple[Path | None, Path]:
+    """The adapter (none for adapter 'full'), and a plain model for serving (the adapter merged into
+    the base weights, or the fully trained weights), each written atomically; returns both folders."""
+    model = run.trainer.model
+    adapter_dir = out_dir / "adapter" if hasattr(model, "peft_config") else None
+    merged_dir = out_dir / "merged"
+    models.save_trained(model, run.tokenizer, adapter_dir, merged_dir, state.atomic_dir, starts_from=base_model)
     return adapter_dir, merged_dir
+
+
+def sft_examples(pairs: RecordSet, training: TrainingConfig) -> tuple[pd.DataFrame, str]:
+    """What SFT trains on, and the method this run trains with (`training.method`, 'auto' resolved
+    by the preference pairs in the train split): the train split's conversations, or, when it holds
+    only preference pairs, each pair's prompt with its chosen reply."""
+    train = pairs.frame(where=[("split", "=", "train"), ("kind", "=", "sft")])
+    preferences = pairs.frame(where=[("split", "=", "train"), ("kind", "=", "preference")])
+    method = resolve_method(training.method, len(preferences))
+    if train.empty and not preferences.empty:
+        train = chosen_conversations(preferences)
+    if train.empty and trains_sft(method):
+        raise ValueError("The train split of instruction_pairs holds no examples: nothing to fine-tune on.")
+    return train, method
+
+
+def sft_skipped(context, training: TrainingConfig, base_model: str, models: ModelLoader) -> TrainedModel:
+    """The SFT stage's value when the method is 'dpo': no SFT; the base model is what DPO starts from."""
+    context.add_output_metadata({"skipped": "method dpo: preference training starts from the base model, no SFT"})
+    return TrainedModel(
+        adapter_dir=None,
+        merged_dir=base_model,
+        loss_curve_png="",
+        preset=training.preset,
+        settings={k: v for k, v in training.model_dump().items() if k != "preset"},
+        device=models.resolved_device(),
+        max_length=0,
+        train_examples=0,
+        steps=0,
+        train_loss=0.0,
+        train_seconds=0.0,
+        method="dpo",
+        adapter=training.adapter,
+        adapter_base_dir=base_model,
+    )
 
 
 def training_metadata(trained: TrainedModel, run: TrainingRun, png: bytes) -> dict:
@@ -190,7 +205,9 @@ def training_metadata(trained: TrainedModel, run: TrainingRun, png: bytes) -> di
             f"![loss curve](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
             + pd.DataFrame({"step": steps, "loss": losses}).to_markdown(index=False)
         ),
-        "adapter_dir": dg.MetadataValue.path(trained.adapter_dir),
+        "method": trained.method,
+        "adapter": trained.adapter,
+        "adapter_dir": dg.MetadataValue.path(trained.adapter_dir or "(none: all weights trained)"),
         "merged_dir": dg.MetadataValue.path(trained.merged_dir),
     }
 
@@ -208,20 +225,31 @@ def fine_tuned_model(
     instruction_pairs: RecordSet,
     models: ModelLoader,
     state: StateStore,
+    checkpoints: CheckpointStore,
+    mlflow_registry: MlflowRegistry,
 ) -> TrainedModel:
-    """A LoRA adapter on `base_model`, trained by TRL's SFTTrainer on the train split of
-    `instruction_pairs` with loss on the assistant's tokens only; plus the adapter merged into the
-    base weights (a plain model for serving). The value holds both folders' paths, the settings
-    and the loss curve; the folders live under FT_HOME/artifacts/fine_tuned_model/<run id>/.
-    """
-    train = instruction_pairs.frame(where=[("split", "=", "train"), ("kind", "=", "sft")])
+    """The SFT stage: an adapter on `base_model` (`training.adapter`; or all weights), trained by TRL's
+    SFTTrainer on the train split's conversations (the chosen replies when it holds only preference
+    pairs), loss on the assistant's tokens; plus the merged model. Under FT_HOME/artifacts/fine_tuned_model/<run>/."""
+    train, method = sft_examples(instruction_pairs, training)
+    if not trains_sft(method):
+        return sft_skipped(context, training, base_model, models)
+    key = setup_key(training, instruction_pairs.summary.train_set_hash, base_model)
+    resume, step = checkpoints.last(key)
+    if resume is not None:
+        context.log.info(f"Resuming training from its checkpoint at step {step} ({resume})")
+    with tracked_training(mlflow_registry, checkpoints.folder(key), context.run.run_id, step) as mlflow_run:
+        callback = live_tracking(mlflow_run, context.log.info, training.max_steps)
+        run = train_adapter(
+            training, base_model, train, models, Checkpoints(checkpoints.folder(key), resume, step, callback)
+        )
     out_dir = state.asset_dir("fine_tuned_model", context.run.run_id)
-    run = train_adapter(training, base_model, train, models, out_dir, context.log.info)
-    adapter_dir, merged_dir = save_models(run, out_dir, state)
+    adapter_dir, merged_dir = save_models(run, out_dir, state, models, base_model)
+    checkpoints.finish(key)
     png = loss_curve_png([s for s, _ in run.loss_curve], [loss for _, loss in run.loss_curve])
     (out_dir / "loss_curve.png").write_bytes(png)
     trained = TrainedModel(
-        adapter_dir=str(adapter_dir),
+        adapter_dir=str(adapter_dir) if adapter_dir else None,
         merged_dir=str(merged_dir),
         loss_curve_png=str(out_dir / "loss_curve.png"),
         preset=training.preset,
@@ -233,6 +261,9 @@ def fine_tuned_model(
         train_loss=run.train_loss,
         train_seconds=run.seconds,
         loss_curve=tuple(run.loss_curve),
-    )
+        mlflow_run_id=mlflow_run.run_id,
+        resumed_from_step=step,
+        method=method, adapter=training.adapter, adapter_base_dir=base_model,
+    )  # fmt: skip
     context.add_output_metadata(training_metadata(trained, run, png))
     return trained

@@ -1,4 +1,4 @@
-"""model_evaluation: base, challenger (and champion) scored on the same eval prompts."""
+"""model_evaluation: base, candidate (challenger) and champion scored on the same eval prompts and pairs."""
 
 import hashlib
 import json
@@ -13,7 +13,9 @@ import pandas as pd
 from pydantic import Field
 
 from assets.domain.chat import prompt_text, training_chat_template, training_tokens
+from assets.domain.lineage import ADAPTER_ON_TAG
 from assets.domain.metrics import DEFAULT_PRIMARY, mean_scores, metrics_table, score_answer, task_type
+from assets.domain.preferences import chosen_conversations, margin_summary, reply_tokens
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import ChampionScores, Evaluation, TrainedModel
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
@@ -130,6 +132,33 @@ def probe_perplexity(model, tokenizer, text: str, window: int = 512) -> float:
     return math.exp(total / count)
 
 
+def reply_logprobs(model, pad_id: int, replies: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    """Each reply's summed log-probability after its prompt, from (prompt ids, reply ids): the
+    sequence log-probability DPO compares. Right-padded batches."""
+    import torch
+
+    sums = []
+    for i in range(0, len(replies), batch_size):
+        batch = [p + r for p, r in replies[i : i + batch_size]]
+        width = max(len(ids) for ids in batch)
+        ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in batch], device=model.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        token_logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        for row, (prompt, reply) in enumerate(replies[i : i + batch_size]):
+            sums.append(float(token_logps[row, len(prompt) - 1 : len(prompt) - 1 + len(reply)].sum()))
+    return sums
+
+
+def preference_metrics(model, pad_id: int, pairs: list[tuple], batch_size: int) -> dict[str, float]:
+    """On (prompt, chosen, rejected) token ids: how often the model finds the chosen reply likelier
+    than the rejected one (`preference_accuracy`), and by how much on average (`preference_margin`)."""
+    chosen = reply_logprobs(model, pad_id, [(p, c) for p, c, _ in pairs], batch_size)
+    rejected = reply_logprobs(model, pad_id, [(p, r) for p, _, r in pairs], batch_size)
+    return margin_summary(chosen, rejected)
+
+
 @dataclass
 class Scorer:
     """Scores any model on one eval set with one decoding: task metrics, end-of-turn rate, eval loss
@@ -155,6 +184,8 @@ class Scorer:
         metrics["eval_loss"] = eval_loss(model, tokenizer, ex.tokens, config.batch_size)
         metrics["perplexity"] = math.exp(metrics["eval_loss"])
         metrics["probe_perplexity"] = probe_perplexity(model, tokenizer, self.probe)
+        if ex.preferences:
+            metrics |= preference_metrics(model, tokenizer.pad_token_id, ex.preferences, config.batch_size)
         return metrics, answers
 
 
@@ -173,12 +204,17 @@ class EvalSet:
     eval_hash: str
     max_new_tokens: int
     """The generation budget: the configured one, or derived from the references (auto)."""
+    preferences: list[tuple[list[int], list[int], list[int]]] = field(default_factory=list)
+    """The eval split's preference pairs as (prompt, chosen, rejected) token ids (`reply_tokens`)."""
 
     @classmethod
     def of(cls, pairs: RecordSet, config: EvaluationConfig, tokenizer, template: str) -> "EvalSet":
-        evals = pairs.frame(where=[("split", "=", "eval"), ("kind", "=", "sft")]).sort_values("example_id")
-        if config.max_eval_examples:
-            evals = evals.head(config.max_eval_examples)
+        """The eval split's conversations (with only preference pairs there: each prompt with its
+        chosen reply) and its preference pairs, the same ones every time (max_eval_examples of each)."""
+        evals = eval_rows(pairs, "sft", config.max_eval_examples)
+        preferences = eval_rows(pairs, "preference", config.max_eval_examples)
+        if evals.empty:
+            evals = chosen_conversations(preferences)
         conversations = list(evals["messages"])
         tools = list(evals["tools"]) if "tools" in evals else [None] * len(conversations)
         expected = [reply_text(c[-1]) for c in conversations]
@@ -190,9 +226,24 @@ class EvalSet:
             tokens=[training_tokens(tokenizer, c, t, template) for c, t in zip(conversations, tools)],
             task=task,
             primary=DEFAULT_PRIMARY[task] if config.primary_metric == "auto" else config.primary_metric,
-            eval_hash=hashlib.sha256("\n".join(evals["example_id"]).encode()).hexdigest()[:HASH_CHARS],
+            eval_hash=eval_set_hash([*evals["example_id"], *preferences["example_id"]]),
             max_new_tokens=config.max_new_tokens or generation_budget(tokenizer, expected, config.max_new_tokens_cap),
+            preferences=[
+                (*reply_tokens(tokenizer, m, c), reply_tokens(tokenizer, m, r)[1])
+                for m, c, r in zip(preferences["messages"], preferences["chosen"], preferences["rejected"])
+            ],
         )
+
+
+def eval_rows(pairs: RecordSet, kind: str, limit: int) -> pd.DataFrame:
+    """The eval split's rows of one kind in a fixed order, at most `limit` (0: all)."""
+    rows = pairs.frame(where=[("split", "=", "eval"), ("kind", "=", kind)]).sort_values("example_id")
+    return rows.head(limit) if limit else rows
+
+
+def eval_set_hash(example_ids: list[str]) -> str:
+    """Names an eval set by its examples' ids (conversations, then preference pairs)."""
+    return hashlib.sha256("\n".join(example_ids).encode()).hexdigest()[:HASH_CHARS]
 
 
 def generation_budget(tokenizer, references: list[str], cap: int) -> int:
@@ -203,12 +254,22 @@ def generation_budget(tokenizer, references: list[str], cap: int) -> int:
     return min(cap, p95 + math.ceil(p95 / 4) + 1)
 
 
+def candidate_model(models: ModelLoader, base, candidate: TrainedModel, base_model: str):
+    """The candidate, ready to score: its adapter on the already loaded base when the adapter
+    applies to the base model (lora & co. after 'sft' or 'dpo'), else its merged folder (an adapter
+    on the merged SFT model after 'sft+dpo', or all weights trained)."""
+    if candidate.adapter_applies_to(base_model):
+        return models.with_adapter(base, candidate.adapter_dir).eval()
+    return models.load_model(candidate.merged_dir).eval()
+
+
 def champion_scores(
-    registry: MlflowRegistry, models: ModelLoader, score: Scorer, settings_hash: str, base_model: str, tuned_model
+    registry: MlflowRegistry, models: ModelLoader, score: Scorer, settings_hash: str, base_model: str, host
 ) -> tuple[ChampionScores | None, list[str] | None]:
     """The current champion's metrics on this very eval set and settings (and its answers when
-    re-scored): taken from its run when it was evaluated the same way, else re-scored here (its
-    adapter on the loaded base model, or its logged model when it was trained on another base)."""
+    re-scored): taken from its run when it was evaluated the same way, else re-scored here: its
+    adapter on the loaded base model `host` (beside the candidate's adapter when `host` carries one)
+    when that adapter applies to this base, else its logged (merged) model."""
     version = registry.version_by_alias(CHAMPION)
     if version is None:
         return None, None
@@ -217,11 +278,16 @@ def champion_scores(
         metrics = registry.run_metrics(version.run_id)
         tuned = {k.removeprefix("tuned."): v for k, v in metrics.items() if k.startswith("tuned.")}
         return ChampionScores(version=number, rescored=False, metrics=tuned), None
-    if tags.get("base_model") == base_model:
-        models.add_adapter(tuned_model, registry.download(version.run_id, "adapter"), name=CHAMPION)
-        tuned_model.set_adapter(CHAMPION)
-        metrics, answers = score(tuned_model)
-        tuned_model.set_adapter("default")
+    # Versions registered before the tag existed had their adapter on the base model.
+    if tags.get("base_model") == base_model and tags.get(ADAPTER_ON_TAG, "base_model") == "base_model":
+        adapter = registry.download(version.run_id, "adapter")
+        if hasattr(host, "peft_config"):
+            models.add_adapter(host, adapter, name=CHAMPION)
+            host.set_adapter(CHAMPION)
+            metrics, answers = score(host)
+            host.set_adapter("default")
+        else:
+            metrics, answers = score(models.with_adapter(host, adapter).eval())
     else:
         metrics, answers = score(models.load_model(registry.download_model_weights(number)).eval())
     return ChampionScores(version=number, rescored=True, metrics=metrics), answers
@@ -269,17 +335,20 @@ def model_evaluation(
     context: dg.AssetExecutionContext,
     evaluation: EvaluationConfig,
     base_model: str,
-    fine_tuned_model: TrainedModel,
+    preference_tuned_model: TrainedModel,
     instruction_pairs: RecordSet,
     models: ModelLoader,
     mlflow_registry: MlflowRegistry,
 ) -> Evaluation:
-    """The base model, the fine-tuned model (challenger) and the current champion on the same eval
-    prompts with the same greedy decoding, from one load of the base model (adapters switched on
-    it). Metrics per model: exact match; JSON validity and field accuracy for JSON answers; ROUGE-L,
-    token F1 and chrF for text; end-of-turn rate; eval loss and perplexity on the assistant's
-    tokens; perplexity on a general-text probe, whose rise is the forgetting. Plus the primary
-    metric's name, the task type, the eval set's hash, and sample generations.
+    """The base model, the candidate (`preference_tuned_model`, the challenger) and the current
+    champion on the same eval prompts with the same greedy decoding. The base is loaded once; an
+    adapter that applies to it is switched on there, any other candidate loads from its merged
+    folder. Metrics per model: exact match; JSON validity and field accuracy for JSON answers;
+    ROUGE-L, token F1 and chrF for text; end-of-turn rate; eval loss and perplexity on the
+    assistant's tokens; perplexity on a general-text probe, whose rise is the forgetting; on the eval
+    split's preference pairs, how often the chosen reply is likelier than the rejected one and the
+    mean log-probability margin. Plus the primary metric's name, the task type, the eval set's hash,
+    and sample generations.
     """
     tokenizer = models.load_tokenizer(base_model)
     template = training_chat_template(tokenizer) or tokenizer.chat_template
@@ -290,21 +359,24 @@ def model_evaluation(
 
     model = models.load_model(base_model).eval()
     base, base_answers = score(model, "base")
-    tuned_model = models.with_adapter(model, fine_tuned_model.adapter_dir).eval()
+    tuned_model = candidate_model(models, model, preference_tuned_model, base_model)
     tuned, tuned_answers = score(tuned_model, "tuned")
     if examples.primary not in tuned:
         raise ValueError(
             f"primary_metric {examples.primary!r} is not among the computed metrics ({', '.join(sorted(tuned))}); "
             "set evaluation.primary_metric to one of them, or to auto."
         )
-    champion, champion_answers = champion_scores(mlflow_registry, models, score, settings_hash, base_model, tuned_model)
+    host = tuned_model if hasattr(tuned_model, "peft_config") else model  # where the champion's adapter goes
+    champion, champion_answers = champion_scores(mlflow_registry, models, score, settings_hash, base_model, host)
     samples = samples_frame(examples, {"base": base_answers, "tuned": tuned_answers, "champion": champion_answers})
-    result = evaluation_of(score, settings_hash, base, tuned, champion, samples)
+    result = evaluation_of(score, settings_hash, base, tuned, champion, samples, preference_tuned_model.method)
     context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows))
     return result
 
 
-def evaluation_of(score: Scorer, settings_hash: str, base: dict, tuned: dict, champion, samples) -> Evaluation:
+def evaluation_of(
+    score: Scorer, settings_hash: str, base: dict, tuned: dict, champion, samples, method: str
+) -> Evaluation:
     """The stage's value, from the scores of base, tuned and champion on one eval set."""
     examples = score.examples
     return Evaluation(
@@ -321,4 +393,6 @@ def evaluation_of(score: Scorer, settings_hash: str, base: dict, tuned: dict, ch
         generation_tokens_per_second=dict(score.speeds),
         max_new_tokens=examples.max_new_tokens,
         generations_cut=dict(score.cut),
+        preference_pairs=len(examples.preferences),
+        method=method,
     )

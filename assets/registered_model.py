@@ -1,4 +1,4 @@
-"""registered_model: the fine-tuned model as a version in the MLflow registry, promoted or not."""
+"""registered_model: the candidate model as a version in the MLflow registry, promoted or not."""
 
 from dataclasses import asdict
 from typing import Any
@@ -47,11 +47,16 @@ def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -
     trained, evaluation = lineage.trained, lineage.evaluation
     run.log_params(lineage.mlflow_params())
     run.log_metrics(lineage.mlflow_metrics())
-    run.log_series("train.loss", trained.loss_curve)
-    run.log_file(trained.loss_curve_png, "training")
+    if trained.mlflow_run_id is None:  # otherwise the training logged its curve as it went
+        run.log_series("train.loss", trained.loss_curve)
+    if trained.loss_curve_png:  # none when no SFT ran (method dpo)
+        run.log_file(trained.loss_curve_png, "training")
+    if trained.preference is not None:
+        run.log_series("dpo.loss", trained.preference.loss_curve)
     run.log_table(pd.DataFrame(list(evaluation.samples)), "eval/samples.json")
     run.log_dict(eval_summary(evaluation), "eval/metrics.json")
-    run.log_folder(trained.adapter_dir, "adapter")
+    if trained.adapter_dir is not None:  # none when all weights were trained: the logged model holds them
+        run.log_folder(trained.adapter_dir, "adapter")
     run.log_dict(lineage.data.validations, "lineage/validations.json")
     run.log_parquet(lineage_rows(pairs), "examples.parquet", "lineage")
     # The served model renders requests with the same module training used, shipped beside its code.
@@ -80,12 +85,13 @@ def registered_model(
     rejected_records: Any,
     instruction_pairs: RecordSet,
     base_model: str,
-    fine_tuned_model: TrainedModel,
+    preference_tuned_model: TrainedModel,
     model_evaluation: Evaluation,
     mlflow_registry: MlflowRegistry,
 ):
-    """A new version of the registered model in MLflow, alias `challenger`: an MLflow run with the
-    data counts, training settings, base/tuned/champion metrics, loss curve, sample generations and
+    """The candidate (`preference_tuned_model`) as a new version of the registered model in MLflow,
+    alias `challenger`: an MLflow run with the data counts, training settings (`train.method`,
+    `train.adapter`), base/tuned/champion metrics, loss curves (SFT, DPO), sample generations and
     a model card; the merged model logged as a chat model that `mlflow models serve` answers. The
     promotion gate (blocking check `promotion_gate`) decides whether `champion_model` may move the
     champion alias; its verdict and reason are tags on the version. The version's tags name the drops,
@@ -102,7 +108,7 @@ def registered_model(
         dagster_run_id=run_id,
         base_model=base_model,
         data=data_counts(raw_records, rejected_records, instruction_pairs),
-        trained=fine_tuned_model,
+        trained=preference_tuned_model,
         evaluation=model_evaluation,
         gate=gate_verdict(model_evaluation, gate),
     )
@@ -122,7 +128,9 @@ def register(lineage: RunLineage, pairs: RecordSet, registry: MlflowRegistry) ->
     version and its model card."""
     card = model_card(lineage, f"(run {short_run_id(lineage.dagster_run_id)})")
     run_name = f"{lineage.model_name}-{short_run_id(lineage.dagster_run_id)}"
-    with registry.start_run(run_name=run_name, tags=lineage.run_tags()) as run:
+    # The training's own run, where its curves already are (a new run only for a model trained
+    # before training reported live).
+    with registry.start_run(run_name=run_name, tags=lineage.run_tags(), run_id=lineage.trained.mlflow_run_id) as run:
         model_uri = log_run(run, lineage, pairs, card)
     version = registry.register_version(model_uri, lineage.version_tags(), description=card)
     registry.set_alias(CHALLENGER, version)

@@ -14,6 +14,7 @@ from assets.domain.drops import DROPS
 from assets.fine_tuned_model import fine_tuned_model
 from assets.instruction_pairs import instruction_pairs
 from assets.model_evaluation import model_evaluation
+from assets.preference_tuned_model import preference_tuned_model
 from assets.raw_records import raw_records
 from assets.registered_model import registered_model
 from assets.validated_records import validated_records
@@ -21,6 +22,7 @@ from data_checks.pair_checks import train_eval_disjoint
 from pipelines.presets import stage_resources
 from pipelines.retraining import build_landing_sensor, build_retrain_schedule, retrain_automation
 from pipelines.settings import Settings
+from resources.checkpoints import CheckpointStore
 from resources.expectations import GreatExpectations
 from resources.landing import LandingZone
 from resources.mlflow_registry import MlflowRegistry
@@ -33,6 +35,7 @@ ASSETS = [
     validated_records,
     instruction_pairs,
     fine_tuned_model,
+    preference_tuned_model,
     model_evaluation,
     registered_model,
     champion_model,
@@ -51,9 +54,16 @@ ingest_job = dg.define_asset_job(
 finetune_job = dg.define_asset_job(
     "finetune",
     selection=dg.AssetSelection.assets(
-        base_model, instruction_pairs, fine_tuned_model, model_evaluation, registered_model, champion_model
+        base_model,
+        instruction_pairs,
+        fine_tuned_model,
+        preference_tuned_model,
+        model_evaluation,
+        registered_model,
+        champion_model,
     ),
-    description="All validated drops to a registered model: format, train, evaluate, register, promote.",
+    description="All validated drops to a registered model: format, train (SFT, then DPO when the method has it), "
+    "evaluate, register, promote.",
 )
 
 
@@ -65,6 +75,7 @@ def build_resources(settings: Settings, overrides: dict[str, dict] | None = None
         "state": StateStore(home=str(settings.home)),
         "landing": LandingZone(path=settings.landing_dir),
         "models": ModelLoader(base_model=settings.base_model),
+        "checkpoints": CheckpointStore(root=str(settings.home / "checkpoints")),
         "gx": GreatExpectations(project_dir=str(settings.home / "gx")),
         "mlflow_registry": MlflowRegistry(
             tracking_uri=settings.mlflow_tracking_uri,

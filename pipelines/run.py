@@ -10,7 +10,7 @@ import sys
 import dagster as dg
 
 from assets.domain.drops import DROPS
-from assets.domain.values import RegisteredVersion
+from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel
 from data_checks.promotion_gate import GATE_CHECK
 from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job
 from pipelines.settings import Settings
@@ -101,6 +101,19 @@ def summary(registered: RegisteredVersion, run_id: str, settings: Settings) -> s
     )
 
 
+def training_summary(candidate: TrainedModel, evaluation: Evaluation) -> str:
+    """How the candidate was trained (SFT, then DPO when there was one), and its preference scores."""
+    line = f"  Trained: {candidate.method}, adapter {candidate.adapter}; SFT {candidate.steps} steps"
+    if candidate.preference is not None:
+        stage = candidate.preference
+        line += f", DPO {stage.steps} steps on {stage.pairs} pairs (loss {stage.train_loss:.3f})"
+    if "preference_accuracy" in evaluation.tuned:
+        base, tuned = evaluation.base["preference_accuracy"], evaluation.tuned["preference_accuracy"]
+        pairs = evaluation.preference_pairs
+        line += f"\n  preference_accuracy on {pairs} held-out pairs: base {base:.3f} -> tuned {tuned:.3f}"
+    return line
+
+
 def main() -> int:
     settings = Settings.from_env().prepare()
     defs = build_definitions(settings)
@@ -112,6 +125,9 @@ def main() -> int:
         print("\n".join(problems))
         return 1
     print(summary(result.output_for_node("registered_model"), result.run_id, settings))
+    print(
+        training_summary(result.output_for_node("preference_tuned_model"), result.output_for_node("model_evaluation"))
+    )
     others = [p for p in problems if "promotion_gate" not in p and "registered_model" not in p]
     if others:
         print("Problems along the way (the run went on without them):\n" + "\n".join(others))

@@ -20,9 +20,10 @@ DEFAULT_RETRAIN_CRON = "0 6 * * 1"
 
 
 # The Dagster instance under FT_HOME: one run at a time in each concurrency pool (the training
-# pool holds fine_tuned_model and model_evaluation), no telemetry. Run monitoring (in the daemon)
-# fails runs whose worker process died and frees their pool slots, so a killed run does not hold
-# the training pool forever; `make run` does the same for its own runs (pipelines/stale_runs.py).
+# pool holds fine_tuned_model, preference_tuned_model and model_evaluation), no telemetry. Run
+# monitoring (in the daemon) fails runs whose worker process died and frees their pool slots, so a
+# killed run does not hold the training pool forever; `make run` does the same for its own runs
+# (pipelines/stale_runs.py).
 DAGSTER_INSTANCE_YAML = """\
 concurrency:
   pools:

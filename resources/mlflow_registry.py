@@ -94,8 +94,8 @@ class TrackedRun:
     def log_params(self, params: dict[str, str]) -> None:
         self._mlflow.log_params(params)
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        self._mlflow.log_metrics(metrics)
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._mlflow.log_metrics(metrics, step=step)
 
     def log_series(self, name: str, points: list[tuple[int, float]] | tuple) -> None:
         """A metric over steps, such as the training loss curve."""
@@ -167,11 +167,26 @@ class MlflowRegistry(dg.ConfigurableResource):
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     @contextmanager
-    def start_run(self, run_name: str, tags: dict[str, str]) -> Iterator[TrackedRun]:
-        """An MLflow run that ends FINISHED on success and FAILED on error, never left RUNNING."""
+    def start_run(self, run_name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[TrackedRun]:
+        """An MLflow run that ends FINISHED on success and FAILED on error, never left RUNNING
+        (unless its process is killed). With `run_id`, that existing run is reopened and continued."""
         mlflow = self._connect()
+        if run_id is not None:
+            with mlflow.start_run(run_id=run_id) as run:
+                mlflow.set_tags(tags)
+                yield TrackedRun(mlflow, run)
+            return
         with mlflow.start_run(run_name=run_name, tags=tags) as run:
             yield TrackedRun(mlflow, run)
+
+    def run_exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client().get_run(run_id)
+        except MlflowException:
+            return False
+        return True
 
     def register_version(self, model_uri: str, tags: dict[str, str], description: str) -> str:
         """A new version of the registered model from a logged model; returns its number."""

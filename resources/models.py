@@ -80,12 +80,37 @@ class ModelLoader(dg.ConfigurableResource):
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
-    def load_model(self, path: str, dtype: str = "float32"):
+    def load_model(self, path: str, dtype: str = "float32", quantization_config=None):
+        """A causal LM from a local folder on the device; with `quantization_config` (qlora's 4-bit
+        bitsandbytes settings) it is quantized as it loads, straight onto the GPU."""
         import torch
         from transformers import AutoModelForCausalLM
 
+        if quantization_config is not None:
+            # A bitsandbytes model is placed while it loads and cannot be moved afterwards.
+            return AutoModelForCausalLM.from_pretrained(
+                path, dtype=getattr(torch, dtype), quantization_config=quantization_config,
+                device_map={"": self.resolved_device()},
+            )  # fmt: skip
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         return model.to(self.resolved_device())
+
+    def save_trained(self, model, tokenizer, adapter_dir: Path | None, merged_dir: Path, atomic_dir, starts_from: str):
+        """Write what a training made, each folder through `atomic_dir` (`StateStore.atomic_dir`): the
+        PEFT adapter alone into `adapter_dir` (when `model` has one), and into `merged_dir` a plain
+        model for serving: the adapter merged into the weights it was trained on (`starts_from`), or
+        the fully trained model itself. A 4-bit (qlora) model's adapter is merged into a full-precision
+        load of `starts_from` instead: 4-bit weights do not take the merge losslessly."""
+        if adapter_dir is not None:
+            with atomic_dir(adapter_dir) as scratch:
+                model.save_pretrained(scratch)
+                tokenizer.save_pretrained(scratch)
+        if adapter_dir is not None and getattr(model, "is_loaded_in_4bit", False):
+            model = self.with_adapter(self.load_model(starts_from), str(adapter_dir))
+        plain = model.merge_and_unload() if adapter_dir is not None else model
+        with atomic_dir(merged_dir) as scratch:
+            plain.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
 
     def with_adapter(self, model, adapter_dir: str):
         """`model` wrapped with the PEFT adapter saved in `adapter_dir` (adapter name 'default')."""

@@ -87,12 +87,13 @@ def run_all(settings, overrides=None, instance=None):
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, tiny_model_dir):
     """Two runs of the whole job. A tiny random model learns nothing, so both runs lower the bar over
-    the base (margin -1): the first becomes champion, the second must still beat the first."""
+    the base (margin -1, on the primary metric and on preference accuracy): the first becomes
+    champion, the second must still beat the first."""
     home = tmp_path_factory.mktemp("ft_home")
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, str(tiny_model_dir)).prepare()
-    lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0}}
+    lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0, "min_preference_gain": -1.0}}
     defs, instance, first, _ = run_all(settings, lower_bar)
     _, _, second, _ = run_all(settings, lower_bar, instance)
     job = defs.resolve_job_def("finetune")

@@ -10,6 +10,7 @@ ASSET_KEYS = {
     "rejected_records",
     "instruction_pairs",
     "fine_tuned_model",
+    "preference_tuned_model",
     "model_evaluation",
     "registered_model",
     "champion_model",
@@ -57,6 +58,8 @@ def test_lineage_runs_from_raw_data_to_the_registry(tmp_path):
     assert graph.get(dg.AssetKey("instruction_pairs")).partitions_def is None
     assert parents("instruction_pairs") == {"validated_records"}
     assert parents("fine_tuned_model") == {"base_model", "instruction_pairs"}
-    assert parents("model_evaluation") == {"base_model", "fine_tuned_model", "instruction_pairs"}
-    assert {"fine_tuned_model", "model_evaluation", "rejected_records"} <= parents("registered_model")
+    assert parents("preference_tuned_model") == {"base_model", "fine_tuned_model", "instruction_pairs"}
+    assert parents("model_evaluation") == {"base_model", "preference_tuned_model", "instruction_pairs"}
+    assert {"preference_tuned_model", "model_evaluation", "rejected_records"} <= parents("registered_model")
+    assert "fine_tuned_model" not in parents("registered_model"), "the candidate is registered, not the SFT stage"
     assert parents("champion_model") == {"registered_model"}

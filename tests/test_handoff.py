@@ -85,7 +85,7 @@ def test_served_champion_answers_a_chat_request_with_the_tuned_models_reply(serv
     body = {"dataframe_records": [{"messages": MESSAGES}], "params": {"max_new_tokens": 12, "temperature": 0.0}}
     (reply,) = post(server + "/invocations", body)["predictions"]
     assert reply["role"] == "assistant"
-    merged = pipeline["first"].output_for_node("fine_tuned_model").merged_dir
+    merged = pipeline["first"].output_for_node("preference_tuned_model").merged_dir
     assert reply["content"] == local_reply(merged, 12)
 
 
@@ -94,7 +94,7 @@ def test_generation_params_are_taken_per_request(server, pipeline):
         server + "/invocations", {"dataframe_records": [{"messages": MESSAGES}], "params": {"max_new_tokens": 2}}
     )
     (reply,) = short["predictions"]
-    merged = pipeline["first"].output_for_node("fine_tuned_model").merged_dir
+    merged = pipeline["first"].output_for_node("preference_tuned_model").merged_dir
     assert reply["content"] == local_reply(merged, 2) and reply["finish_reason"] == "length"
     sampled = {"dataframe_records": [{"messages": MESSAGES}], "params": {"max_new_tokens": 12, "temperature": 1.5}}
     answers = {post(server + "/invocations", sampled)["predictions"][0]["content"] for _ in range(4)}

@@ -1,8 +1,17 @@
+from dataclasses import replace
+
 import pytest
 
 from assets.domain.lineage import DataCounts, RunLineage, model_card
 from assets.domain.metrics import extract_answer, mean_scores, metrics_table, score_answer, task_type
-from assets.domain.values import ChampionScores, Evaluation, GateVerdict, PairsSummary, TrainedModel
+from assets.domain.values import (
+    ChampionScores,
+    Evaluation,
+    GateVerdict,
+    PairsSummary,
+    PreferenceStage,
+    TrainedModel,
+)
 from assets.model_evaluation import generation_budget
 from data_checks.promotion_gate import GateConfig, gate_verdict
 from resources.mlflow_registry import is_transient
@@ -92,6 +101,34 @@ def test_gate_checks_base_champion_and_forgetting(kwargs, gate, passed, phrase):
     assert [c.passed for c in verdict.criteria if not c.passed] == ([] if passed else [False])
 
 
+@pytest.mark.parametrize(
+    ("method", "accuracy", "gain", "passed", "phrase"),
+    [
+        ("sft+dpo", (0.5, 0.8), 0.0, True, "preference_accuracy vs base: 0.8000 (>= 0.5000 + 0.0)"),
+        ("dpo", (0.5, 0.5), 0.0, True, "preference_accuracy vs base: 0.5000 (>= 0.5000 + 0.0)"),
+        ("sft+dpo", (0.6, 0.4), 0.0, False, "preference_accuracy vs base: 0.4000, needs >= 0.6000 + 0.0"),
+        ("sft+dpo", (0.5, 0.6), 0.2, False, "needs >= 0.5000 + 0.2"),
+        ("sft", (0.6, 0.4), 0.0, True, None),
+    ],
+)
+def test_gate_holds_a_preference_trained_version_to_the_base_preference_accuracy(
+    method, accuracy, gain, passed, phrase
+):
+    scored = replace(evaluation(preference_accuracy=accuracy), method=method, preference_pairs=6)
+    verdict = gate_verdict(scored, GateConfig(min_preference_gain=gain))
+    assert verdict.passed is passed
+    names = [c.criterion for c in verdict.criteria]
+    if phrase is None:
+        assert "preference_accuracy vs base" not in names, "a version not trained on preferences is not held to it"
+    else:
+        assert phrase in verdict.reason and names[-1] == "preference_accuracy vs base"
+
+
+def test_no_held_out_pairs_means_no_preference_criterion():
+    verdict = gate_verdict(replace(evaluation(), method="sft+dpo"), GateConfig())
+    assert verdict.passed and "preference" not in verdict.reason
+
+
 PASSED = GateVerdict(True, "beats base", ())
 
 
@@ -137,6 +174,31 @@ def test_every_view_of_a_run_states_the_same_facts():
     metadata = record.dagster_metadata("7", "mlflow-run")
     assert metadata["version"] == 7 and metadata["model_uri"] == "models:/m/7" and not metadata["gate_passed"]
     assert "Gate: **not passed** (vs champion v3: too low)" in model_card(record, "v7")
+
+
+def test_a_preference_trained_version_states_its_method_adapter_and_dpo_stage():
+    record = lineage()
+    stage = PreferenceStage(pairs=30, steps=8, beta=0.1, learning_rate=1e-4, train_loss=0.6, train_seconds=30.0,
+                            reward_accuracy=0.75, loss_curve=((1, 0.69), (8, 0.5)))  # fmt: skip
+    trained = replace(
+        record.trained, method="sft+dpo", adapter="dora", adapter_base_dir="/sft/merged", preference=stage
+    )
+    record = replace(
+        record, trained=trained, evaluation=replace(record.evaluation, method="sft+dpo", preference_pairs=5)
+    )
+    params, tags, metrics = record.mlflow_params(), record.version_tags(), record.mlflow_metrics()
+    assert (params["train.method"], params["train.adapter"]) == (tags["train.method"], tags["train.adapter"])
+    assert (params["train.method"], params["train.adapter"]) == ("sft+dpo", "dora")
+    assert (params["dpo.steps"], params["dpo.beta"], params["dpo.pairs"]) == ("8", "0.1", "30")
+    assert metrics["dpo.loss_mean"] == 0.6 and metrics["dpo.reward_accuracy"] == 0.75
+    assert tags["model.adapter_on"] == "sft_model", "the adapter applies to the SFT model, not the base"
+    card = model_card(record, "v2")
+    assert "then preference training (TRL DPOTrainer)" in card and "adapter\n`dora`" in card
+    assert "DPO: 8 steps on 30 preference pairs, beta 0.1; scored on 5 held-out pairs" in card
+    sft_only = lineage()
+    assert sft_only.version_tags()["model.adapter_on"] == "base_model" and "dpo.steps" not in sft_only.mlflow_params()
+    full = replace(sft_only, trained=replace(sft_only.trained, adapter="full", adapter_dir=None))
+    assert full.version_tags()["model.adapter_on"] == "none"
 
 
 def test_only_unreachable_tracking_servers_are_retried():

@@ -83,7 +83,7 @@ def mixed(tmp_path_factory, tiny_model_dir):
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, str(tiny_model_dir), landing=landing).prepare()
     # a tiny random model learns nothing: lower the gate so the run completes end to end
-    lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0}}
+    lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0, "min_preference_gain": -1.0}}
     _, instance, result, problems = run_all(settings, lower_bar)
     yield settings, result, instance, problems
     mp.undo()
@@ -164,3 +164,7 @@ def test_multi_turn_and_preference_examples_keep_their_shape(mixed):
     trained = result.output_for_node("fine_tuned_model")
     sft_train = pairs[(pairs["kind"] == "sft") & (pairs["split"] == "train")]
     assert trained.train_examples == len(sft_train)
+    # the pairs in the train split go to DPO, on top of the SFT model (method auto)
+    candidate, train_pairs = result.output_for_node("preference_tuned_model"), int((prefs["split"] == "train").sum())
+    assert candidate.method == ("sft+dpo" if train_pairs else "sft")
+    assert (candidate.preference.pairs if candidate.preference else 0) == train_pairs

@@ -68,7 +68,7 @@ def test_first_run_promotes_and_second_is_stopped_by_the_gate(pipeline):
 
 def test_every_drop_is_ingested_once_with_its_checks(pipeline):
     instance = pipeline["instance"]
-    drops = ["2026-01-05", "2026-01-12", "2026-01-19"]
+    drops = ["2026-01-05", "2026-01-12", "2026-01-19", "2026-01-26"]
     assert sorted(instance.get_materialized_partitions(dg.AssetKey("validated_records"))) == drops
     records = instance.fetch_materializations(dg.AssetKey("raw_records"), limit=100).records
     assert sorted(r.partition_key for r in records) == drops, "the second make run ingested nothing again"
@@ -78,7 +78,7 @@ def test_every_drop_is_ingested_once_with_its_checks(pipeline):
         for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
             evaluation = entry.dagster_event.event_specific_data
             checks[(drop, evaluation.asset_check_key.name)] = evaluation.passed
-    assert len(checks) == 9, "three checks on each of the three drops, each evaluated once"
+    assert len(checks) == 12, "three checks on each of the four drops, each evaluated once"
     assert all(passed for (drop, name), passed in checks.items() if name != "personal_data_scan")
     # two sample tickets in the second drop carry contact details: a warning there only
     assert [d for (d, name), passed in checks.items() if name == "personal_data_scan" and not passed] == ["2026-01-12"]
@@ -124,7 +124,7 @@ def test_mlflow_run_carries_the_contract(pipeline):
     assert set(run.data.params) >= REQUIRED_PARAMS
     assert run.data.params["preset"] == "smoke"
     params = run.data.params
-    assert [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")] == ["400", "396", "4", "2"]
+    assert [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")] == ["436", "432", "4", "2"]
     assert int(params["data.train_rows"]) + int(params["data.eval_rows"]) <= 394
     evaluation = pipeline["first"].output_for_node("model_evaluation")
     for metric in evaluation.tuned:
@@ -135,7 +135,7 @@ def test_mlflow_run_carries_the_contract(pipeline):
     assert params["eval.max_new_tokens"] == "24", "the smoke preset sets the budget"
     assert {"base.generations_cut", "tuned.generations_cut"} <= set(run.data.metrics)
     assert version.tags["dagster.run_id"] == pipeline["first"].run_id
-    assert version.tags["data.drops"] == "2026-01-05,2026-01-12,2026-01-19"
+    assert version.tags["data.drops"] == "2026-01-05,2026-01-12,2026-01-19,2026-01-26"
     assert len(version.tags["data.train_set_hash"]) == 16
     assert [m.step for m in c.get_metric_history(run.info.run_id, "train.loss")] == [1, 2, 3]
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
@@ -177,10 +177,67 @@ def test_an_asset_rematerializes_alone_from_stored_upstream(pipeline):
     assert evaluation.eval_examples == 3
     # max_new_tokens 0: the budget comes from the three reference answers' token lengths
     tokenizer = AutoTokenizer.from_pretrained(pipeline["first"].output_for_node("base_model"))
-    pairs = pipeline["first"].output_for_node("instruction_pairs").frame(where=[("split", "=", "eval")])
+    pairs = (
+        pipeline["first"]
+        .output_for_node("instruction_pairs")
+        .frame(where=[("split", "=", "eval"), ("kind", "=", "sft")])
+    )
     references = [c[-1]["content"] for c in pairs.sort_values("example_id")["messages"].head(3)]
     assert evaluation.max_new_tokens == generation_budget(tokenizer, references, 256)
     assert set(evaluation.generations_cut) >= {"base", "tuned"} and all(
         0 <= n <= 3 for n in evaluation.generations_cut.values()
     )
     assert [e.step_key for e in result.get_step_success_events()] == ["model_evaluation"]
+
+
+def test_same_seed_data_and_config_train_the_same_curve_and_weights(pipeline):
+    """The two runs of the fixture train the same setup from scratch (a finished training leaves no
+    checkpoint to resume): the loss curves and the adapter weights are identical."""
+    first, second = (pipeline[k].output_for_node("fine_tuned_model") for k in ("first", "second"))
+    assert first.resumed_from_step is None and second.resumed_from_step is None
+    assert first.loss_curve == second.loss_curve and len(first.loss_curve) == 3
+    a, b = (load_file(f"{t.adapter_dir}/adapter_model.safetensors") for t in (first, second))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert not list((pipeline["settings"].home / "checkpoints").glob("*/checkpoint-*")), "finished: none kept"
+
+
+def test_the_version_points_at_the_run_its_training_reported_to(pipeline):
+    settings = pipeline["settings"]
+    trained = pipeline["first"].output_for_node("fine_tuned_model")
+    version = client(settings).get_model_version(settings.model_name, "1")
+    assert version.run_id == trained.mlflow_run_id
+    run = client(settings).get_run(version.run_id)
+    assert run.info.status == "FINISHED" and "train.learning_rate" in run.data.metrics
+    assert "train.resumed_from_step" not in run.data.tags
+
+
+def test_preference_pairs_train_dpo_on_the_sft_model_and_reach_evaluation_and_the_gate(pipeline):
+    """The sample's preference drop: method auto becomes sft+dpo; DPO trains a new adapter on the
+    merged SFT model; evaluation scores preference pairs; MLflow and the gate see them."""
+    first, settings = pipeline["first"], pipeline["settings"]
+    sft, candidate = first.output_for_node("fine_tuned_model"), first.output_for_node("preference_tuned_model")
+    assert sft.method == candidate.method == "sft+dpo" and sft.preference is None
+    assert candidate.adapter == "lora" and candidate.adapter_base_dir == sft.merged_dir
+    assert candidate.adapter_dir != sft.adapter_dir and candidate.merged_dir != sft.merged_dir
+    assert not candidate.adapter_applies_to(first.output_for_node("base_model")), "its adapter is on the SFT model"
+    assert candidate.mlflow_run_id == sft.mlflow_run_id, "one MLflow run holds both stages"
+    prefs = first.output_for_node("instruction_pairs").frame(where=[("kind", "=", "preference")])
+    assert candidate.preference.pairs == int((prefs["split"] == "train").sum()) > 20
+    assert candidate.preference.steps == 2 and candidate.preference.beta == 0.1, "the smoke preset's DPO"
+    evaluation = first.output_for_node("model_evaluation")
+    assert evaluation.method == "sft+dpo"
+    assert evaluation.preference_pairs == min(6, int((prefs["split"] == "eval").sum())) > 0
+    version = client(settings).get_model_version(settings.model_name, "1")
+    run = client(settings).get_run(version.run_id)
+    assert (run.data.params["train.method"], run.data.params["train.adapter"]) == ("sft+dpo", "lora")
+    assert run.data.params["dpo.steps"] == "2" and version.tags["model.adapter_on"] == "sft_model"
+    for who in ("base", "tuned"):
+        assert 0 <= run.data.metrics[f"{who}.preference_accuracy"] <= 1
+        assert run.data.metrics[f"{who}.preference_margin"] == pytest.approx(
+            getattr(evaluation, who)["preference_margin"]
+        )
+    assert [m.step for m in client(settings).get_metric_history(run.info.run_id, "dpo.loss")] == [1, 2]
+    criteria = {c.criterion: c for c in first.output_for_node("registered_model").gate.criteria}
+    preference = criteria["preference_accuracy vs base"]
+    assert preference.value == evaluation.tuned["preference_accuracy"]
+    assert preference.threshold == f">= {evaluation.base['preference_accuracy']:.4f} + -1.0"

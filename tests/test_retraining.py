@@ -16,7 +16,14 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.integration
 
 DROPS = ["2026-01-05", "2026-01-12", "2026-01-19"]
-TRAINING = ["instruction_pairs", "fine_tuned_model", "model_evaluation", "registered_model", "champion_model"]
+TRAINING = [
+    "instruction_pairs",
+    "fine_tuned_model",
+    "preference_tuned_model",
+    "model_evaluation",
+    "registered_model",
+    "champion_model",
+]
 
 
 class Loop:

@@ -85,12 +85,14 @@ def test_overrides_go_over_the_preset():
 
 def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
     config = TrainingConfig(lora_target_modules="q_proj, v_proj", bf16=False, max_steps=7)
-    sft, lora = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
+    setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
+    sft, lora = setup.sft, setup.peft
     assert sft.max_steps == 7 and sft.max_length == 99
     # the dataset arrives tokenized with its assistant mask (tools, turn weights); TRL labels from it
     assert sft.assistant_only_loss is False
     assert sft.bf16 is False and sft.gradient_checkpointing is False
-    assert sft.save_strategy == "no" and sft.report_to == []
+    assert (sft.save_strategy, sft.save_steps, sft.save_total_limit) == ("steps", 10, 2) and sft.report_to == []
+    assert trainer_configs(TrainingConfig(save_steps=0), tmp_path, 128, use_cpu=True).sft.save_strategy == "no"
     assert sorted(lora.target_modules) == ["q_proj", "v_proj"]
     assert lora.r == 16 and lora.lora_alpha == 32
 

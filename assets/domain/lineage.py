@@ -13,6 +13,22 @@ from assets.domain.values import Evaluation, GateVerdict, PairsSummary, TrainedM
 
 # How many trailing path parts name a Great Expectations result in a version tag.
 VALIDATION_PATH_PARTS = 3
+# The version tag saying what the logged `adapter` applies to: "base_model" (the version's base),
+# "sft_model" (its SFT stage's merged model, after sft+dpo) or "none" (all weights were trained).
+ADAPTER_ON_TAG = "model.adapter_on"
+# How each training method reads in the model card.
+METHOD_WORDS = {
+    "sft": "supervised fine-tuning (TRL SFTTrainer)",
+    "dpo": "preference training on the base model (TRL DPOTrainer)",
+    "sft+dpo": "supervised fine-tuning (TRL SFTTrainer), then preference training (TRL DPOTrainer) on the SFT model",
+}
+
+
+def adapter_on(trained: TrainedModel, base_model: str) -> str:
+    """What `trained`'s adapter applies to, as the ADAPTER_ON_TAG value."""
+    if trained.adapter_dir is None:
+        return "none"
+    return "base_model" if trained.adapter_applies_to(base_model) else "sft_model"
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,14 @@ class RunLineage:
             "train.device": trained.device,
             "eval.max_new_tokens": ev.max_new_tokens,
             **{f"train.{k}": v for k, v in trained.settings.items()},
+            # What ran ('auto' resolved), over the setting of the same name.
+            "train.method": trained.method,
+            "train.adapter": trained.adapter,
         }
+        if trained.preference is not None:
+            stage = trained.preference
+            params |= {"dpo.pairs": stage.pairs, "dpo.steps": stage.steps, "dpo.beta": stage.beta}
+            params["dpo.learning_rate"] = stage.learning_rate
         return {k: str(v) for k, v in params.items()}
 
     def mlflow_metrics(self) -> dict[str, float]:
@@ -85,6 +108,10 @@ class RunLineage:
         metrics |= {f"generation.tokens_per_second.{k}": v for k, v in ev.generation_tokens_per_second.items()}
         metrics |= {f"{k}.generations_cut": v for k, v in ev.generations_cut.items()}
         metrics |= {"train.loss_mean": trained.train_loss, "train.seconds": trained.train_seconds}
+        if trained.preference is not None:
+            metrics |= {"dpo.loss_mean": trained.preference.train_loss, "dpo.seconds": trained.preference.train_seconds}
+            if trained.preference.reward_accuracy is not None:
+                metrics["dpo.reward_accuracy"] = trained.preference.reward_accuracy
         return metrics
 
     def run_tags(self) -> dict[str, str]:
@@ -109,6 +136,9 @@ class RunLineage:
             "data.validations": json.dumps(validations),
             "base_model": self.base_model,
             "preset": self.trained.preset,
+            "train.method": self.trained.method,
+            "train.adapter": self.trained.adapter,
+            ADAPTER_ON_TAG: adapter_on(self.trained, self.base_model),
             "eval.primary_metric": ev.primary_metric,
             f"eval.{ev.primary_metric}": f"{ev.tuned_primary:.4f}",
             **self.gate_tags(),
@@ -129,6 +159,17 @@ class RunLineage:
         }
 
 
+def preference_line(lineage: RunLineage) -> str:
+    """The card's sentence on preference training and its held-out pairs, when there was any."""
+    stage, ev = lineage.trained.preference, lineage.evaluation
+    if stage is None:
+        return ""
+    line = f"\n\nDPO: {stage.steps} steps on {stage.pairs} preference pairs, beta {stage.beta}"
+    if ev.preference_pairs:
+        line += f"; scored on {ev.preference_pairs} held-out pairs (preference_accuracy, preference_margin above)"
+    return line + "."
+
+
 def model_card(lineage: RunLineage, title: str) -> str:
     """The markdown card logged with each version: data, metrics against base, intended use, limits."""
     ev, data, gate = lineage.evaluation, lineage.data, lineage.gate
@@ -136,8 +177,9 @@ def model_card(lineage: RunLineage, title: str) -> str:
     name, base_model = lineage.model_name, lineage.base_model
     return f"""# {name} {title}
 
-Fine-tuned from `{base_model}` with a LoRA adapter (TRL SFTTrainer), preset `{lineage.trained.preset}`, by the
-fine-tuning pipeline. Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).
+Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, lineage.trained.method)}, adapter
+`{lineage.trained.adapter}`, preset `{lineage.trained.preset}`, by the fine-tuning pipeline.
+Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).
 
 ## Data
 - Drops: {",".join(data.drops)}
@@ -150,7 +192,7 @@ fine-tuning pipeline. Gate: **{"passed" if gate.passed else "not passed"}** ({ga
 ## Evaluation ({ev.task_type} task, primary metric `{ev.primary_metric}`)
 {metrics_table(ev.base, ev.tuned, ev.primary_metric, champion)}
 
-Forgetting: perplexity on a general-text probe changed by {ev.forgetting_pct:+.1f}%.
+Forgetting: perplexity on a general-text probe changed by {ev.forgetting_pct:+.1f}%.{preference_line(lineage)}
 
 ## Intended use
 Answering prompts like those in its training data (same instruction style, same task), through

@@ -1,10 +1,11 @@
 """What each stage hands the next: small frozen values with named fields, defined once.
 
 The data stages hand over `RecordSet`s (rows on disk, `resources/records.py`) whose `summary` is one
-of the summaries below; the model stages hand over `TrainedModel` -> `Evaluation` ->
-`RegisteredVersion` -> `ChampionVersion`. The Dagster IO manager pickles these values, the gate,
-the model card and `pipelines/run.py` read them by attribute, so a reader can follow a value by its
-type from the asset that makes it to every asset that uses it.
+of the summaries below; the model stages hand over `TrainedModel` (SFT) -> `TrainedModel` (the
+candidate, after DPO when there was one) -> `Evaluation` -> `RegisteredVersion` -> `ChampionVersion`.
+The Dagster IO manager pickles these values, the gate, the model card and `pipelines/run.py` read
+them by attribute, so a reader can follow a value by its type from the asset that makes it to every
+asset that uses it.
 """
 
 from dataclasses import dataclass, field
@@ -59,10 +60,31 @@ class PairsSummary:
 
 
 @dataclass(frozen=True)
-class TrainedModel:
-    """What `fine_tuned_model` made: the adapter and merged folders, and how they were trained."""
+class PreferenceStage:
+    """What the DPO stage of `preference_tuned_model` did, on top of the model it started from."""
 
-    adapter_dir: str
+    pairs: int
+    """Preference pairs in the train split."""
+    steps: int
+    beta: float
+    learning_rate: float
+    train_loss: float
+    """Mean DPO loss over the stage (log 2 = 0.693 at the start: the policy equals its reference)."""
+    train_seconds: float
+    reward_accuracy: float | None = None
+    """Share of the last logged batch's pairs whose chosen reply the policy preferred over the reference."""
+    loss_curve: tuple[tuple[int, float], ...] = ()
+    """(step, DPO loss) as logged."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained model and how it was made: what `fine_tuned_model` (the SFT stage) made, and what
+    `preference_tuned_model` hands on as the candidate (that SFT model, or DPO on top of it, with
+    `preference` set). The fields before `loss_curve` describe the SFT stage."""
+
+    adapter_dir: str | None
+    """The PEFT adapter's folder; None for adapter 'full' (every weight trained: see merged_dir)."""
     merged_dir: str
     loss_curve_png: str
     preset: str
@@ -76,6 +98,26 @@ class TrainedModel:
     train_seconds: float
     loss_curve: tuple[tuple[int, float], ...] = ()
     """(step, training loss) as logged."""
+    mlflow_run_id: str | None = None
+    """The MLflow run the training reported to as it trained; registration completes that run."""
+    resumed_from_step: int | None = None
+    """The checkpoint step a killed training was resumed from, or None when it ran uninterrupted."""
+    method: str = "sft"
+    """How the model was trained: 'sft', 'dpo' or 'sft+dpo' ('auto' resolved). In the SFT stage's
+    value of a 'dpo' run no SFT ran (steps 0; merged_dir is the base model)."""
+    adapter: str = "lora"
+    """lora, dora, rslora, qlora (an adapter in adapter_dir) or full (no adapter)."""
+    adapter_base_dir: str = ""
+    """The folder whose weights the adapter applies to: the base model, or for 'sft+dpo' the SFT
+    stage's merged model. Evaluation puts the adapter on the loaded base when this is the base;
+    otherwise it loads merged_dir."""
+    preference: PreferenceStage | None = None
+    """The DPO stage's figures, when there was one."""
+
+    def adapter_applies_to(self, base_model: str) -> bool:
+        """Whether adapter_dir is an adapter for the weights in `base_model` (a value made before
+        adapter_base_dir existed had its adapter on the base)."""
+        return self.adapter_dir is not None and self.adapter_base_dir in ("", base_model)
 
 
 @dataclass(frozen=True)
@@ -109,6 +151,15 @@ class Evaluation:
     """The generation budget every model had (configured, or derived from the references)."""
     generations_cut: dict[str, int] = field(default_factory=dict)
     """Per model (base, tuned, champion when re-scored): generations that hit max_new_tokens."""
+    method: str = "sft"
+    """How the tuned model was trained (`TrainedModel.method`); with DPO in it, the gate also
+    compares preference accuracy."""
+    preference_pairs: int = 0
+    """Held-out preference pairs scored for `preference_accuracy` and `preference_margin` (0: none)."""
+
+    @property
+    def trained_on_preferences(self) -> bool:
+        return "dpo" in self.method
 
     @property
     def base_primary(self) -> float:

@@ -4,6 +4,7 @@ Each file starts with a comment saying when to use it, then one section per stag
 `validation`, `split`, `training`, `evaluation`, `gate`). Values a preset does not name keep the
 stage's default, which is the `cpu` preset. The stage settings are Dagster resources, so every run
 uses the preset, whether launched by `make run`, the UI, the sensor, the schedule or automation.
+FT_PRESET may also be the path of a YAML file of your own (`FT_PRESET=./my-preset.yaml`).
 The Launchpad can set a stage's settings for one run (under `resources`); that replaces the stage's
 whole section, so name every value that should differ from the stage's defaults.
 """
@@ -34,10 +35,25 @@ def available() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+def preset_path(name: str) -> Path:
+    """A preset by name (a file in this folder) or by path (a YAML file of your own)."""
+    if name.endswith((".yaml", ".yml")):
+        return Path(name).expanduser().resolve()
+    return PRESETS_DIR / f"{name}.yaml"
+
+
+def preset_name(name: str) -> str:
+    """How a run names its preset: the bundled preset's name, or your file's stem."""
+    return preset_path(name).stem
+
+
 def load_preset(name: str) -> dict[str, dict]:
-    path = PRESETS_DIR / f"{name}.yaml"
+    path = preset_path(name)
     if not path.is_file():
-        raise ValueError(f"Unknown preset {name!r} (FT_PRESET). Available: {', '.join(available())}.")
+        raise ValueError(
+            f"Unknown preset {name!r} (FT_PRESET). Available: {', '.join(available())}, or the path of a "
+            "YAML file of your own with the same sections."
+        )
     values = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(values) - set(STAGES))
     if unknown:
@@ -58,6 +74,6 @@ def stage_resources(name: str, overrides: dict[str, dict] | None = None) -> dict
                 f"known: {', '.join(cls.model_fields)}."
             )
         if stage == "training":
-            merged.setdefault("preset", name)
+            merged.setdefault("preset", preset_name(name))
         resources[stage] = cls(**merged)
     return resources

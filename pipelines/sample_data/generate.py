@@ -10,7 +10,9 @@ rewrites `pipelines/sample_data/landing/`, and a test checks the committed files
 Three dated drops in two formats (JSONL, CSV) stand for data landing over time. A handful of rows
 are deliberately bad, for the quality gate to catch: an empty answer, a missing instruction, an
 exact and a case/whitespace duplicate, and an over-long ticket. Two tickets carry contact details,
-which the personal-data scan flags (a warning, not a rejection).
+which the personal-data scan flags (a warning, not a rejection). A fourth drop holds preference
+pairs on the same task (prompt, chosen, rejected): the right JSON chosen, the same JSON with one
+field wrong rejected, for the preference stage (DPO) and the preference evaluation.
 """
 
 import csv
@@ -93,6 +95,13 @@ URGENCY = {
     ],
 }
 
+# How many preference pairs the preference drop holds, and the seed they are drawn with (their own, so
+# the ticket drops stay as they are).
+PREFERENCE_PAIRS = 36
+PREFERENCE_SEED = SEED + 21
+# field of the triage JSON -> its possible values (a rejected reply takes another one)
+FIELD_VALUES = {"category": sorted(PROBLEMS), "priority": sorted(URGENCY), "product": sorted(PRODUCTS)}
+
 OPENERS = ["Hi,", "Hello support,", "Hey team,", "Good morning,", "Dear support,", ""]
 CLOSERS = ["Thanks, Dana", "Regards, Sam", "Cheers, Alex", "Best, Priya", "Thank you, Marco", ""]
 
@@ -125,12 +134,23 @@ def over_long_ticket(rng: random.Random) -> dict:
     return row
 
 
+def preference_pair(rng: random.Random) -> dict:
+    """One preference row: a ticket as the prompt, its right JSON chosen, and the same JSON with one
+    field given a wrong value rejected."""
+    row = ticket(rng)
+    answer = json.loads(row["output"])
+    field = rng.choice(sorted(answer))
+    wrong = {**answer, field: rng.choice([v for v in FIELD_VALUES[field] if v != answer[field]])}
+    return {"prompt": f"{row['instruction']}\n\n{row['input']}", "chosen": row["output"], "rejected": json.dumps(wrong)}
+
+
 def drops() -> dict[str, tuple[str, list[dict]]]:
     """Drop folder name -> (file name, rows), bad rows placed at fixed positions."""
     rng = random.Random(SEED)
     first = [ticket(rng) for _ in range(150)]
     second = [ticket(rng) for _ in range(130)]
     third = [ticket(rng) for _ in range(120)]
+    preference_rng = random.Random(PREFERENCE_SEED)
 
     first[17]["output"] = ""  # empty answer
     first[88]["instruction"] = ""  # missing instruction
@@ -147,6 +167,7 @@ def drops() -> dict[str, tuple[str, list[dict]]]:
         "2026-01-05": ("tickets.jsonl", first),
         "2026-01-12": ("tickets.csv", second),
         "2026-01-19": ("tickets.jsonl", third),
+        "2026-01-26": ("preferences.jsonl", [preference_pair(preference_rng) for _ in range(PREFERENCE_PAIRS)]),
     }
 
 

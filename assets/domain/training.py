@@ -1,0 +1,247 @@
+"""The training stages' settings, and their one mapping to TRL, PEFT and the model's load arguments.
+
+Shared, not an asset: `fine_tuned_model` (SFT) and `preference_tuned_model` (DPO) train from one
+`training` section of a preset, so the settings and `trainer_configs` live where both can read them.
+Each stage calls `trainer_configs` and takes its part (`sft` or `dpo`, with `peft` and `model_kwargs`).
+
+Methods (`method`): `sft` (supervised fine-tuning on the conversations), `dpo` (preference training
+on the base model, no SFT), `sft+dpo` (SFT, then DPO on the merged SFT model, which is also DPO's
+reference), `auto` (`sft+dpo` when the train split holds preference pairs, else `sft`).
+Adapters (`adapter`): `lora`, `dora` (LoRA with a learned magnitude per output), `rslora` (LoRA scaled
+by alpha/sqrt(r)), `full` (every weight trained, no adapter), `qlora` (LoRA on a 4-bit base loaded
+through bitsandbytes: CUDA only).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, field_validator
+
+METHODS = ("auto", "sft", "dpo", "sft+dpo")
+ADAPTERS = ("lora", "dora", "rslora", "full", "qlora")
+# Adapters trained as a PEFT LoRA adapter beside frozen base weights (all but `full`).
+LORA_ADAPTERS = ("lora", "dora", "rslora", "qlora")
+
+
+class TrainingConfig(dg.ConfigurableResource):
+    """Trainer and LoRA settings. Defaults are the `cpu` preset; presets override them by name."""
+
+    preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
+    method: str = Field(
+        default="auto",
+        description="What to train: 'sft' (supervised, on the conversations), 'dpo' (preference pairs only, "
+        "DPO on the base model), 'sft+dpo' (SFT, then DPO on the merged SFT model as its reference), or "
+        "'auto': 'sft+dpo' when the train split holds preference pairs, else 'sft'.",
+    )
+    adapter: str = Field(
+        default="lora",
+        description="What is trained: 'lora', 'dora' (LoRA plus a learned magnitude per output), 'rslora' "
+        "(LoRA scaled by alpha/sqrt(r), steadier at high rank), 'full' (every weight; use a learning rate "
+        "near 1e-5), or 'qlora' (LoRA on a 4-bit base through bitsandbytes; needs a CUDA GPU).",
+    )
+    max_steps: int = Field(default=50, description="Optimizer steps to train for.")
+    per_device_train_batch_size: int = Field(default=8, description="Examples per step and device.")
+    gradient_accumulation_steps: int = Field(default=1, description="Steps whose gradients are summed.")
+    learning_rate: float = Field(default=5e-4, description="Peak learning rate.")
+    lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name.")
+    warmup_steps: int = Field(default=10, description="Linear warm-up steps before the peak rate.")
+    weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
+    lora_r: int = Field(default=16, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(default=0.0, description="Dropout on the LoRA path.")
+    lora_target_modules: str = Field(
+        default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
+    )
+    bf16: bool = Field(default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU).")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations to save memory (costs ~20% speed)."
+    )
+    logging_steps: int = Field(default=5, description="Log the training loss every N steps.")
+    save_steps: int = Field(
+        default=10,
+        description="Checkpoint every N steps under FT_HOME/checkpoints/<setup>/; a training killed midway "
+        "resumes from the last checkpoint when launched again (0: no checkpoints).",
+    )
+    keep_checkpoints: int = Field(default=2, description="Checkpoints kept per training setup (the newest).")
+    seed: int = Field(default=0, description="Seed for adapter init and data order.")
+    dpo_max_steps: int = Field(
+        default=4, description="DPO optimizer steps (methods dpo and sft+dpo), each on dpo_batch_size pairs."
+    )
+    dpo_batch_size: int = Field(default=4, description="Preference pairs per DPO step and device.")
+    dpo_learning_rate: float = Field(
+        default=5e-5, description="Peak DPO learning rate (LoRA; use ~5e-7 to 5e-6 with adapter 'full')."
+    )
+    dpo_beta: float = Field(
+        default=0.1,
+        description="DPO's beta: how closely the tuned model is held to its reference (higher: closer).",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"training.method {value!r} is not one of {', '.join(METHODS)}.")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, value: str) -> str:
+        if value not in ADAPTERS:
+            raise ValueError(f"training.adapter {value!r} is not one of {', '.join(ADAPTERS)}.")
+        return value
+
+
+def resolve_method(method: str, preference_pairs: int) -> str:
+    """The method a run trains with, from the setting and the train split's preference pairs:
+    'auto' picks 'sft+dpo' when there are any, else 'sft'. DPO without pairs is refused."""
+    if method == "auto":
+        return "sft+dpo" if preference_pairs else "sft"
+    if "dpo" in method and not preference_pairs:
+        raise ValueError(
+            f"training.method {method!r} trains on preference pairs (rows with prompt/chosen/rejected, "
+            "kind 'preference'), and the train split holds none. Land preference data, or use method "
+            "'sft' or 'auto'."
+        )
+    return method
+
+
+def trains_sft(method: str) -> bool:
+    return method in ("sft", "sft+dpo")
+
+
+def trains_dpo(method: str) -> bool:
+    return method in ("dpo", "sft+dpo")
+
+
+def refuse_unsupported(config: TrainingConfig, use_cpu: bool) -> None:
+    """Stop before any model loads when the settings cannot run on this device."""
+    if config.adapter == "qlora" and use_cpu:
+        raise ValueError(
+            "training.adapter 'qlora' loads the base model in 4 bits through bitsandbytes, whose 4-bit "
+            "kernels need a CUDA GPU, and this run's device is the CPU. On a CPU use adapter 'lora' (the "
+            "same adapter on a full-precision base; a 135M model fits easily), or run on a GPU with "
+            "bitsandbytes installed (pip install bitsandbytes)."
+        )
+
+
+@dataclass(frozen=True)
+class TrainerSetup:
+    """What `trainer_configs` maps the settings to; each stage takes its part."""
+
+    sft: Any
+    """trl.SFTConfig for fine_tuned_model."""
+    dpo: Any
+    """trl.DPOConfig for preference_tuned_model."""
+    peft: Any | None
+    """peft.LoraConfig for every adapter but 'full' (None: all weights train)."""
+    model_kwargs: dict[str, Any]
+    """Extra arguments for loading the model trained on (`ModelLoader.load_model`): qlora's 4-bit
+    quantization; empty otherwise."""
+
+
+def trainer_configs(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool) -> TrainerSetup:
+    """The one mapping from our TrainingConfig to TRL's SFTConfig and DPOConfig, PEFT's LoraConfig
+    and the base model's load arguments. Refuses settings this device cannot run (qlora on a CPU)."""
+    refuse_unsupported(config, use_cpu)
+    return TrainerSetup(
+        sft=sft_config(config, output_dir, max_length, use_cpu),
+        dpo=dpo_config(config, output_dir, use_cpu),
+        peft=peft_config(config),
+        model_kwargs=model_kwargs(config),
+    )
+
+
+def sft_config(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        # SFTConfig turns both on by default, even on CPU: always decide explicitly.
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        # The dataset comes tokenized with its assistant mask (`training_dataset`): TRL builds the labels
+        # from that mask, so the loss stays on the assistant's tokens. TRL's own assistant_only_loss
+        # would re-render the messages itself and knows neither our tool rendering nor turn weights.
+        assistant_only_loss=False,
+        max_length=max_length,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.keep_checkpoints,
+        report_to="none",
+        seed=config.seed,
+        use_cpu=use_cpu,
+        disable_tqdm=True,
+    )
+
+
+def dpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool):
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(output_dir),
+        max_steps=config.dpo_max_steps,
+        per_device_train_batch_size=config.dpo_batch_size,
+        learning_rate=config.dpo_learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        beta=config.dpo_beta,
+        weight_decay=config.weight_decay,
+        # DPOConfig, like SFTConfig, defaults to bf16 and gradient checkpointing even on CPU.
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        # Validation bounded every pair's length already (max_tokens): nothing to cut.
+        max_length=None,
+        # A DPO stage is a few steps: log each one, so its curve has points.
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        use_cpu=use_cpu,
+        disable_tqdm=True,
+    )
+
+
+def peft_config(config: TrainingConfig):
+    """The LoRA adapter for every adapter kind but 'full': DoRA and rsLoRA are LoRA switches, and
+    QLoRA is plain LoRA over a 4-bit base (the quantization is in `model_kwargs`)."""
+    if config.adapter == "full":
+        return None
+    from peft import LoraConfig
+
+    targets = config.lora_target_modules
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        use_dora=config.adapter == "dora",
+        use_rslora=config.adapter == "rslora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def model_kwargs(config: TrainingConfig) -> dict[str, Any]:
+    """qlora: the base in 4-bit NF4 with double quantization (the QLoRA recipe), computing in
+    bfloat16 when bf16 is on; every other adapter loads the model as it is."""
+    if config.adapter != "qlora":
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float32,
+        )
+    }

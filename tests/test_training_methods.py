@@ -1,0 +1,241 @@
+"""Each adapter and method trains a few steps on the tiny Llama and does what it says: LoRA-style
+adapters move their adapter weights and leave the base weights alone, `full` moves the base
+weights, `qlora` is refused on a CPU before any model loads, and DPO widens the margin between the
+chosen and the rejected reply on the pairs it trained on. Plus the mapping of the settings to TRL
+and PEFT (the CUDA settings too, checked on the CPU), and how a run picks its method."""
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from assets.domain.preferences import chosen_conversations, reply_tokens
+from assets.domain.training import TrainingConfig, resolve_method, trainer_configs
+from assets.domain.values import TrainedModel
+from assets.fine_tuned_model import Checkpoints, save_models, train_adapter
+from assets.model_evaluation import candidate_model, preference_metrics
+from assets.preference_tuned_model import starting_point, train_preferences
+from resources.models import ModelLoader
+from resources.state import StateStore
+
+TICKETS = [
+    ("I was charged twice for PayFlow", "billing", "PayFlow"),
+    ("RouterX keeps crashing", "technical", "RouterX"),
+    ("I cannot log in to CloudDrive", "account", "CloudDrive"),
+    ("my Thermo has not arrived yet", "shipping", "Thermo"),
+]
+
+
+def prompt(text: str) -> list[dict]:
+    return [{"role": "system", "content": "Triage the ticket as JSON."}, {"role": "user", "content": text}]
+
+
+def answer(category: str, product: str) -> str:
+    return f'{{"category": "{category}", "product": "{product}"}}'
+
+
+@pytest.fixture(scope="module")
+def sft_rows() -> pd.DataFrame:
+    messages = [[*prompt(t), {"role": "assistant", "content": answer(c, p)}] for t, c, p in TICKETS * 2]
+    return pd.DataFrame({"messages": messages, "n_tokens": [64] * len(messages)})
+
+
+@pytest.fixture(scope="module")
+def pairs() -> pd.DataFrame:
+    """Right JSON chosen, a wrong category rejected."""
+    return pd.DataFrame(
+        {
+            "messages": [prompt(t) for t, _, _ in TICKETS * 2],
+            "chosen": [answer(c, p) for _, c, p in TICKETS * 2],
+            "rejected": [answer("feature_request", p) for _, _, p in TICKETS * 2],
+        }
+    )
+
+
+# The models `Loads` loaded, in order (a resource's own attributes are its config fields).
+LOADED: list[str] = []
+
+
+class Loads(ModelLoader):
+    """A ModelLoader on the CPU that remembers which models it loaded (in LOADED)."""
+
+    @property
+    def loaded(self) -> list[str]:
+        return LOADED
+
+    def load_model(self, path: str, dtype: str = "float32", quantization_config=None):
+        LOADED.append(path)
+        return super().load_model(path, dtype, quantization_config)
+
+
+def loader() -> Loads:
+    LOADED.clear()
+    return Loads(base_model="unused", device="cpu")
+
+
+def train_sft(config: TrainingConfig, base: str, rows: pd.DataFrame, folder):
+    return train_adapter(config, base, rows, loader(), Checkpoints(folder, None, None, TrainerCallback()))
+
+
+def quick(**settings) -> TrainingConfig:
+    """A few steps at a rate high enough to move a tiny model's weights visibly."""
+    defaults = {"max_steps": 3, "per_device_train_batch_size": 4, "warmup_steps": 0, "learning_rate": 1e-2}
+    return TrainingConfig(**{**defaults, "save_steps": 0, "logging_steps": 1, **settings})
+
+
+def base_weight_names(name: str) -> str:
+    """A PEFT parameter's name as it is in the base model's safetensors file."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+@pytest.mark.parametrize("adapter", ["lora", "dora", "rslora"])
+def test_adapters_train_their_own_weights_and_leave_the_base_alone(adapter, tiny_model_dir, sft_rows, tmp_path):
+    run = train_sft(quick(adapter=adapter), str(tiny_model_dir), sft_rows, tmp_path / "ckpt")
+    model, original = run.trainer.model, load_file(tiny_model_dir / "model.safetensors")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "LoRA B starts at zero; training must move it"
+    frozen = {base_weight_names(n): p for n, p in model.named_parameters() if "lora_" not in n}
+    assert frozen and all(not p.requires_grad for p in frozen.values())
+    for name, tensor in original.items():
+        if name in frozen:
+            assert torch.equal(frozen[name].detach().cpu(), tensor), f"base weight {name} changed"
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    magnitudes = [n for n, _ in model.named_parameters() if "lora_magnitude_vector" in n]
+    assert bool(magnitudes) is (adapter == "dora"), "DoRA learns a magnitude per output; the others do not"
+    scale = 32 / 16**0.5 if adapter == "rslora" else 32 / 16
+    assert layer.scaling["default"] == pytest.approx(scale), "rsLoRA scales by alpha/sqrt(r), LoRA by alpha/r"
+
+
+def test_full_fine_tuning_changes_the_base_weights_and_saves_no_adapter(tiny_model_dir, sft_rows, tmp_path):
+    run = train_sft(quick(adapter="full", learning_rate=1e-3), str(tiny_model_dir), sft_rows, tmp_path / "ckpt")
+    model, original = run.trainer.model, load_file(tiny_model_dir / "model.safetensors")
+    assert not hasattr(model, "peft_config")
+    trained = {n: p.detach().cpu() for n, p in model.named_parameters()}
+    changed = [n for n, t in original.items() if n in trained and not torch.equal(trained[n], t)]
+    assert any("q_proj" in n for n in changed) and any("mlp" in n for n in changed)
+    adapter_dir, merged_dir = save_models(run, tmp_path / "out", StateStore(home=str(tmp_path)), loader(), "unused")
+    assert adapter_dir is None and (merged_dir / "model.safetensors").is_file()
+    saved = load_file(merged_dir / "model.safetensors")
+    assert all(torch.equal(saved[n], trained[n]) for n in changed if n in saved)
+
+
+def test_qlora_on_a_cpu_is_refused_before_any_model_loads(tiny_model_dir, sft_rows, pairs, tmp_path):
+    models = loader()
+    with pytest.raises(ValueError, match="needs a CUDA GPU|kernels need a CUDA GPU") as refused:
+        train_adapter(
+            quick(adapter="qlora"), str(tiny_model_dir), sft_rows, models, Checkpoints(tmp_path, None, None, None)
+        )
+    assert "On a CPU use adapter 'lora'" in str(refused.value)
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        train_preferences(quick(adapter="qlora"), str(tiny_model_dir), pairs, models, tmp_path, print)
+    assert models.loaded == [], "refused before loading anything"
+
+
+def margin(model, tokenizer, pairs: pd.DataFrame) -> float:
+    triples = [
+        (*reply_tokens(tokenizer, m, c), reply_tokens(tokenizer, m, r)[1])
+        for m, c, r in zip(pairs["messages"], pairs["chosen"], pairs["rejected"])
+    ]
+    return preference_metrics(model, tokenizer.pad_token_id, triples, batch_size=4)["preference_margin"]
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_dpo_widens_the_chosen_minus_rejected_margin_on_its_pairs(adapter, tiny_model_dir, pairs, tmp_path):
+    models = loader()
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    before = margin(models.load_model(str(tiny_model_dir)).eval(), tokenizer, pairs)
+    rate = 5e-2 if adapter == "lora" else 1e-2
+    config = quick(adapter=adapter, dpo_max_steps=5, dpo_batch_size=4, dpo_learning_rate=rate)
+    run = train_preferences(config, str(tiny_model_dir), pairs, models, tmp_path, print)
+    after = margin(run.trainer.model.eval(), tokenizer, pairs)
+    assert after > before + 0.1, (before, after)
+    assert run.stage.steps == 5 and run.stage.beta == 0.1 and len(run.stage.loss_curve) == 5
+    assert run.stage.loss_curve[0][1] == pytest.approx(0.6931, abs=1e-3), "the policy starts equal to its reference"
+
+
+def test_dpo_starts_from_the_sft_model_or_the_base():
+    sft = TrainedModel(
+        adapter_dir="/sft/adapter", merged_dir="/sft/merged", loss_curve_png="", preset="cpu", settings={},
+        device="cpu", max_length=64, train_examples=8, steps=3, train_loss=1.0, train_seconds=1.0, method="sft+dpo",
+    )  # fmt: skip
+    assert starting_point("sft+dpo", sft, "/base") == "/sft/merged"
+    assert starting_point("dpo", sft, "/base") == "/base"
+    skipped = TrainedModel(**{**sft.__dict__, "method": "dpo", "adapter_dir": None, "merged_dir": "/base"})
+    with pytest.raises(ValueError, match="materialize fine_tuned_model again"):
+        starting_point("sft+dpo", skipped, "/base")
+
+
+def test_auto_picks_sft_plus_dpo_only_when_there_are_preference_pairs():
+    assert resolve_method("auto", preference_pairs=12) == "sft+dpo"
+    assert resolve_method("auto", preference_pairs=0) == "sft"
+    assert resolve_method("sft", preference_pairs=12) == "sft"
+    assert resolve_method("dpo", preference_pairs=3) == "dpo"
+    with pytest.raises(ValueError, match="holds none"):
+        resolve_method("sft+dpo", preference_pairs=0)
+
+
+def test_unknown_method_or_adapter_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="sft\\+dpo"):
+        TrainingConfig(method="rlhf")
+    with pytest.raises(ValueError, match="qlora"):
+        TrainingConfig(adapter="lokr")
+
+
+def test_preference_pairs_alone_train_sft_on_their_chosen_replies(pairs):
+    examples = chosen_conversations(pairs.assign(kind="preference"))
+    assert list(examples["kind"].unique()) == ["sft"]
+    first = examples["messages"].iloc[0]
+    assert first[:-1] == pairs["messages"].iloc[0]
+    assert first[-1] == {"role": "assistant", "content": pairs["chosen"].iloc[0]}
+
+
+@pytest.mark.parametrize("adapter", ["lora", "dora", "rslora", "qlora"])
+def test_cuda_mapping_of_lora_adapters_and_bf16(adapter, tmp_path, monkeypatch):
+    # TrainingArguments refuses bf16 off the CPU where no GPU supports it: stand in for a GPU that does.
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)
+    config = TrainingConfig(adapter=adapter, bf16=True, gradient_checkpointing=True, dpo_beta=0.3)
+    setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=False)
+    assert setup.sft.bf16 and setup.dpo.bf16 and setup.sft.gradient_checkpointing and setup.dpo.gradient_checkpointing
+    assert not setup.sft.use_cpu and not setup.dpo.use_cpu
+    assert (setup.peft.use_dora, setup.peft.use_rslora) == (adapter == "dora", adapter == "rslora")
+    assert setup.peft.r == 16 and setup.peft.lora_alpha == 32
+    if adapter == "qlora":
+        quantization = setup.model_kwargs["quantization_config"]
+        assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+        assert quantization.bnb_4bit_use_double_quant and quantization.bnb_4bit_compute_dtype == torch.bfloat16
+    else:
+        assert setup.model_kwargs == {}
+
+
+def test_dpo_and_full_mapping(tmp_path):
+    config = TrainingConfig(adapter="full", dpo_max_steps=7, dpo_batch_size=3, dpo_learning_rate=2e-6, dpo_beta=0.25)
+    setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
+    assert setup.peft is None and setup.model_kwargs == {}
+    dpo = setup.dpo
+    assert (dpo.max_steps, dpo.per_device_train_batch_size, dpo.learning_rate, dpo.beta) == (7, 3, 2e-6, 0.25)
+    assert not dpo.bf16 and not dpo.gradient_checkpointing and dpo.use_cpu, "DPOConfig's GPU defaults are off on CPU"
+    assert dpo.max_length is None and dpo.save_strategy == "no"
+
+
+def test_evaluation_loads_each_candidate_the_way_it_was_trained(tiny_model_dir, pairs, tmp_path):
+    """An adapter that applies to the base goes on the loaded base; anything else (an adapter on the
+    merged SFT model, all weights trained) is loaded from its merged folder."""
+    models = loader()
+    config = quick(dpo_max_steps=1, dpo_batch_size=4)
+    run = train_preferences(config, str(tiny_model_dir), pairs, models, tmp_path, print)
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    state = StateStore(home=str(tmp_path))
+    models.save_trained(run.trainer.model, run.tokenizer, adapter, merged, state.atomic_dir, str(tiny_model_dir))
+    candidate = TrainedModel(
+        adapter_dir=str(adapter), merged_dir=str(merged), loss_curve_png="", preset="smoke", settings={},
+        device="cpu", max_length=64, train_examples=8, steps=1, train_loss=1.0, train_seconds=1.0,
+        method="dpo", adapter_base_dir=str(tiny_model_dir),
+    )  # fmt: skip
+    base = models.load_model(str(tiny_model_dir))
+    models.loaded.clear()
+    on_base = candidate_model(models, base, candidate, str(tiny_model_dir))
+    assert hasattr(on_base, "peft_config") and models.loaded == []
+    on_sft = TrainedModel(**{**candidate.__dict__, "adapter_base_dir": "/sft/merged", "method": "sft+dpo"})
+    loaded = candidate_model(models, models.load_model(str(tiny_model_dir)), on_sft, str(tiny_model_dir))
+    assert not hasattr(loaded, "peft_config") and models.loaded[-1] == str(merged)
