@@ -112,12 +112,18 @@ def train_adapter(
 # Settings that change how a training reports or checkpoints, not what it learns: not in its key.
 NOT_IN_SETUP_KEY = ("preset", "logging_steps", "save_steps", "keep_checkpoints")
 SETUP_KEY_CHARS = 16
+# The preference stage's settings: they do not change what SFT learns, so not in an SFT setup's key.
+DPO_SETTINGS = "dpo_"
 
 
 def setup_key(training: TrainingConfig, train_set_hash: str, base_model: str, stage: str = "sft") -> str:
     """Names a training setup: the stage, every setting that changes the result, the training
     data's content hash and the base model. Same key, same training: its checkpoints may be resumed."""
-    settings = {k: v for k, v in training.model_dump().items() if k not in NOT_IN_SETUP_KEY}
+    settings = {
+        k: v
+        for k, v in training.model_dump().items()
+        if k not in NOT_IN_SETUP_KEY and not (stage == "sft" and k.startswith(DPO_SETTINGS))
+    }
     payload = json.dumps(
         {"stage": stage, "settings": settings, "data": train_set_hash, "base": base_model}, sort_keys=True
     )

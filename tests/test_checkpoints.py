@@ -44,6 +44,9 @@ def test_the_setup_key_follows_what_changes_the_result_only():
     assert key != setup_key(config, "data-2", "/base"), "new data: a fresh folder"
     assert key != setup_key(TrainingConfig(learning_rate=1e-4), "data-1", "/base"), "new config: a fresh folder"
     assert key != setup_key(config, "data-1", "/other-base")
+    assert key == setup_key(TrainingConfig(dpo_beta=0.5, dpo_max_steps=9), "data-1", "/base"), "DPO settings: same SFT"
+    dpo = setup_key(config, "data-1", "/base", stage="dpo")
+    assert dpo != setup_key(TrainingConfig(dpo_beta=0.5), "data-1", "/base", stage="dpo")
     assert key.startswith("sft-") and setup_key(config, "data-1", "/base", stage="dpo").startswith("dpo-")
 
 
