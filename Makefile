@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 
-.PHONY: venv run test test-fast dev mlflow-ui promote serve lint format bench sample-data clean-state
+.PHONY: venv run test test-fast dev mlflow-ui promote serve lint format bench bench-train sample-data clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ format: venv
 
 bench: venv  ## ingest -> validate -> format on 10k, 100k and 1M rows, beside one pandas frame (BENCHMARKS.md)
 	$(PY) -m tests.bench.ingest --rows 10000 100000 1000000 --frame 100000 1000000
+
+bench-train: venv  ## our training stage (cpu preset) beside plain TRL on the same examples; batched vs one-at-a-time generation (BENCHMARKS.md)
+	$(PY) -m tests.bench.train --steps 12
 
 sample-data: venv  ## regenerate the bundled sample data (deterministic)
 	$(PY) -m pipelines.sample_data.generate

@@ -98,7 +98,7 @@ def train_adapter(
         train_dataset=training_dataset(tokenizer, train),
         processing_class=tokenizer,
         peft_config=setup.peft,
-        callbacks=[checkpoints.callback],
+        callbacks=[checkpoints.callback] if checkpoints.callback is not None else None,
     )
     started = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoints.resume) if checkpoints.resume else None)

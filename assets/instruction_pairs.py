@@ -56,6 +56,13 @@ def split_of(prompt_digest: str, eval_fraction: float, salt: str = "") -> str:
     return "eval" if int(digest[:SPLIT_DIGEST_CHARS], 16) % SPLIT_BUCKETS < eval_fraction * SPLIT_BUCKETS else "train"
 
 
+# The validated columns a pair is built from (the features, PII counts and warnings are not read).
+PAIR_SOURCE_COLUMNS = [
+    *("kind", "messages", "chosen", "rejected", "tools", "n_tokens"),
+    *("drop", "source_file", "source_line", "gx_result"),
+]
+
+
 def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> list[dict]:
     """One pair per validated row: the conversation, its `example_id` (hash of the normalized
     prompt), its `split` by that hash, and its source."""
@@ -192,7 +199,7 @@ def write_pairs(
     with tempfile.TemporaryDirectory(dir=scratch) as tmp, RecordWriter(path, PAIRS_SCHEMA, ("tools",)) as out:
         seen = FirstSeen(Path(tmp) / "seen.sqlite")
         for _, records in drops:
-            for batch in records.batches():
+            for batch in records.batches(columns=PAIR_SOURCE_COLUMNS):
                 pairs = build_pairs(batch, config.eval_fraction, config.split_salt)
                 mark_cross_drop_duplicates(pairs, seen)
                 out.write(pairs)

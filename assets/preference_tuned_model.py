@@ -2,6 +2,7 @@
 (or the SFT stage's model handed on unchanged when the method has no DPO)."""
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ import pandas as pd
 
 from assets.domain.preferences import dpo_rows
 from assets.domain.training import TrainingConfig, resolve_method, trainer_configs, trains_dpo, trains_sft
-from assets.domain.values import PreferenceStage, TrainedModel
+from assets.domain.values import PreferenceStage, TrainedModel, short_run_id
+from resources.mlflow_registry import MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
 from resources.state import StateStore
+from resources.training_tracking import DPO_TRACKED, live_tracking
 
 
 @dataclass
@@ -38,31 +41,24 @@ def starting_point(method: str, sft: TrainedModel, base_model: str) -> str:
 
 
 def train_preferences(
-    training: TrainingConfig, starts_from: str, pairs: pd.DataFrame, models: ModelLoader, out_dir: Path, log
+    training: TrainingConfig, starts_from: str, pairs: pd.DataFrame, models: ModelLoader, out_dir: Path, callback
 ) -> PreferenceRun:
     """DPO with TRL's DPOTrainer on `pairs`, from the weights in `starts_from`. With an adapter the
     reference model is those weights with the adapter switched off; with 'full', TRL loads a frozen
-    copy of them. `log` receives each of the trainer's log lines."""
+    copy of them. `callback` (`live_tracking`) reports each logged step as it comes."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOTrainer
 
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
     setup = trainer_configs(training, out_dir / "trainer", 0, models.resolved_device() == "cpu")
     tokenizer = models.load_tokenizer(starts_from)
-
-    class LogToDagster(TrainerCallback):
-        def on_log(self, args, state_, control, logs=None, **kwargs):
-            if logs:
-                log(f"dpo step {state_.global_step}: {logs}")
-
     trainer = DPOTrainer(
         model=models.load_model(starts_from, **setup.model_kwargs),
         args=setup.dpo,
         train_dataset=Dataset.from_list(dpo_rows(pairs)),
         processing_class=tokenizer,
         peft_config=setup.peft,
-        callbacks=[LogToDagster()],
+        callbacks=[callback] if callback is not None else None,
     )
     started = time.time()
     result = trainer.train()
@@ -78,6 +74,28 @@ def train_preferences(
         loss_curve=tuple((h["step"], float(h["loss"])) for h in history),
     )
     return PreferenceRun(trainer, tokenizer, stage)
+
+
+@contextmanager
+def tracked_preferences(registry: MlflowRegistry, sft: TrainedModel, dagster_run_id: str):
+    """The MLflow run the DPO stage reports to as it trains: the SFT stage's run when there was one
+    (one run holds both curves, `train.*` and `dpo.*`, and registration completes it), else a new run."""
+    run_id = sft.mlflow_run_id if sft.mlflow_run_id and registry.run_exists(sft.mlflow_run_id) else None
+    run_name = f"{registry.model_name}-{short_run_id(dagster_run_id)}"
+    with registry.start_run(run_name=run_name, tags={"dagster.run_id": dagster_run_id}, run_id=run_id) as run:
+        yield run
+
+
+def without_sft(sft: TrainedModel, base_model: str) -> TrainedModel:
+    """The SFT stage's value as a 'dpo' run sees it: no SFT figures. When this asset is materialized
+    alone after the method changed to 'dpo', its input is still an earlier run's SFT model, whose
+    steps, loss and MLflow run do not describe this candidate."""
+    if not trains_sft(sft.method):
+        return sft
+    return replace(
+        sft, adapter_dir=None, merged_dir=base_model, loss_curve_png="", max_length=0, train_examples=0, steps=0,
+        train_loss=0.0, train_seconds=0.0, loss_curve=(), mlflow_run_id=None, resumed_from_step=None, method="dpo",
+    )  # fmt: skip
 
 
 def preference_metadata(candidate: TrainedModel, note: str) -> dict:
@@ -111,6 +129,7 @@ def preference_tuned_model(
     instruction_pairs: RecordSet,
     models: ModelLoader,
     state: StateStore,
+    mlflow_registry: MlflowRegistry,
 ) -> TrainedModel:
     """The candidate model that evaluation scores and registration registers. With DPO in the method
     ('sft+dpo', 'dpo'; 'auto' when the train split holds preference pairs): TRL's DPOTrainer on those
@@ -126,14 +145,18 @@ def preference_tuned_model(
         context.add_output_metadata(preference_metadata(candidate, f"none (method {method}): the SFT model, unchanged"))
         return candidate
     starts_from = starting_point(method, fine_tuned_model, base_model)
+    sft = fine_tuned_model if trains_sft(method) else without_sft(fine_tuned_model, base_model)
     out_dir = state.asset_dir("preference_tuned_model", context.run.run_id)
-    run = train_preferences(training, starts_from, pairs, models, out_dir, context.log.info)
+    with tracked_preferences(mlflow_registry, sft, context.run.run_id) as mlflow_run:
+        callback = live_tracking(mlflow_run, context.log.info, training.dpo_max_steps, "dpo", DPO_TRACKED)
+        run = train_preferences(training, starts_from, pairs, models, out_dir, callback)
     adapter_dir = out_dir / "adapter" if hasattr(run.trainer.model, "peft_config") else None
     merged_dir = out_dir / "merged"
     models.save_trained(run.trainer.model, run.tokenizer, adapter_dir, merged_dir, state.atomic_dir, starts_from)
     candidate = replace(
-        fine_tuned_model,
+        sft,
         adapter_dir=str(adapter_dir) if adapter_dir else None,
+        mlflow_run_id=mlflow_run.run_id,
         merged_dir=str(merged_dir),
         method=method,
         adapter=training.adapter,

@@ -14,6 +14,7 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.domain.chat import DEFAULT_SYSTEM_PROMPT
@@ -110,11 +111,11 @@ class Tally:
     longest: int = 0
     kinds: Counter = field(default_factory=Counter)
 
-    def add(self, rows: list[dict]) -> None:
-        self.rows += len(rows)
-        self.truncated += sum(bool(r["truncated"]) for r in rows)
-        self.longest = max([self.longest, *(r["n_tokens"] or 0 for r in rows)])
-        self.kinds.update(r["kind"] for r in rows)
+    def add(self, rows: pa.Table) -> None:
+        self.rows += rows.num_rows
+        self.truncated += pc.sum(rows.column("truncated")).as_py() or 0
+        self.longest = max(self.longest, pc.max(rows.column("n_tokens")).as_py() or 0)
+        self.kinds.update(rows.column("kind").to_pylist())
 
 
 @dataclass
@@ -150,11 +151,25 @@ def features_pass(
     return out.record_set(), pii, warnings
 
 
+def split_table(candidates: pa.Table, reasons: dict[int, str], gx_result: str | None) -> tuple[pa.Table, pa.Table]:
+    """(validated, rejected) rows of a candidates table: the validated ones with `gx_result`
+    filled in, the rejected ones (those with a reason) with their `reason`."""
+    ids = candidates.column("row_id").to_pylist()
+    broke = pa.array([i in reasons for i in ids], pa.bool_())
+    good = candidates.filter(pc.invert(broke))
+    result = pa.array([gx_result] * good.num_rows, pa.string())
+    good = good.set_column(good.schema.get_field_index("gx_result"), "gx_result", result)
+    bad = candidates.filter(broke)
+    bad_reasons = pa.array([reasons[i] for i in bad.column("row_id").to_pylist()], pa.string())
+    return good, bad.append_column("reason", bad_reasons)
+
+
 def split_pass(
     candidates: RecordSet, features: FeaturesFile, gx_result: str | None, state: StateStore, drop: str, run_id: str
 ) -> Split:
     """Second pass: each candidate to the validated or the rejected dataset of this run, by the
-    features file's `reasons` table; validated rows name the Great Expectations result they passed."""
+    features file's `reasons` table; validated rows name the Great Expectations result they passed.
+    Rows pass through as stored (Arrow tables filtered, never decoded): they are already final."""
     validated_path = state.dataset_path("validated_records", drop, run_id)
     rejected_path = state.dataset_path("rejected_records", drop, run_id)
     examples: list[str] = []
@@ -163,14 +178,13 @@ def split_pass(
         RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii", "tools")) as validated_out,
         RecordWriter(rejected_path, REJECTED_SCHEMA, ("record", "mapping")) as rejected_out,
     ):
-        for batch in candidates.batches():
-            reasons = features.reasons_of([r["row_id"] for r in batch])
-            good = [{**r, "gx_result": gx_result} for r in batch if r["row_id"] not in reasons]
-            bad = [{**r, "reason": reasons[r["row_id"]]} for r in batch if r["row_id"] in reasons]
-            validated_out.write(good)
-            rejected_out.write(bad)
+        for table in candidates.tables():
+            good, bad = split_table(table, features.reasons_of(table.column("row_id").to_pylist()), gx_result)
+            validated_out.write_table(good)
+            rejected_out.write_table(bad)
             tally.add(good)
-            examples += [f"{row_location(r)}: {r['reason']}" for r in bad[: EXAMPLE_ROWS - len(examples)]]
+            head = bad.select(["source_file", "source_line", "reason"]).slice(0, EXAMPLE_ROWS - len(examples))
+            examples += [f"{row_location(r)}: {r['reason']}" for r in head.to_pylist()]
     return Split(validated_out.record_set(partition=drop), rejected_out.record_set(partition=drop), tally, examples)
 
 

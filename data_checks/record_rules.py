@@ -15,14 +15,12 @@ from typing import Protocol
 from assets.domain.chat import conversation_text, normalize, with_system
 from assets.domain.formats import PREFERENCE_FORMATS, to_example
 from assets.domain.rows import row_location
-from assets.domain.tool_calls import render_text
+from assets.domain.token_lengths import TOKENIZE_CHUNK, token_lengths
 from data_checks.pii import scan
 
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Normalized texts share the seen-table with exact ones; the prefix keeps the two kinds of key apart.
 NORMALIZED_KEY = "\x00normalized\x00"
-# Rows tokenized per call: only the lengths are kept, so a chunk bounds the token ids held at once.
-TOKENIZE_CHUNK = 2048
 # Re-tokenizing at a cut can add a token or two, so each retry cuts this many tokens more.
 CUT_STEP = 4
 
@@ -150,14 +148,10 @@ def render_lengths(
     tokenizer, conversations: list[list[dict]], chunk: int = TOKENIZE_CHUNK, tools: list | None = None
 ) -> list[int]:
     """Token count of each conversation with the chat template applied, rendered as training renders
-    it (`tools[i]`, the functions conversation i may call, included). Tokenized in chunks and only
-    the lengths kept: the token ids of a large landing would not fit in memory at once."""
-    lengths, tools = [], tools or [None] * len(conversations)
-    for start in range(0, len(conversations), chunk):
-        end = start + chunk
-        rendered = [render_text(tokenizer, c, t) for c, t in zip(conversations[start:end], tools[start:end])]
-        lengths += [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-    return lengths
+    it (`tools[i]`, the functions conversation i may call, included): exactly what the tokenizer
+    counts, computed by `token_lengths` (fast for byte-level BPE tokenizers such as the bundled
+    one). Only the lengths are kept: the token ids of a large landing would not fit in memory."""
+    return token_lengths(tokenizer).of(conversations, tools, chunk)
 
 
 def truncate_last_user_turn(messages, tokenizer, max_tokens: int, n_tokens: int, tools: list | None = None):

@@ -32,6 +32,10 @@ class FeaturesFile:
         self.path, self.run_name = Path(path), run_name
         self.columns, self.id_column = tuple(columns), id_column
         self.db = sqlite3.connect(self.path)
+        # Written once per run (a retried step starts a fresh file): commits, which make the rows
+        # visible to Great Expectations' own connection, need not wait for the disk.
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("PRAGMA journal_mode=MEMORY")
         self.rejected: int | None = None
         """How many rows broke a rule, once `record_reasons` has run."""
 

@@ -96,6 +96,11 @@ class RecordSet:
                 row[column] = unpacked_messages(row[column])
         return rows
 
+    def tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The stored row groups as Arrow tables, undecoded (JSON columns as text, messages as
+        stored): for passing rows on or filtering them without turning each into a dict."""
+        return row_groups(pq.ParquetFile(self.path), columns)
+
     def batches(self, columns: list[str] | None = None, batch_size: int = BATCH_ROWS) -> Iterator[list[dict]]:
         """The rows in stored order as dicts, at most `batch_size` at a time (a batch never spans two
         of the writer's batches, which are the file's row groups)."""
@@ -132,17 +137,22 @@ class RecordWriter:
         return self
 
     def write(self, rows: list[dict]) -> None:
+        """Append row dicts (values as read back: JSON columns and messages decoded). Built column
+        by column: no per-row copies of the dicts."""
         if not rows:
             return
-        if self.json_columns:
-            rows = [
-                {**r, **{c: None if r.get(c) is None else json.dumps(r[c], default=str) for c in self.json_columns}}
-                for r in rows
-            ]
-        if self.message_columns:
-            rows = [{**r, **{c: packed_messages(r.get(c)) for c in self.message_columns}} for r in rows]
-        self._writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
-        self.rows += len(rows)
+        columns = {name: [r.get(name) for r in rows] for name in self.schema.names}
+        for name in self.json_columns:
+            columns[name] = [None if v is None else json.dumps(v, default=str) for v in columns[name]]
+        for name in self.message_columns:
+            columns[name] = [packed_messages(v) for v in columns[name]]
+        self.write_table(pa.Table.from_pydict(columns, schema=self.schema))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append rows already in stored form (e.g. from `RecordSet.tables()`), columns in schema order."""
+        if table.num_rows:
+            self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+            self.rows += table.num_rows
 
     def __exit__(self, kind, error, traceback) -> None:
         self._writer.close()
@@ -161,6 +171,9 @@ class FirstSeen:
 
     def __init__(self, path: Path):
         self.db = sqlite3.connect(path)
+        # A scratch table, rebuilt if a step is retried: each batch's commit need not wait for the disk.
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("PRAGMA journal_mode=MEMORY")
         self.db.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, place TEXT NOT NULL)")
 
     def check(self, texts: list[str], places: list[str]) -> list[str | None]:

@@ -12,6 +12,9 @@ from collections.abc import Callable
 
 # Trainer log keys -> the metric names they are tracked under (after the prefix).
 TRACKED = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+# DPOTrainer logs these too: the share of pairs whose chosen reply the policy prefers more than its
+# reference does, and the mean chosen-minus-rejected reward.
+DPO_TRACKED = {**TRACKED, "rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin"}
 
 
 def eta_text(seconds: float | None) -> str:
@@ -50,9 +53,12 @@ class Progress:
         return rate
 
 
-def live_tracking(run, say: Callable[[str], None], max_steps: int, prefix: str = "train"):
+def live_tracking(
+    run, say: Callable[[str], None], max_steps: int, prefix: str = "train", tracked: dict[str, str] = TRACKED
+):
     """A transformers TrainerCallback sending each log to `run` (a TrackedRun, or None) as
-    `<prefix>.<metric>` at its step, and a progress line to `say`."""
+    `<prefix>.<metric>` at its step (the trainer's log keys in `tracked`, plus tokens/s), and a
+    progress line to `say`."""
     from transformers import TrainerCallback
 
     class LiveTracking(TrainerCallback):
@@ -63,7 +69,7 @@ def live_tracking(run, say: Callable[[str], None], max_steps: int, prefix: str =
             if not logs or "loss" not in logs:
                 return
             step = state.global_step
-            metrics = {f"{prefix}.{name}": float(logs[key]) for key, name in TRACKED.items() if key in logs}
+            metrics = {f"{prefix}.{name}": float(logs[key]) for key, name in tracked.items() if key in logs}
             rate = self.progress.tokens_per_second(logs.get("num_tokens"))
             if rate is not None:
                 metrics[f"{prefix}.tokens_per_second"] = rate

@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from assets.domain.preferences import chosen_conversations, reply_tokens
-from assets.domain.training import TrainingConfig, resolve_method, trainer_configs
+from assets.domain.training import TrainingConfig, cpu_has_native_bf16, resolve_method, trainer_configs, uses_bf16
 from assets.domain.values import TrainedModel
 from assets.fine_tuned_model import Checkpoints, save_models, train_adapter
 from assets.model_evaluation import candidate_model, preference_metrics
-from assets.preference_tuned_model import starting_point, train_preferences
+from assets.preference_tuned_model import starting_point, train_preferences, without_sft
 from resources.models import ModelLoader
 from resources.state import StateStore
+from resources.training_tracking import DPO_TRACKED, live_tracking
 
 TICKETS = [
     ("I was charged twice for PayFlow", "billing", "PayFlow"),
@@ -81,6 +82,7 @@ def train_sft(config: TrainingConfig, base: str, rows: pd.DataFrame, folder):
 def quick(**settings) -> TrainingConfig:
     """A few steps at a rate high enough to move a tiny model's weights visibly."""
     defaults = {"max_steps": 3, "per_device_train_batch_size": 4, "warmup_steps": 0, "learning_rate": 1e-2}
+    defaults["precision"] = "fp32"  # the same arithmetic on every CI machine, bf16 or not
     return TrainingConfig(**{**defaults, "save_steps": 0, "logging_steps": 1, **settings})
 
 
@@ -128,8 +130,18 @@ def test_qlora_on_a_cpu_is_refused_before_any_model_loads(tiny_model_dir, sft_ro
         )
     assert "On a CPU use adapter 'lora'" in str(refused.value)
     with pytest.raises(ValueError, match="CUDA GPU"):
-        train_preferences(quick(adapter="qlora"), str(tiny_model_dir), pairs, models, tmp_path, print)
+        train_preferences(quick(adapter="qlora"), str(tiny_model_dir), pairs, models, tmp_path, None)
     assert models.loaded == [], "refused before loading anything"
+
+
+class RecordedRun:
+    """Stands in for the MLflow run `live_tracking` reports to: keeps what it is sent."""
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.logged.append((step, metrics))
 
 
 def margin(model, tokenizer, pairs: pd.DataFrame) -> float:
@@ -147,9 +159,14 @@ def test_dpo_widens_the_chosen_minus_rejected_margin_on_its_pairs(adapter, tiny_
     before = margin(models.load_model(str(tiny_model_dir)).eval(), tokenizer, pairs)
     rate = 5e-2 if adapter == "lora" else 1e-2
     config = quick(adapter=adapter, dpo_max_steps=5, dpo_batch_size=4, dpo_learning_rate=rate)
-    run = train_preferences(config, str(tiny_model_dir), pairs, models, tmp_path, print)
+    tracked, lines = RecordedRun(), []
+    callback = live_tracking(tracked, lines.append, config.dpo_max_steps, "dpo", DPO_TRACKED)
+    run = train_preferences(config, str(tiny_model_dir), pairs, models, tmp_path, callback)
     after = margin(run.trainer.model.eval(), tokenizer, pairs)
     assert after > before + 0.1, (before, after)
+    assert [step for step, m in tracked.logged if "dpo.loss" in m] == [1, 2, 3, 4, 5], "each step logged as it came"
+    assert all({"dpo.reward_accuracy", "dpo.reward_margin", "dpo.learning_rate"} <= set(m) for _, m in tracked.logged)
+    assert lines[-1].startswith("dpo step 5/5 (100%), loss ")
     assert run.stage.steps == 5 and run.stage.beta == 0.1 and len(run.stage.loss_curve) == 5
     assert run.stage.loss_curve[0][1] == pytest.approx(0.6931, abs=1e-3), "the policy starts equal to its reference"
 
@@ -164,6 +181,21 @@ def test_dpo_starts_from_the_sft_model_or_the_base():
     skipped = TrainedModel(**{**sft.__dict__, "method": "dpo", "adapter_dir": None, "merged_dir": "/base"})
     with pytest.raises(ValueError, match="materialize fine_tuned_model again"):
         starting_point("sft+dpo", skipped, "/base")
+
+
+def test_a_dpo_candidate_never_carries_an_earlier_runs_sft_figures():
+    """preference_tuned_model materialized alone after the method changed to 'dpo' still gets the
+    last SFT value as input: its steps, loss and MLflow run must not describe the DPO candidate."""
+    sft = TrainedModel(
+        adapter_dir="/sft/adapter", merged_dir="/sft/merged", loss_curve_png="/sft/curve.png", preset="cpu",
+        settings={}, device="cpu", max_length=64, train_examples=8, steps=3, train_loss=1.0, train_seconds=1.0,
+        loss_curve=((1, 1.0),), mlflow_run_id="abc", method="sft+dpo",
+    )  # fmt: skip
+    cleared = without_sft(sft, "/base")
+    assert (cleared.steps, cleared.train_examples, cleared.train_loss, cleared.loss_curve) == (0, 0, 0.0, ())
+    assert (cleared.mlflow_run_id, cleared.merged_dir, cleared.method) == (None, "/base", "dpo")
+    skipped = TrainedModel(**{**sft.__dict__, "method": "dpo", "steps": 0, "mlflow_run_id": None})
+    assert without_sft(skipped, "/base") is skipped, "a value of a 'dpo' run is already without SFT"
 
 
 def test_auto_picks_sft_plus_dpo_only_when_there_are_preference_pairs():
@@ -194,7 +226,7 @@ def test_preference_pairs_alone_train_sft_on_their_chosen_replies(pairs):
 def test_cuda_mapping_of_lora_adapters_and_bf16(adapter, tmp_path, monkeypatch):
     # TrainingArguments refuses bf16 off the CPU where no GPU supports it: stand in for a GPU that does.
     monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)
-    config = TrainingConfig(adapter=adapter, bf16=True, gradient_checkpointing=True, dpo_beta=0.3)
+    config = TrainingConfig(adapter=adapter, precision="bf16", gradient_checkpointing=True, dpo_beta=0.3)
     setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=False)
     assert setup.sft.bf16 and setup.dpo.bf16 and setup.sft.gradient_checkpointing and setup.dpo.gradient_checkpointing
     assert not setup.sft.use_cpu and not setup.dpo.use_cpu
@@ -209,7 +241,9 @@ def test_cuda_mapping_of_lora_adapters_and_bf16(adapter, tmp_path, monkeypatch):
 
 
 def test_dpo_and_full_mapping(tmp_path):
-    config = TrainingConfig(adapter="full", dpo_max_steps=7, dpo_batch_size=3, dpo_learning_rate=2e-6, dpo_beta=0.25)
+    config = TrainingConfig(
+        adapter="full", precision="fp32", dpo_max_steps=7, dpo_batch_size=3, dpo_learning_rate=2e-6, dpo_beta=0.25
+    )
     setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
     assert setup.peft is None and setup.model_kwargs == {}
     dpo = setup.dpo
@@ -218,12 +252,38 @@ def test_dpo_and_full_mapping(tmp_path):
     assert dpo.max_length is None and dpo.save_strategy == "no"
 
 
+def test_precision_auto_is_bf16_only_where_the_cpu_multiplies_bf16_natively(tmp_path):
+    with_bf16, without = tmp_path / "zen4", tmp_path / "older"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 fma\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f fma\n")
+    assert cpu_has_native_bf16(with_bf16) and not cpu_has_native_bf16(without)
+    assert not cpu_has_native_bf16(tmp_path / "no-such-file"), "no /proc/cpuinfo (macOS): fp32"
+    assert uses_bf16("bf16", use_cpu=True) and not uses_bf16("fp32", use_cpu=True)
+    assert uses_bf16("auto", use_cpu=True) == cpu_has_native_bf16()
+    with pytest.raises(ValueError, match="auto, bf16, fp32"):
+        TrainingConfig(precision="fp16")
+
+
+def test_padding_free_batches_train_exactly_like_padded_ones(tiny_model_dir, sft_rows, tmp_path):
+    """Packed into one row, examples of different lengths must not attend to each other: the loss
+    curve matches padded batches of the same examples in the same order."""
+    curves = {}
+    for padding_free in (False, True):
+        config = quick(padding_free=padding_free, max_steps=3, per_device_train_batch_size=4, logging_steps=1)
+        run = train_adapter(
+            config, str(tiny_model_dir), sft_rows, loader(), Checkpoints(tmp_path / str(padding_free), None, None, None)
+        )
+        curves[padding_free] = [loss for _, loss in run.loss_curve]
+    assert len(curves[True]) == 3
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4), curves
+
+
 def test_evaluation_loads_each_candidate_the_way_it_was_trained(tiny_model_dir, pairs, tmp_path):
     """An adapter that applies to the base goes on the loaded base; anything else (an adapter on the
     merged SFT model, all weights trained) is loaded from its merged folder."""
     models = loader()
     config = quick(dpo_max_steps=1, dpo_batch_size=4)
-    run = train_preferences(config, str(tiny_model_dir), pairs, models, tmp_path, print)
+    run = train_preferences(config, str(tiny_model_dir), pairs, models, tmp_path, None)
     adapter, merged = tmp_path / "adapter", tmp_path / "merged"
     state = StateStore(home=str(tmp_path))
     models.save_trained(run.trainer.model, run.tokenizer, adapter, merged, state.atomic_dir, str(tiny_model_dir))

@@ -5,7 +5,6 @@ rendered for training must be identical wherever it is measured, trained on or s
 """
 
 import hashlib
-import re
 
 from assets.domain.tool_calls import render_text, template_inputs
 
@@ -31,8 +30,10 @@ CHATML_TRAINING_TEMPLATE = (
 
 
 def normalize(value: str) -> str:
-    """Case- and whitespace-insensitive form used to find duplicates and to split."""
-    return re.sub(r"\s+", " ", value).strip().casefold()
+    """Case- and whitespace-insensitive form used to find duplicates and to split: whitespace runs
+    as one space, none at the ends (`str.split` splits at the characters `\\s` matches, and is
+    several times faster than `re.sub` on long texts), then casefolded."""
+    return " ".join(value.split()).casefold()
 
 
 def with_system(messages: list[dict], system_prompt: str) -> list[dict]:

@@ -20,6 +20,7 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 METHODS = ("auto", "sft", "dpo", "sft+dpo")
+PRECISIONS = ("auto", "bf16", "fp32")
 ADAPTERS = ("lora", "dora", "rslora", "full", "qlora")
 # Adapters trained as a PEFT LoRA adapter beside frozen base weights (all but `full`).
 LORA_ADAPTERS = ("lora", "dora", "rslora", "qlora")
@@ -54,7 +55,25 @@ class TrainingConfig(dg.ConfigurableResource):
     lora_target_modules: str = Field(
         default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
     )
-    bf16: bool = Field(default=False, description="bfloat16 autocast (use on GPUs; slower to converge on CPU).")
+    precision: str = Field(
+        default="auto",
+        description="Matmul precision: 'bf16' (bfloat16 autocast over float32 weights), 'fp32', or 'auto': bf16 "
+        "where the hardware multiplies bfloat16 natively (CUDA GPUs that support it; CPUs with AVX512-BF16 or "
+        "AMX, about twice their float32 peak), else fp32 (emulated bf16 would be slower).",
+    )
+    group_by_length: bool = Field(
+        default=True,
+        description="Batch examples of similar length together (TRL's length-grouped sampler, still shuffled "
+        "across groups), so a padded batch holds little padding: on real data of uneven lengths about half "
+        "of a random batch is padding.",
+    )
+    padding_free: bool = Field(
+        default=False,
+        description="Pack each batch's examples into one row with no padding at all; attention stays inside "
+        "each example (transformers masks per example from the position ids; FlashAttention uses its "
+        "variable-length kernels). Same loss as padded batches. Pays with FlashAttention; under SDPA (CPU) "
+        "the mask is dense over the batch's tokens and length-grouped padded batches are faster.",
+    )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations to save memory (costs ~20% speed)."
     )
@@ -85,6 +104,13 @@ class TrainingConfig(dg.ConfigurableResource):
             raise ValueError(f"training.method {value!r} is not one of {', '.join(METHODS)}.")
         return value
 
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"training.precision {value!r} is not one of {', '.join(PRECISIONS)}.")
+        return value
+
     @field_validator("adapter")
     @classmethod
     def _known_adapter(cls, value: str) -> str:
@@ -113,6 +139,26 @@ def trains_sft(method: str) -> bool:
 
 def trains_dpo(method: str) -> bool:
     return method in ("dpo", "sft+dpo")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX): there bf16 autocast
+    runs about twice as fast as float32; elsewhere it is emulated and slower."""
+    if not cpuinfo.is_file():
+        return False
+    flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def uses_bf16(precision: str, use_cpu: bool) -> bool:
+    """The precision setting resolved on this device ('auto': bf16 where the hardware has it)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if use_cpu:
+        return cpu_has_native_bf16()
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def refuse_unsupported(config: TrainingConfig, use_cpu: bool) -> None:
@@ -157,6 +203,11 @@ def sft_config(config: TrainingConfig, output_dir: Path, max_length: int, use_cp
     from trl import SFTConfig
 
     return SFTConfig(
+        # Validation bounded every example's length (max_tokens), so nothing is cut either way; TRL
+        # wants no max_length with padding-free batches that are not packed across examples.
+        padding_free=config.padding_free,
+        max_length=None if config.padding_free else max_length,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         output_dir=str(output_dir),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -166,13 +217,12 @@ def sft_config(config: TrainingConfig, output_dir: Path, max_length: int, use_cp
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
         # SFTConfig turns both on by default, even on CPU: always decide explicitly.
-        bf16=config.bf16,
+        bf16=uses_bf16(config.precision, use_cpu),
         gradient_checkpointing=config.gradient_checkpointing,
         # The dataset comes tokenized with its assistant mask (`training_dataset`): TRL builds the labels
         # from that mask, so the loss stays on the assistant's tokens. TRL's own assistant_only_loss
         # would re-render the messages itself and knows neither our tool rendering nor turn weights.
         assistant_only_loss=False,
-        max_length=max_length,
         logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
@@ -196,7 +246,7 @@ def dpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool):
         beta=config.dpo_beta,
         weight_decay=config.weight_decay,
         # DPOConfig, like SFTConfig, defaults to bf16 and gradient checkpointing even on CPU.
-        bf16=config.bf16,
+        bf16=uses_bf16(config.precision, use_cpu),
         gradient_checkpointing=config.gradient_checkpointing,
         # Validation bounded every pair's length already (max_tokens): nothing to cut.
         max_length=None,
@@ -231,7 +281,7 @@ def peft_config(config: TrainingConfig):
 
 def model_kwargs(config: TrainingConfig) -> dict[str, Any]:
     """qlora: the base in 4-bit NF4 with double quantization (the QLoRA recipe), computing in
-    bfloat16 when bf16 is on; every other adapter loads the model as it is."""
+    bfloat16 when the precision is bf16 (qlora runs on CUDA only); every other adapter loads the model as it is."""
     if config.adapter != "qlora":
         return {}
     import torch
@@ -242,6 +292,6 @@ def model_kwargs(config: TrainingConfig) -> dict[str, Any]:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float32,
+            bnb_4bit_compute_dtype=torch.bfloat16 if uses_bf16(config.precision, False) else torch.float32,
         )
     }

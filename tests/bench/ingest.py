@@ -6,7 +6,8 @@ Rows come from ../shared/data/dolly (real records of uneven lengths) when presen
 sample-data generator; either way they are made unique by numbering, written as JSONL files in a
 temp landing folder (one drop of 4 files), and run through the three stages with the bundled
 tokenizer. `--frame` sizes read the same files into one pandas frame instead, for comparison. Each
-size runs in its own process so peak memory (max RSS) is its own.
+size runs in its own process so peak memory (max RSS) is its own. Each size prints its figures as
+one JSON line, then `rows=N rows_per_second=N`.
 """
 
 import argparse
@@ -144,7 +145,11 @@ def main() -> int:
                 print(out.stderr[-3000:])
                 return out.returncode
             if i:
-                print(out.stdout.strip().splitlines()[-1], flush=True)
+                line = out.stdout.strip().splitlines()[-1]
+                print(line, flush=True)
+                result = json.loads(line)
+                if "rows_per_second" in result:  # the headline figure, easy to grep: rows_per_second=N
+                    print(f"rows={result['rows']} rows_per_second={result['rows_per_second']}", flush=True)
     return 0
 
 

@@ -1,0 +1,262 @@
+"""Benchmark: our training stage as the `cpu` preset runs it, beside plain TRL on the same work;
+and batched generation beside one-at-a-time `generate`.
+
+    make bench-train     (or: .venv/bin/python -m tests.bench.train --steps 12)
+
+Both trainings start from the bundled SmolLM2-135M, see the same examples in the same order
+(the Dolly records in ../shared/data/dolly/ when present, else the sample tickets) for the same
+number of passes (steps x batch), and are then scored by one eval-loss function on the same
+held-out examples (the answer's tokens). Plain TRL is `SFTConfig` with its documented defaults
+(bf16 autocast, gradient checkpointing, padded batches) and LoRA r=16 on all linear layers, the way
+TRL's quickstart trains; only the learning-rate schedule is ours, so the eval losses compare the
+speed levers and not two schedules. Each side runs in a process of its own (its own peak RSS).
+
+Prints, last: `train_speedup_vs_trl=<x>` (non-pad tokens/s, ours / plain TRL),
+`eval_loss_ratio=<ours/trl>`, `mfu_ours=` / `mfu_trl=` (4 x params FLOPs per trained token against
+the matmul peak measured here in the dtype each side multiplies in), and
+`eval_speedup_vs_naive=<x>` (model_evaluation's batched greedy generation vs a loop of
+one-prompt `generate` calls, same prompts, with the count of answers that differ).
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DOLLY = Path(__file__).resolve().parents[3] / "shared" / "data" / "dolly" / "dolly-1147.jsonl"
+MAX_LENGTH = 512
+EVAL_EXAMPLES = 32
+GENERATION_PROMPTS = 16
+GENERATION_TOKENS = 48
+
+
+def source_conversations() -> tuple[str, list[list[dict]]]:
+    """Conversations (system prompt, user turn, assistant answer) from Dolly, else from the sample tickets."""
+    from assets.domain.chat import DEFAULT_SYSTEM_PROMPT, with_system
+
+    if DOLLY.is_file():
+        rows = [json.loads(line) for line in DOLLY.open()]
+        name, user, answer = "dolly (../shared/data)", "context", "response"
+    else:
+        from pipelines.sample_data.generate import ticket
+
+        rng = random.Random(0)
+        rows = [ticket(rng) for _ in range(600)]
+        name, user, answer = "sample tickets (dolly not found)", "input", "output"
+    conversations = []
+    for r in rows:
+        prompt = r["instruction"] + (f"\n\n{r[user]}" if r.get(user) else "")
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": r[answer]}]
+        conversations.append(with_system(turns, DEFAULT_SYSTEM_PROMPT))
+    return name, conversations
+
+
+def examples(base: str) -> dict:
+    """The train and held-out examples, tokenized the way our training renders them; rows over
+    MAX_LENGTH tokens are left out on both sides (nothing is truncated). Deterministic."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from assets.domain.chat import training_chat_template, training_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    template = training_chat_template(tokenizer) or tokenizer.chat_template
+    name, conversations = source_conversations()
+    rows = []
+    for messages in conversations:
+        tokens = training_tokens(tokenizer, messages, None, template)
+        if len(tokens["input_ids"]) <= MAX_LENGTH:
+            rows.append({"messages": messages, "tools": None, "n_tokens": len(tokens["input_ids"]), **tokens})
+    random.Random(0).shuffle(rows)
+    frame = pd.DataFrame(rows)
+    return {"source": name, "eval": frame.iloc[:EVAL_EXAMPLES], "train": frame.iloc[EVAL_EXAMPLES:], "tokenizer": tokenizer}
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of one large square matmul on this machine in `dtype_name` (the MFU denominator)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def step_timer():
+    """A callback timing the training from its first step on (model loading and data preparation
+    are not training speed)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        started = ended = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = self.started or time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.ended = time.perf_counter()
+
+    return StepTimer()
+
+
+def training_settings(steps: int, batch: int):
+    from assets.domain.training import TrainingConfig
+    from pipelines.presets import load_preset
+
+    values = {**load_preset("cpu")["training"], "max_steps": steps, "per_device_train_batch_size": batch}
+    return TrainingConfig(**{**values, "save_steps": 0, "method": "sft"})
+
+
+def train_plain_trl(base: str, data: dict, steps: int, batch: int):
+    """Plain TRL: SFTConfig defaults, LoRA r=16 on all linear layers, on the conversations."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    ours = training_settings(steps, batch)
+    timer = step_timer()
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        args=SFTConfig(
+            output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch,
+            learning_rate=ours.learning_rate, lr_scheduler_type=ours.lr_scheduler_type,
+            warmup_steps=ours.warmup_steps, max_length=MAX_LENGTH, logging_steps=1, save_strategy="no",
+            report_to="none", seed=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        ),  # fmt: skip
+        train_dataset=Dataset.from_list([{"messages": m} for m in data["train"]["messages"]]),
+        processing_class=data["tokenizer"],
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+        callbacks=[timer],
+    )
+    trainer.train()
+    matmul_dtype = "bfloat16" if trainer.args.bf16 else "float32"
+    return trainer, timer, matmul_dtype
+
+
+def train_ours(base: str, data: dict, steps: int, batch: int):
+    """Our training stage's own code path (`fine_tuned_model.train_adapter`) with the cpu preset."""
+    from assets.fine_tuned_model import Checkpoints, train_adapter
+    from resources.models import ModelLoader
+
+    settings = training_settings(steps, batch)
+    timer = step_timer()
+    train = data["train"][["messages", "tools", "n_tokens"]].reset_index(drop=True)
+    run = train_adapter(settings, base, train, ModelLoader(), Checkpoints(Path(tempfile.mkdtemp()), None, None, timer))
+    return run.trainer, timer, "bfloat16" if settings.bf16 else "float32"
+
+
+def run_side(side: str, base: str, steps: int, batch: int) -> dict:
+    """One side trained and scored, in this process."""
+    from assets.model_evaluation import eval_loss
+
+    data = examples(base)
+    trainer, timer, matmul_dtype = (train_plain_trl if side == "trl" else train_ours)(base, data, steps, batch)
+    seconds = timer.ended - timer.started
+    tokens = int(trainer._total_train_tokens)
+    model = trainer.model.eval()
+    params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    held_out = data["eval"][["input_ids", "assistant_masks"]].to_dict("records")
+    tokens_per_second = tokens / seconds
+    return {
+        "side": side,
+        "source": data["source"],
+        "examples_trained": steps * batch,
+        "steps": steps,
+        "non_pad_tokens": tokens,
+        "train_seconds": round(seconds, 1),
+        "tokens_per_second": round(tokens_per_second, 1),
+        "eval_loss": round(eval_loss(model, data["tokenizer"], held_out, batch_size=8), 4),
+        "matmul_dtype": matmul_dtype,
+        "mfu": round(4 * params * tokens_per_second / matmul_peak(matmul_dtype), 4),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def generation_speed(base: str) -> dict:
+    """model_evaluation's batched greedy generation vs one `generate` call per prompt, same prompts."""
+    from assets.domain.chat import prompt_text
+    from assets.model_evaluation import generate
+    from resources.models import ModelLoader
+
+    data = examples(base)
+    loader = ModelLoader()
+    model, tokenizer = loader.load_model(base).eval(), loader.load_tokenizer(base)
+    prompts = [prompt_text(tokenizer, m) for m in data["eval"]["messages"][:GENERATION_PROMPTS]]
+    timings, answers = {}, {}
+    for name, batch_size in (("naive", 1), ("batched", GENERATION_PROMPTS)):
+        started = time.perf_counter()
+        answers[name], _, _ = generate(model, tokenizer, prompts, GENERATION_TOKENS, batch_size)
+        timings[name] = time.perf_counter() - started
+    differ = sum(a != b for a, b in zip(answers["naive"], answers["batched"]))
+    return {
+        "prompts": len(prompts),
+        "max_new_tokens": GENERATION_TOKENS,
+        "naive_seconds": round(timings["naive"], 1),
+        "batched_seconds": round(timings["batched"], 1),
+        "answers_that_differ": differ,
+    }
+
+
+def in_subprocess(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "tests.bench.train", *args], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"tests.bench.train {' '.join(args)} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def prepared_base(folder: Path) -> str:
+    from resources.models import ModelLoader
+
+    if not (folder / "config.json").is_file():
+        ModelLoader().materialize_base(folder)
+    return str(folder)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per side")
+    parser.add_argument("--batch", type=int, default=8, help="examples per step, both sides")
+    parser.add_argument("--side", choices=["trl", "ours", "generation"], help=argparse.SUPPRESS)
+    parser.add_argument("--base", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side == "generation":
+        print(json.dumps(generation_speed(args.base)))
+        return 0
+    if args.side:
+        print(json.dumps(run_side(args.side, args.base, args.steps, args.batch)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        base = prepared_base(Path(tmp) / "base")
+        common = ["--base", base, "--steps", str(args.steps), "--batch", str(args.batch)]
+        results = {}
+        for side in ("trl", "ours", "generation"):
+            results[side] = in_subprocess(["--side", side, *common])
+            print(json.dumps(results[side]), flush=True)
+    trl, ours, gen = results["trl"], results["ours"], results["generation"]
+    print(
+        f"train_speedup_vs_trl={ours['tokens_per_second'] / trl['tokens_per_second']:.2f} "
+        f"eval_loss_ratio={ours['eval_loss'] / trl['eval_loss']:.3f} "
+        f"mfu_ours={ours['mfu']:.3f} mfu_trl={trl['mfu']:.3f} "
+        f"eval_speedup_vs_naive={gen['naive_seconds'] / gen['batched_seconds']:.2f} "
+        f"(answers that differ: {gen['answers_that_differ']}/{gen['prompts']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
