@@ -3,10 +3,10 @@ and batched generation beside one-at-a-time `generate`.
 
     make bench-train     (or: .venv/bin/python -m tests.bench.train --steps 12)
 
-Both trainings start from the bundled SmolLM2-135M, see the same examples in the same order
-(the Dolly records in ../shared/data/dolly/ when present, else the sample tickets) for the same
-number of passes (steps x batch), and are then scored by one eval-loss function on the same
-held-out examples (the answer's tokens). Plain TRL is `SFTConfig` with its documented defaults
+Both trainings start from the bundled SmolLM2-135M and make one pass over the same steps x batch
+examples (the Dolly records in ../shared/data/dolly/ when present, else the sample tickets; each
+side batches them its own way), then are scored by one eval-loss function on the same held-out
+examples (the answer's tokens). Plain TRL is `SFTConfig` with its documented defaults
 (bf16 autocast, gradient checkpointing, padded batches) and LoRA r=16 on all linear layers, the way
 TRL's quickstart trains; only the learning-rate schedule is ours, so the eval losses compare the
 speed levers and not two schedules. Each side runs in a process of its own (its own peak RSS).
@@ -78,7 +78,12 @@ def examples(base: str) -> dict:
             rows.append({"messages": messages, "tools": None, "n_tokens": len(tokens["input_ids"]), **tokens})
     random.Random(0).shuffle(rows)
     frame = pd.DataFrame(rows)
-    return {"source": name, "eval": frame.iloc[:EVAL_EXAMPLES], "train": frame.iloc[EVAL_EXAMPLES:], "tokenizer": tokenizer}
+    return {
+        "source": name,
+        "eval": frame.iloc[:EVAL_EXAMPLES],
+        "train": frame.iloc[EVAL_EXAMPLES:],
+        "tokenizer": tokenizer,
+    }
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 8) -> float:
@@ -133,10 +138,19 @@ def train_plain_trl(base: str, data: dict, steps: int, batch: int):
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
         args=SFTConfig(
-            output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch,
-            learning_rate=ours.learning_rate, lr_scheduler_type=ours.lr_scheduler_type,
-            warmup_steps=ours.warmup_steps, max_length=MAX_LENGTH, logging_steps=1, save_strategy="no",
-            report_to="none", seed=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+            output_dir=tempfile.mkdtemp(),
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            learning_rate=ours.learning_rate,
+            lr_scheduler_type=ours.lr_scheduler_type,
+            warmup_steps=ours.warmup_steps,
+            max_length=MAX_LENGTH,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=0,
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True,
         ),  # fmt: skip
         train_dataset=Dataset.from_list([{"messages": m} for m in data["train"]["messages"]]),
         processing_class=data["tokenizer"],
@@ -157,14 +171,16 @@ def train_ours(base: str, data: dict, steps: int, batch: int):
     timer = step_timer()
     train = data["train"][["messages", "tools", "n_tokens"]].reset_index(drop=True)
     run = train_adapter(settings, base, train, ModelLoader(), Checkpoints(Path(tempfile.mkdtemp()), None, None, timer))
-    return run.trainer, timer, "bfloat16" if settings.bf16 else "float32"
+    return run.trainer, timer, "bfloat16" if run.trainer.args.bf16 else "float32"
 
 
 def run_side(side: str, base: str, steps: int, batch: int) -> dict:
-    """One side trained and scored, in this process."""
+    """One side trained and scored, in this process: one pass over the first steps x batch train
+    examples, so both sides train on exactly the same examples (in their own batch order)."""
     from assets.model_evaluation import eval_loss
 
     data = examples(base)
+    data["train"] = data["train"].iloc[: steps * batch]
     trainer, timer, matmul_dtype = (train_plain_trl if side == "trl" else train_ours)(base, data, steps, batch)
     seconds = timer.ended - timer.started
     tokens = int(trainer._total_train_tokens)
@@ -212,8 +228,14 @@ def generation_speed(base: str) -> dict:
     }
 
 
-def in_subprocess(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-m", "tests.bench.train", *args], capture_output=True, text=True)
+# The allocator settings the Makefile exports for the project's processes (ours); plain TRL runs the
+# way a user starts it, without them.
+ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def in_subprocess(args: list[str], plain: bool = False) -> dict:
+    env = {k: v for k, v in os.environ.items() if not (plain and k in ALLOCATOR_ENV)}
+    out = subprocess.run([sys.executable, "-m", "tests.bench.train", *args], capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(f"tests.bench.train {' '.join(args)} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -245,7 +267,7 @@ def main() -> int:
         common = ["--base", base, "--steps", str(args.steps), "--batch", str(args.batch)]
         results = {}
         for side in ("trl", "ours", "generation"):
-            results[side] = in_subprocess(["--side", side, *common])
+            results[side] = in_subprocess(["--side", side, *common], plain=side == "trl")
             print(json.dumps(results[side]), flush=True)
     trl, ours, gen = results["trl"], results["ours"], results["generation"]
     print(
