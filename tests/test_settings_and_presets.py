@@ -88,11 +88,11 @@ def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
     setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
     sft, lora = setup.sft, setup.peft
     assert sft.max_steps == 7 and sft.max_length == 99 and not sft.padding_free
-    assert sft.train_sampling_strategy == "group_by_length", "little padding by default"
+    assert sft.train_sampling_strategy == "random"
     packed = trainer_configs(TrainingConfig(padding_free=True), tmp_path, max_length=99, use_cpu=True).sft
     assert packed.padding_free and packed.max_length is None, "padding-free: validation bounded the lengths"
-    shuffled = trainer_configs(TrainingConfig(group_by_length=False), tmp_path, max_length=99, use_cpu=True).sft
-    assert shuffled.train_sampling_strategy == "random"
+    grouped = trainer_configs(TrainingConfig(group_by_length=True), tmp_path, max_length=99, use_cpu=True).sft
+    assert grouped.train_sampling_strategy == "group_by_length"
     # the dataset arrives tokenized with its assistant mask (tools, turn weights); TRL labels from it
     assert sft.assistant_only_loss is False
     assert sft.bf16 is False and sft.gradient_checkpointing is False
