@@ -51,7 +51,7 @@ def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -
         run.log_series("train.loss", trained.loss_curve)
     if trained.loss_curve_png:  # none when no SFT ran (method dpo)
         run.log_file(trained.loss_curve_png, "training")
-    if trained.preference is not None:
+    if trained.preference is not None and trained.mlflow_run_id is None:  # else logged live, as for SFT
         run.log_series("dpo.loss", trained.preference.loss_curve)
     run.log_table(pd.DataFrame(list(evaluation.samples)), "eval/samples.json")
     run.log_dict(eval_summary(evaluation), "eval/metrics.json")
