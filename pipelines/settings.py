@@ -34,6 +34,8 @@ run_monitoring:
   free_slots_after_run_end_seconds: 60
 telemetry:
   enabled: false
+nux:
+  enabled: false
 """
 
 

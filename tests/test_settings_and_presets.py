@@ -116,3 +116,5 @@ def test_state_folder_holds_a_dagster_instance_with_one_training_at_a_time(tmp_p
     assert (settings.dagster_home / "dagster.yaml").is_file()
     instance = dg.DagsterInstance.get()
     assert instance.event_log_storage.get_concurrency_info("training").limit == 1
+    # Offline by default: no usage reports, and no "Join the Dagster community" dialog over the UI.
+    assert not instance.telemetry_enabled and not instance.nux_enabled
