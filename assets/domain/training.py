@@ -201,26 +201,37 @@ def trainer_configs(config: TrainingConfig, output_dir: Path, max_length: int, u
     )
 
 
+def common_args(config: TrainingConfig, output_dir: Path, use_cpu: bool) -> dict[str, Any]:
+    """What SFTConfig and DPOConfig take alike from the settings."""
+    return {
+        "output_dir": str(output_dir),
+        "lr_scheduler_type": config.lr_scheduler_type,
+        "weight_decay": config.weight_decay,
+        # Both configs turn bf16 and gradient checkpointing on by default, even on CPU: decide explicitly.
+        "bf16": uses_bf16(config.precision, use_cpu),
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "report_to": "none",
+        "seed": config.seed,
+        "use_cpu": use_cpu,
+        "disable_tqdm": True,
+    }
+
+
 def sft_config(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool):
     from trl import SFTConfig
 
     return SFTConfig(
+        **common_args(config, output_dir, use_cpu),
         # Validation bounded every example's length (max_tokens), so nothing is cut either way; TRL
         # wants no max_length with padding-free batches that are not packed across examples.
         padding_free=config.padding_free,
         max_length=None if config.padding_free else max_length,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        output_dir=str(output_dir),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        # SFTConfig turns both on by default, even on CPU: always decide explicitly.
-        bf16=uses_bf16(config.precision, use_cpu),
-        gradient_checkpointing=config.gradient_checkpointing,
         # The dataset comes tokenized with its assistant mask (`training_dataset`): TRL builds the labels
         # from that mask, so the loss stays on the assistant's tokens. TRL's own assistant_only_loss
         # would re-render the messages itself and knows neither our tool rendering nor turn weights.
@@ -229,10 +240,6 @@ def sft_config(config: TrainingConfig, output_dir: Path, max_length: int, use_cp
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
         save_total_limit=config.keep_checkpoints,
-        report_to="none",
-        seed=config.seed,
-        use_cpu=use_cpu,
-        disable_tqdm=True,
     )
 
 
@@ -240,25 +247,16 @@ def dpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool):
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=str(output_dir),
+        **common_args(config, output_dir, use_cpu),
         max_steps=config.dpo_max_steps,
         per_device_train_batch_size=config.dpo_batch_size,
         learning_rate=config.dpo_learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
         beta=config.dpo_beta,
-        weight_decay=config.weight_decay,
-        # DPOConfig, like SFTConfig, defaults to bf16 and gradient checkpointing even on CPU.
-        bf16=uses_bf16(config.precision, use_cpu),
-        gradient_checkpointing=config.gradient_checkpointing,
         # Validation bounded every pair's length already (max_tokens): nothing to cut.
         max_length=None,
         # A DPO stage is a few steps: log each one, so its curve has points.
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        use_cpu=use_cpu,
-        disable_tqdm=True,
     )
 
 

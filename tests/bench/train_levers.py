@@ -9,7 +9,6 @@ checkpointing, padded batches in random order. Prints non-pad tokens/s from step
 steps warm up) and the last losses. Needs ../shared/data/dolly (real records of uneven lengths).
 """
 
-import json
 import os
 import sys
 import time
@@ -18,27 +17,21 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DOLLY = Path(__file__).resolve().parents[3] / "shared" / "data" / "dolly" / "dolly-1147.jsonl"
 STEPS = int(os.environ.get("STEPS", 6))
 
 
 def dataset(base: str):
+    """The Dolly conversations as our training tokenizes them, rows over 512 tokens left out."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from assets.domain.chat import DEFAULT_SYSTEM_PROMPT, training_chat_template, training_tokens, with_system
+    from assets.domain.chat import training_chat_template, training_tokens
+    from tests.bench.train import MAX_LENGTH, source_conversations
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     template = training_chat_template(tokenizer) or tokenizer.chat_template
-    rows = []
-    for line in DOLLY.open():
-        r = json.loads(line)
-        user = r["instruction"] + (f"\n\n{r['context']}" if r.get("context") else "")
-        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": r["response"]}]
-        tokens = training_tokens(tokenizer, with_system(turns, DEFAULT_SYSTEM_PROMPT), None, template)
-        if len(tokens["input_ids"]) <= 512:
-            rows.append(tokens)
-    return tokenizer, Dataset.from_list(rows)
+    tokens = [training_tokens(tokenizer, m, None, template) for m in source_conversations()[1]]
+    return tokenizer, Dataset.from_list([t for t in tokens if len(t["input_ids"]) <= MAX_LENGTH])
 
 
 def run(name: str, base: str, tokenizer, data, overrides: dict) -> None:
