@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
-.PHONY: venv run test test-fast dev mlflow-ui promote serve lint format bench bench-train sample-data clean-state
+.PHONY: venv run test test-fast dev server mlflow-ui promote serve lint format bench bench-train sample-data clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +34,15 @@ test: venv  ## the whole test suite: unit, integration (tiny model), end-to-end 
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -q -m "not integration and not e2e"
 
-dev: venv  ## the Dagster UI on http://$(HOST):3000
-	DAGSTER_HOME=$$($(PY) -m pipelines.settings dagster_home) $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p 3000
+dev: venv  ## the Dagster UI on http://$(HOST):3000 (another port: make dev PORT=3001), Data Docs on FT_DOCS_URL (:3030)
+	$(PY) -m pipelines.retraining
+	$(PY) -m pipelines.docs_server & DAGSTER_HOME=$$($(PY) -m pipelines.settings dagster_home) $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(or $(PORT),3000)
 
-mlflow-ui: venv  ## the MLflow UI on http://$(HOST):5000
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow ui --backend-store-uri $$($(PY) -m pipelines.settings mlflow_tracking_uri) --host $(HOST) --port 5000
+server: venv  ## the server profile (FT_PROFILE=server, FT_POSTGRES_URL): MLflow server + Dagster webserver, daemon, code server on PostgreSQL
+	FT_HOST=$(or $(FT_HOST),$(HOST)) $(PY) -m pipelines.server
+
+mlflow-ui: venv  ## the MLflow UI on http://$(HOST):5000 (another port: make mlflow-ui PORT=5002)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow ui --backend-store-uri $$($(PY) -m pipelines.settings mlflow_tracking_uri) --host $(HOST) --port $(or $(PORT),5000)
 
 promote: venv  ## move alias champion to VERSION (roll-back): make promote VERSION=3 REASON="v4 regressed"
 	@test -n "$(VERSION)" || (echo "usage: make promote VERSION=n [REASON=...]" && exit 2)

@@ -6,7 +6,7 @@ import io
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +14,31 @@ import dagster as dg
 import pandas as pd
 
 from assets.domain.chat import training_chat_template, training_tokens
+from assets.domain.pod_resources import GPU_POD
 from assets.domain.preferences import chosen_conversations
-from assets.domain.training import TrainingConfig, resolve_method, trainer_configs, trains_sft
+from assets.domain.training import (
+    TrainingConfig,
+    resolve_method,
+    trainer_configs,
+    trains_sft,
+    with_length_grouping,
+)
 from assets.domain.values import TrainedModel, short_run_id
+from resources.batch_order import sft_trainer_class
 from resources.checkpoints import CheckpointStore
 from resources.mlflow_registry import MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
 from resources.state import StateStore
-from resources.training_tracking import live_tracking
+from resources.training_job import TrainingJobClient
 
 # The file in a setup's checkpoint folder naming the MLflow run its training reports to.
 MLFLOW_RUN_FILE = "mlflow_run_id"
+# The training job (`python -m`, or torchrun with training.num_processes processes) and the files it
+# shares with this asset in the setup's checkpoint folder: its training examples, and its error if it fails.
+TRAINING_JOB = "assets.training_jobs.sft"
+JOB_EXAMPLES_FILE = "train_examples.jsonl"
+JOB_ERROR_FILE = "job_error.txt"
 
 
 def loss_curve_png(steps: list[int], losses: list[float]) -> bytes:
@@ -85,14 +98,14 @@ def train_adapter(
     """Train `training.adapter` (or all weights) on `train`'s conversations with TRL's SFTTrainer, loss on the
     assistant's tokens only, checkpointing into `checkpoints.folder` and resuming from
     `checkpoints.resume` when a killed training left one."""
-    from trl import SFTTrainer
-
     # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
     max_length = int(train["n_tokens"].max())
+    # Batches of similar length only where random ones would hold much padding (training.py).
+    training = with_length_grouping(training, [int(n) for n in train["n_tokens"]])
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
     setup = trainer_configs(training, checkpoints.folder, max_length, models.resolved_device() == "cpu")
     tokenizer = models.load_tokenizer(base_model)  # saved with the model: serving renders as the base did
-    trainer = SFTTrainer(
+    trainer = sft_trainer_class()(  # SFTTrainer; batches of similar length in random order when grouping
         model=models.load_model(base_model, **setup.model_kwargs),
         args=setup.sft,
         train_dataset=training_dataset(tokenizer, train),
@@ -160,6 +173,75 @@ def save_models(
     return adapter_dir, merged_dir
 
 
+@dataclass(frozen=True)
+class SftJob:
+    """What the training job (`assets/training_jobs/sft.py`) is told, as Pipes extras: the settings,
+    where its examples, checkpoints and outputs are, and the MLflow run it reports to."""
+
+    training: dict[str, Any]
+    base_model: str
+    checkpoint_dir: str
+    resume: str | None
+    resumed_from_step: int | None
+    out_dir: str
+    state_home: str
+    models: dict[str, Any]
+    mlflow: dict[str, Any]
+    mlflow_run_id: str
+
+    @classmethod
+    def from_extras(cls, extras: dict[str, Any]) -> "SftJob":
+        return cls(**{f.name: extras[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class SftReport:
+    """What the training job reports when it has trained and saved (a Pipes custom message)."""
+
+    steps: int
+    train_loss: float
+    seconds: float
+    loss_curve: tuple[tuple[int, float], ...]
+    tokens: int
+    world_size: int
+    device: str
+    adapter_dir: str | None
+    merged_dir: str
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> "SftReport":
+        curve = tuple((int(step), float(loss)) for step, loss in message["loss_curve"])
+        return cls(**{**message, "loss_curve": curve})
+
+
+def write_examples(train: pd.DataFrame, folder: Path) -> None:
+    """The job's training examples, one JSON object a line (conversations and tool schemas keep their shape)."""
+    with (folder / JOB_EXAMPLES_FILE).open("w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in train.to_dict("records"))
+
+
+def read_examples(folder: Path) -> pd.DataFrame:
+    with (folder / JOB_EXAMPLES_FILE).open(encoding="utf-8") as lines:
+        return pd.DataFrame([json.loads(line) for line in lines])
+
+
+def run_training_job(context, client: TrainingJobClient, job: SftJob, num_processes: int) -> SftReport:
+    """Run the training job through Dagster Pipes and return its report. A failed job fails this step
+    with the job's own error (which it leaves in the checkpoint folder), not only its exit code."""
+    error_file = Path(job.checkpoint_dir) / JOB_ERROR_FILE
+    error_file.unlink(missing_ok=True)
+    try:
+        invocation = client.launch(context, TRAINING_JOB, num_processes, asdict(job))
+    except Exception as failed:
+        if error_file.is_file():
+            raise RuntimeError(f"The training job failed: {error_file.read_text().strip()}") from failed
+        raise
+    reports = invocation.get_custom_messages()
+    if not reports:
+        raise RuntimeError(f"The training job ({TRAINING_JOB}) ended without reporting what it trained.")
+    return SftReport.from_message(reports[-1])
+
+
 def sft_examples(pairs: RecordSet, training: TrainingConfig) -> tuple[pd.DataFrame, str]:
     """What SFT trains on, and the method this run trains with (`training.method`, 'auto' resolved
     by the preference pairs in the train split): the train split's conversations, or, when it holds
@@ -195,7 +277,7 @@ def sft_skipped(context, training: TrainingConfig, base_model: str, models: Mode
     )
 
 
-def training_metadata(trained: TrainedModel, run: TrainingRun, png: bytes) -> dict:
+def training_metadata(trained: TrainedModel, run: SftReport, png: bytes) -> dict:
     steps, losses = [s for s, _ in run.loss_curve], [loss for _, loss in run.loss_curve]
     return {
         "preset": trained.preset,
@@ -207,6 +289,7 @@ def training_metadata(trained: TrainedModel, run: TrainingRun, png: bytes) -> di
         "final_loss": losses[-1] if losses else None,
         "train_seconds": round(run.seconds, 1),
         "tokens_per_second": round(float(run.tokens) / run.seconds, 1) if run.tokens else None,
+        "world_size": run.world_size,
         "loss_curve": dg.MetadataValue.md(
             f"![loss curve](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
             + pd.DataFrame({"step": steps, "loss": losses}).to_markdown(index=False)
@@ -223,6 +306,7 @@ def training_metadata(trained: TrainedModel, run: TrainingRun, png: bytes) -> di
     kinds={"pytorch", "huggingface"},
     pool="training",  # one training or evaluation at a time per machine; later runs queue
     automation_condition=dg.AutomationCondition.eager(),
+    op_tags=GPU_POD,  # its pod on Kubernetes (k8s_job_executor): a GPU node
 )
 def fine_tuned_model(
     context: dg.AssetExecutionContext,
@@ -233,10 +317,12 @@ def fine_tuned_model(
     state: StateStore,
     checkpoints: CheckpointStore,
     mlflow_registry: MlflowRegistry,
+    training_job: TrainingJobClient,
 ) -> TrainedModel:
     """The SFT stage: an adapter on `base_model` (`training.adapter`; or all weights), trained by TRL's
     SFTTrainer on the train split's conversations (the chosen replies when it holds only preference
-    pairs), loss on the assistant's tokens; plus the merged model. Under FT_HOME/artifacts/fine_tuned_model/<run>/."""
+    pairs), loss on the assistant's tokens; plus the merged model. Under `FT_HOME/artifacts/fine_tuned_model/<run id>/`.
+    The training runs as its own job (`training.num_processes` processes under torchrun) through Dagster Pipes."""
     train, method = sft_examples(instruction_pairs, training)
     if not trains_sft(method):
         return sft_skipped(context, training, base_model, models)
@@ -244,32 +330,31 @@ def fine_tuned_model(
     resume, step = checkpoints.last(key)
     if resume is not None:
         context.log.info(f"Resuming training from its checkpoint at step {step} ({resume})")
-    with tracked_training(mlflow_registry, checkpoints.folder(key), context.run.run_id, step) as mlflow_run:
-        callback = live_tracking(mlflow_run, context.log.info, training.max_steps)
-        run = train_adapter(
-            training, base_model, train, models, Checkpoints(checkpoints.folder(key), resume, step, callback)
-        )
-    out_dir = state.asset_dir("fine_tuned_model", context.run.run_id)
-    adapter_dir, merged_dir = save_models(run, out_dir, state, models, base_model)
+    folder, out_dir = checkpoints.folder(key), state.asset_dir("fine_tuned_model", context.run.run_id)
+    write_examples(train, folder)
+    with tracked_training(mlflow_registry, folder, context.run.run_id, step) as mlflow_run:
+        job = SftJob(training.model_dump(), base_model, str(folder), resume and str(resume), step, str(out_dir),
+                     state.home, models.model_dump(), mlflow_registry.model_dump(), mlflow_run.run_id)  # fmt: skip
+        run = run_training_job(context, training_job, job, training.num_processes)
     checkpoints.finish(key)
     png = loss_curve_png([s for s, _ in run.loss_curve], [loss for _, loss in run.loss_curve])
     (out_dir / "loss_curve.png").write_bytes(png)
     trained = TrainedModel(
-        adapter_dir=str(adapter_dir) if adapter_dir else None,
-        merged_dir=str(merged_dir),
+        adapter_dir=run.adapter_dir,
+        merged_dir=run.merged_dir,
         loss_curve_png=str(out_dir / "loss_curve.png"),
         preset=training.preset,
         settings={k: v for k, v in training.model_dump().items() if k != "preset"},
-        device=models.resolved_device(),
+        device=run.device,
         max_length=int(train["n_tokens"].max()),
         train_examples=len(train),
-        steps=run.trainer.state.global_step,
+        steps=run.steps,
         train_loss=run.train_loss,
         train_seconds=run.seconds,
-        loss_curve=tuple(run.loss_curve),
+        loss_curve=run.loss_curve,
         mlflow_run_id=mlflow_run.run_id,
         resumed_from_step=step,
         method=method, adapter=training.adapter, adapter_base_dir=base_model,
     )  # fmt: skip
-    context.add_output_metadata(training_metadata(trained, run, png))
-    return trained
+    # A step that ran a Pipes job hands Dagster typed events: the value wrapped in its Output.
+    return dg.Output(trained, metadata=training_metadata(trained, run, png))

@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from assets.domain.pod_resources import GPU_POD
 from assets.domain.preferences import dpo_rows
 from assets.domain.training import TrainingConfig, resolve_method, trainer_configs, trains_dpo, trains_sft
 from assets.domain.values import PreferenceStage, TrainedModel, short_run_id
@@ -120,6 +121,7 @@ def preference_metadata(candidate: TrainedModel, note: str) -> dict:
     kinds={"pytorch", "huggingface"},
     pool="training",  # one training or evaluation at a time per machine; later runs queue
     automation_condition=dg.AutomationCondition.eager(),
+    op_tags=GPU_POD,  # its pod on Kubernetes (FT_EXECUTOR=k8s): a GPU node
 )
 def preference_tuned_model(
     context: dg.AssetExecutionContext,
@@ -136,7 +138,7 @@ def preference_tuned_model(
     pairs, from the SFT stage's merged model ('sft+dpo', which is also DPO's reference) or from the
     base ('dpo'), with a new adapter of `training.adapter` (or all weights); the value records the
     folder its adapter applies to and the DPO stage's figures. Otherwise the SFT model, unchanged.
-    Folders under FT_HOME/artifacts/preference_tuned_model/<run id>/.
+    Folders under `FT_HOME/artifacts/preference_tuned_model/<run id>/`.
     """
     pairs = instruction_pairs.frame(where=[("split", "=", "train"), ("kind", "=", "preference")])
     method = resolve_method(training.method, len(pairs))

@@ -26,6 +26,14 @@ def bundled_gguf() -> Path:
     return files[0]
 
 
+def safetensors_adapter(adapter_dir: str) -> str:
+    """`adapter_dir`, once it is known to hold its weights as safetensors (PEFT would fall back to a
+    pickled adapter_model.bin)."""
+    if not (Path(adapter_dir) / "adapter_model.safetensors").exists():
+        raise ValueError(f"No adapter_model.safetensors in {adapter_dir}: only safetensors adapters are loaded.")
+    return adapter_dir
+
+
 class ModelLoader(dg.ConfigurableResource):
     """Where the base model comes from and how models are put on the device."""
 
@@ -34,6 +42,32 @@ class ModelLoader(dg.ConfigurableResource):
         description="FT_BASE_MODEL: the bundled SmolLM2 GGUF, a local HF folder, or a hub id.",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="FT_TRUST_REMOTE_CODE: let the base model run its own Python code (an architecture "
+        "transformers does not implement). Off: only transformers' code runs; such a model is refused.",
+    )
+
+    def load_args(self) -> dict:
+        """How every model is loaded: weights from safetensors only (pickled `.bin` weights can run
+        code while they are read), and a model's own Python code only when trusted."""
+        return {"use_safetensors": True, "trust_remote_code": self.trust_remote_code}
+
+    def _pretrained(self, name: str):
+        """Tokenizer and float32 model of a folder or hub id, refused clearly without safetensors."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=self.trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **self.load_args())
+        except OSError as error:
+            raise ValueError(
+                f"Base model {name!r} could not be loaded from safetensors ({error}). Only safetensors "
+                "weights are loaded: pickled .bin weights can run code when read. Convert it once where "
+                "you trust it (load, then save_pretrained, which writes safetensors) and point FT_BASE_MODEL there."
+            ) from error
+        return tokenizer, model
 
     def resolved_device(self) -> str:
         import torch
@@ -60,9 +94,7 @@ class ModelLoader(dg.ConfigurableResource):
             del quantized
         else:
             source = Path(self.base_model).expanduser()
-            name = str(source) if source.is_dir() else self.base_model
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+            tokenizer, model = self._pretrained(str(source) if source.is_dir() else self.base_model)
         if not tokenizer.chat_template:
             raise ValueError(
                 f"Base model {self.base_model!r} has no chat template; the pipeline trains chat-formatted "
@@ -74,7 +106,7 @@ class ModelLoader(dg.ConfigurableResource):
     def load_tokenizer(self, path: str, padding_side: str = "right"):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
         tokenizer.padding_side = padding_side
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -90,9 +122,9 @@ class ModelLoader(dg.ConfigurableResource):
             # A bitsandbytes model is placed while it loads and cannot be moved afterwards.
             return AutoModelForCausalLM.from_pretrained(
                 path, dtype=getattr(torch, dtype), quantization_config=quantization_config,
-                device_map={"": self.resolved_device()},
+                device_map={"": self.resolved_device()}, **self.load_args(),
             )  # fmt: skip
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **self.load_args())
         return model.to(self.resolved_device())
 
     def save_trained(self, model, tokenizer, adapter_dir: Path | None, merged_dir: Path, atomic_dir, starts_from: str):
@@ -116,8 +148,8 @@ class ModelLoader(dg.ConfigurableResource):
         """`model` wrapped with the PEFT adapter saved in `adapter_dir` (adapter name 'default')."""
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, adapter_dir)
+        return PeftModel.from_pretrained(model, safetensors_adapter(adapter_dir))
 
     def add_adapter(self, peft_model, adapter_dir: str, name: str) -> None:
         """Load another saved adapter onto a PEFT model under `name` (switch with `set_adapter`)."""
-        peft_model.load_adapter(adapter_dir, adapter_name=name)
+        peft_model.load_adapter(safetensors_adapter(adapter_dir), adapter_name=name)

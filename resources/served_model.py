@@ -13,6 +13,12 @@ Generation parameters come per request through the signature's params:
 
 `temperature` 0 (the default) decodes greedily, exactly as the evaluation did; above 0 it samples.
 
+Limits: one request may ask for at most `max_new_tokens_limit` new tokens (1024), hold at most
+`max_rows_per_request` rows (16), and each row's messages and tools at most `max_chars_per_row`
+characters (32,000); a request over a limit is refused with HTTP 400 and a message naming the limit,
+before anything is generated. The logged model's `model_config` may set each. Weights load from
+safetensors only, and the model's own Python code never runs (`trust_remote_code` off).
+
 Tool calling: a request row may carry `tools` (OpenAI function schemas) and messages with
 `tool_calls` and `tool` turns. They are rendered by the module `tool_calls` (the project's
 `assets/domain/tool_calls.py`, logged beside this file through `code_paths`, so a request is rendered
@@ -24,10 +30,17 @@ import json
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
+
+# One request's caps, unless the logged model's model_config sets them: generation is what costs,
+# so a caller cannot tie the server up with one huge reply or prompt.
+LIMITS = {"max_new_tokens_limit": 1024, "max_rows_per_request": 16, "max_chars_per_row": 32_000}
 
 
 class ChatModel(PythonModel):
+    limits = LIMITS
+
     def load_context(self, context):
         import tool_calls  # logged beside this file (code_paths): the rendering training used
         import torch
@@ -36,9 +49,12 @@ class ChatModel(PythonModel):
         self.rendering = tool_calls
         # The signature's default, passed as model_config when the model was logged.
         self.default_max_new_tokens = int(context.model_config["default_max_new_tokens"])
+        self.limits = {name: int(context.model_config.get(name, cap)) for name, cap in LIMITS.items()}
         folder = context.artifacts["model"]
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        ).eval()
 
     def reply(self, messages: list[dict], tools: list | None, max_new_tokens: int, temperature: float) -> dict:
         import torch
@@ -76,11 +92,30 @@ class ChatModel(PythonModel):
         max_new_tokens = int(params.get("max_new_tokens") or self.default_max_new_tokens)
         temperature = float(params.get("temperature") or 0.0)
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else model_input
+        check_request(rows, max_new_tokens, self.limits)
         replies = [
             self.reply(request_messages(r["messages"]), request_tools(r.get("tools")), max_new_tokens, temperature)
             for r in rows
         ]
         return pd.DataFrame(replies)
+
+
+def check_request(rows: list[dict], max_new_tokens: int, limits: dict[str, int]) -> None:
+    """Refuse a request over one of `limits` (HTTP 400 from the scoring server), naming the limit."""
+    if not 1 <= max_new_tokens <= limits["max_new_tokens_limit"]:
+        refuse(f"max_new_tokens={max_new_tokens} is outside 1..{limits['max_new_tokens_limit']}, this model's limit.")
+    if len(rows) > limits["max_rows_per_request"]:
+        refuse(f"{len(rows)} rows in one request; this model takes at most {limits['max_rows_per_request']}.")
+    for i, row in enumerate(rows):
+        size = len(json.dumps([row.get("messages"), row.get("tools")], default=str))
+        if size > limits["max_chars_per_row"]:
+            refuse(
+                f"row {i} holds {size} characters of messages and tools; the limit is {limits['max_chars_per_row']}."
+            )
+
+
+def refuse(reason: str):
+    raise MlflowException.invalid_parameter_value(f"Request refused: {reason} Split it or ask for less.")
 
 
 def request_messages(messages) -> list[dict]:

@@ -1,0 +1,149 @@
+"""The Kubernetes deployment (pipelines/kubernetes/), checked as far as no cluster allows: the
+instance config loads through Dagster's own schema and builds a real K8sRunLauncher and run queue,
+the manifests parse and name the image the Dockerfile builds and settings that pipelines/settings.py
+reads, and the assets ask dagster-k8s for the pods their stages need (a GPU node for training and
+evaluation, CPU only for the data stages)."""
+
+import re
+from dataclasses import replace
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+from dagster._serdes import ConfigurableClassData
+from dagster_k8s import K8sRunLauncher, k8s_job_executor
+from dagster_k8s.job import get_user_defined_k8s_config
+from dagster_postgres import DagsterPostgresStorage
+
+from assets.domain.pod_resources import GPU_RESOURCE
+from pipelines.definitions import ASSETS, build_definitions
+from pipelines.settings import REPO_ROOT
+from tests.conftest import make_settings
+
+KUBERNETES = REPO_ROOT / "pipelines" / "kubernetes"
+GPU_STAGES = ("fine_tuned_model", "preference_tuned_model", "model_evaluation")
+DATA_STAGES = ("raw_records", "validated_records", "instruction_pairs")
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: ft-pipeline}}]
+current-context: x
+"""
+
+
+def documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((KUBERNETES / name).read_text()) if d]
+
+
+def kustomization() -> dict:
+    (document,) = documents("kustomization.yaml")
+    return document
+
+
+def containers() -> list[dict]:
+    """Every container of the manifests' Deployments and StatefulSets."""
+    workloads = [d for d in documents("ft-pipeline.yaml") if d["kind"] in ("Deployment", "StatefulSet")]
+    return [c for w in workloads for c in w["spec"]["template"]["spec"]["containers"]]
+
+
+def settings_literals() -> dict[str, str]:
+    (settings,) = [g for g in kustomization()["configMapGenerator"] if g["name"] == "ft-settings"]
+    return dict(literal.split("=", 1) for literal in settings["literals"])
+
+
+@pytest.fixture
+def instance_config(monkeypatch):
+    monkeypatch.setenv("POSTGRES_USER", "dagster")
+    monkeypatch.setenv("POSTGRES_PASSWORD", "secret")
+    config, custom_class = dagster_instance_config(str(KUBERNETES))
+    assert custom_class is None
+    return config
+
+
+def test_the_instance_config_loads_through_dagsters_schema(instance_config, tmp_path):
+    assert instance_config["run_launcher"]["class"] == "K8sRunLauncher"
+    assert instance_config["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
+    postgres = process_config(DagsterPostgresStorage.config_type(), instance_config["storage"]["postgres"])
+    assert postgres.success, postgres.errors
+    assert postgres.value["postgres_db"]["password"] == "secret", "the password comes from the Secret's env"
+    # The run launcher and the run queue as Dagster builds them (no cluster: a stand-in kubeconfig).
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    launcher_config = {**instance_config["run_launcher"]["config"], "load_incluster_config": False}
+    launcher = ConfigurableClassData(
+        "dagster_k8s", "K8sRunLauncher", yaml.safe_dump({**launcher_config, "kubeconfig_file": str(kubeconfig)})
+    ).rehydrate(K8sRunLauncher)
+    assert launcher.instance_config_map == "ft-dagster-instance" and launcher.job_namespace == "ft-pipeline"
+    coordinator = instance_config["run_coordinator"]
+    queue = ConfigurableClassData(coordinator["module"], coordinator["class"], yaml.safe_dump({})).rehydrate(
+        dg.QueuedRunCoordinator
+    )
+    assert isinstance(queue, dg.QueuedRunCoordinator)
+
+
+def test_the_run_launcher_names_the_configmaps_secrets_and_volume_the_manifests_make(instance_config):
+    launcher = instance_config["run_launcher"]["config"]
+    generated = {g["name"] for g in kustomization()["configMapGenerator"]}
+    assert launcher["instance_config_map"] in generated and set(launcher["env_config_maps"]) <= generated
+    manifests = documents("ft-pipeline.yaml")
+    claims = {d["metadata"]["name"] for d in manifests if d["kind"] == "PersistentVolumeClaim"}
+    assert {v["persistentVolumeClaim"]["claimName"] for v in launcher["volumes"]} <= claims
+    accounts = {d["metadata"]["name"] for d in manifests if d["kind"] == "ServiceAccount"}
+    assert launcher["service_account_name"] in accounts
+    secrets = {s["secretRef"]["name"] for c in containers() for s in c.get("envFrom", []) if "secretRef" in s}
+    assert set(launcher["env_secrets"]) == secrets == {"ft-postgres"}
+    assert (
+        launcher["dagster_home"] == settings_literals()["DAGSTER_HOME"] == settings_literals()["FT_HOME"] + "/dagster"
+    )
+
+
+def test_the_manifests_run_the_image_the_dockerfile_builds():
+    dockerfile = (KUBERNETES / "Dockerfile").read_text()
+    image = re.search(r"docker build -f pipelines/kubernetes/Dockerfile -t (\S+) \.", dockerfile).group(1)
+    name, tag = image.split(":")
+    assert {"name": name, "newTag": tag} in kustomization()["images"]
+    ours = [c for c in containers() if not c["image"].startswith("postgres:")]
+    assert ours and {c["image"] for c in ours} == {image}
+    current = [e["value"] for c in ours for e in c.get("env", []) if e["name"] == "DAGSTER_CURRENT_IMAGE"]
+    assert current == [image], "the run launcher starts runs and steps in the code location's image"
+    for folder in re.findall(r"^COPY (\w+) ", dockerfile, re.MULTILINE):
+        assert (REPO_ROOT / folder).is_dir()
+
+
+def test_the_settings_they_set_are_ones_the_pipeline_reads():
+    settings_source = (REPO_ROOT / "pipelines" / "settings.py").read_text()
+    names = set(settings_literals()) | {e["name"] for c in containers() for e in c.get("env", [])}
+    pipeline_settings = {n for n in names if n.startswith("FT_") or n == "MLFLOW_TRACKING_URI"}
+    assert {"FT_HOME", "FT_EXECUTOR", "FT_PRESET"} <= pipeline_settings
+    for name in pipeline_settings:
+        assert f'"{name}"' in settings_source, f"{name} is not read by pipelines/settings.py"
+    assert settings_literals()["FT_EXECUTOR"] == "k8s" and settings_literals()["FT_PRESET"] in ("gpu", "cpu")
+    services = {d["metadata"]["name"] for d in documents("ft-pipeline.yaml") if d["kind"] == "Service"}
+    assert settings_literals()["MLFLOW_TRACKING_URI"].split("//")[1].split(":")[0] in services
+    (workspace,) = documents("workspace.yaml")
+    assert workspace["load_from"][0]["grpc_server"]["host"] in services
+
+
+def test_training_and_evaluation_ask_for_a_gpu_node_and_data_stages_do_not():
+    by_name = {key.path[-1]: a for a in ASSETS for key in a.keys}
+    for stage in GPU_STAGES + DATA_STAGES:
+        config = get_user_defined_k8s_config(by_name[stage].op.tags)  # dagster-k8s' own parsing
+        resources = config.container_config["resources"]
+        if stage in GPU_STAGES:
+            assert int(resources["requests"][GPU_RESOURCE]) >= 1 and int(resources["limits"][GPU_RESOURCE]) >= 1
+            assert config.pod_spec_config["node_selector"], f"{stage} runs on a GPU node"
+        else:
+            assert GPU_RESOURCE not in resources["requests"] and GPU_RESOURCE not in resources.get("limits", {})
+            assert resources["requests"]["cpu"], f"{stage} asks for CPU only"
+
+
+def test_ft_executor_k8s_runs_each_step_in_its_own_pod(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    settings = replace(make_settings(tmp_path, "unused"), executor="k8s")
+    assert build_definitions(settings).resolve_job_def("finetune").executor_def is k8s_job_executor
+    local = build_definitions(make_settings(tmp_path, "unused")).resolve_job_def("finetune")
+    assert local.executor_def is not k8s_job_executor
