@@ -12,6 +12,7 @@ from pydantic import Field
 
 from assets.domain.chat import conversation_text, normalize, prompt_hash
 from assets.domain.drops import DROPS, by_drop
+from assets.domain.pod_resources import CPU_POD
 from assets.domain.rows import row_location
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import EXAMPLE_ROWS, PairsSummary
@@ -37,6 +38,9 @@ RETRAIN_ON_NEW_DATA = (
 
 
 class SplitConfig(dg.ConfigurableResource):
+    """How validated rows are split into train and eval (by a hash of the normalized prompt, so the
+    split is stable as drops arrive) and which drops are used. The `split` section of the preset."""
+
     eval_fraction: float = Field(
         default=0.15, description="Share of examples held out for evaluation, chosen by content hash."
     )
@@ -143,6 +147,8 @@ class PairTally:
                 self.example = p["messages"]
             if p["kind"] == "preference":
                 self.preference += 1
+                if p["split"] == "eval":  # the eval set is what evaluation scores: its held-out pairs too
+                    self.eval_hash.add(p["example_id"], [p["messages"], p["chosen"], p["rejected"]])
             elif p["split"] == "train":
                 self.train += 1
                 self.train_hash.add(p["example_id"], p["messages"])
@@ -186,6 +192,37 @@ PAIRS_SCHEMA = pa.schema(
 )
 
 
+REJECTED = dg.AssetKey("rejected_records")
+
+
+def quality_row(drop: str, metadata: dict | None) -> str:
+    if metadata is None:
+        return f"| {drop} | not validated: its ingestion failed (see its raw_records run) | | | | | |"
+    value = {k: v.value for k, v in metadata.items()}
+    reasons = "; ".join(f"{rule} ({n})" for rule, n in (value.get("top_reasons") or {}).items())
+    pii = ", ".join(f"{kind} {n}" for kind, n in (value.get("pii_counts") or {}).items())
+    share = value.get("rejected_share")
+    return (
+        f"| {drop} | {value.get('drop_status', '')} | {value.get('rows_raw', '')} | {value.get('rows_rejected', '')} "
+        f"| {'' if share is None else f'{share:.1%}'} | {reasons or '-'} | {pii or '-'} |"
+    )
+
+
+def quality_table(instance: dg.DagsterInstance, drops: list[str]) -> str:
+    """Each drop's data quality in one table, from its latest validation (the metadata of its
+    rejected_records partition, written whether the drop passed or was held back)."""
+    lines = [
+        "| drop | status | rows | rejected | rejected share (bad data) | top reasons | possible personal data |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for drop in drops:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=REJECTED, asset_partitions=[drop]), limit=1
+        ).records
+        lines.append(quality_row(drop, found[0].asset_materialization.metadata if found else None))
+    return "\n".join(lines)
+
+
 def show_example(messages: list[dict]) -> str:
     return "\n\n".join(f"**{m['role']}**: {reply_text(m)}" for m in messages)  # tool calls as blocks
 
@@ -218,6 +255,7 @@ def write_pairs(
     kinds={"parquet"},
     ins={"validated_records": dg.AssetIn(metadata={"allow_missing_partitions": True})},
     automation_condition=RETRAIN_ON_NEW_DATA,
+    op_tags=CPU_POD,  # its pod on Kubernetes (FT_EXECUTOR=k8s): CPU only
 )
 def instruction_pairs(
     context: dg.AssetExecutionContext, split: SplitConfig, validated_records: Any, state: StateStore
@@ -237,7 +275,8 @@ def instruction_pairs(
     """
     per_drop = by_drop(validated_records)
     passed = {d for d, records in per_drop.items() if records is not None}
-    held_back = sorted(set(context.instance.get_dynamic_partitions(DROPS.name)) - passed)
+    drops = sorted(context.instance.get_dynamic_partitions(DROPS.name))
+    held_back = sorted(set(drops) - passed)
     path = state.dataset_path("instruction_pairs", None, context.run.run_id)
     out, tally = write_pairs(drops_to_use(per_drop, split.drops_window), split, path, state.scratch_dir())
     summary = tally.summary()
@@ -249,6 +288,7 @@ def instruction_pairs(
             "excluded_duplicates": summary.excluded_duplicates,
             "drops": dg.MetadataValue.json(list(summary.drops)),
             "drops_held_back": dg.MetadataValue.json(held_back),
+            "drop_quality": dg.MetadataValue.md(quality_table(context.instance, drops)),
             "excluded_examples": dg.MetadataValue.json(tally.excluded_examples),
             "train_set_hash": summary.train_set_hash,
             "eval_set_hash": summary.eval_set_hash,

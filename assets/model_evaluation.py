@@ -13,21 +13,26 @@ import pandas as pd
 from pydantic import Field
 
 from assets.domain.chat import prompt_text, training_chat_template, training_tokens
-from assets.domain.lineage import ADAPTER_ON_TAG
-from assets.domain.metrics import DEFAULT_PRIMARY, mean_scores, metrics_table, score_answer, task_type
+from assets.domain.lineage import ADAPTER_ON_TAG, BASE_MODEL_PATH_TAG
+from assets.domain.metrics import DEFAULT_PRIMARY, SHOWN_DECIMALS, mean_scores, metrics_table, score_answer, task_type
+from assets.domain.pod_resources import GPU_POD
 from assets.domain.preferences import chosen_conversations, margin_summary, reply_tokens
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import ChampionScores, Evaluation, TrainedModel
+from data_checks.pii import scan
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
 
 GENERAL_PROBE = Path(__file__).resolve().parent / "domain" / "general_probe.txt"
-# Hex characters of a sha256 that name an eval set or an evaluation's settings.
+# Hex characters of a sha256 that name an evaluation's settings.
 HASH_CHARS = 16
 
 
 class EvaluationConfig(dg.ConfigurableResource):
+    """How the base, the candidate and the champion are scored on the eval split: the primary metric,
+    how many examples and tokens, batched greedy decoding. The `evaluation` section of the preset."""
+
     primary_metric: str = Field(
         default="auto",
         description="Metric the promotion gate compares; 'auto' picks exact_match when every expected "
@@ -226,7 +231,8 @@ class EvalSet:
             tokens=[training_tokens(tokenizer, c, t, template) for c, t in zip(conversations, tools)],
             task=task,
             primary=DEFAULT_PRIMARY[task] if config.primary_metric == "auto" else config.primary_metric,
-            eval_hash=eval_set_hash([*evals["example_id"], *preferences["example_id"]]),
+            # The split's one content hash (instruction_pairs); max_eval_examples is in the settings hash.
+            eval_hash=pairs.summary.eval_set_hash,
             max_new_tokens=config.max_new_tokens or generation_budget(tokenizer, expected, config.max_new_tokens_cap),
             preferences=[
                 (*reply_tokens(tokenizer, m, c), reply_tokens(tokenizer, m, r)[1])
@@ -239,11 +245,6 @@ def eval_rows(pairs: RecordSet, kind: str, limit: int) -> pd.DataFrame:
     """The eval split's rows of one kind in a fixed order, at most `limit` (0: all)."""
     rows = pairs.frame(where=[("split", "=", "eval"), ("kind", "=", kind)]).sort_values("example_id")
     return rows.head(limit) if limit else rows
-
-
-def eval_set_hash(example_ids: list[str]) -> str:
-    """Names an eval set by its examples' ids (conversations, then preference pairs)."""
-    return hashlib.sha256("\n".join(example_ids).encode()).hexdigest()[:HASH_CHARS]
 
 
 def generation_budget(tokenizer, references: list[str], cap: int) -> int:
@@ -279,7 +280,10 @@ def champion_scores(
         tuned = {k.removeprefix("tuned."): v for k, v in metrics.items() if k.startswith("tuned.")}
         return ChampionScores(version=number, rescored=False, metrics=tuned), None
     # Versions registered before the tag existed had their adapter on the base model.
-    if tags.get("base_model") == base_model and tags.get(ADAPTER_ON_TAG, "base_model") == "base_model":
+    if (
+        tags.get(BASE_MODEL_PATH_TAG, tags.get("base_model")) == base_model
+        and tags.get(ADAPTER_ON_TAG, "base_model") == "base_model"
+    ):
         adapter = registry.download(version.run_id, "adapter")
         if hasattr(host, "peft_config"):
             models.add_adapter(host, adapter, name=CHAMPION)
@@ -294,12 +298,14 @@ def champion_scores(
 
 
 def samples_frame(examples: EvalSet, answers: dict[str, list[str] | None]) -> pd.DataFrame:
-    """Prompt, expected answer and each model's answer, one row per eval example."""
+    """Prompt, expected answer and each model's answer, one row per eval example; possible personal
+    data (what the `personal_data_scan` flags) replaced by [EMAIL], [PHONE], [CARD], since the
+    samples are shown in both UIs."""
     frame = pd.DataFrame({"prompt": [c[-2]["content"] for c in examples.conversations], "expected": examples.expected})
     for name, values in answers.items():
         if values is not None:
             frame[name] = values
-    return frame
+    return frame.map(lambda text: scan(text)[0] if isinstance(text, str) else text)
 
 
 def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int) -> dict:
@@ -307,8 +313,8 @@ def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int)
     return {
         "primary_metric": primary,
         "task_type": ev.task_type,
-        f"base_{primary}": ev.base_primary,
-        f"tuned_{primary}": ev.tuned_primary,
+        f"base_{primary}": round(ev.base_primary, SHOWN_DECIMALS),
+        f"tuned_{primary}": round(ev.tuned_primary, SHOWN_DECIMALS),
         "forgetting_pct": round(ev.forgetting_pct, 2),
         "champion": dg.MetadataValue.json(
             {"version": champion.version, "rescored": champion.rescored} if champion else {"version": None}
@@ -330,6 +336,7 @@ def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int)
     kinds={"pytorch"},
     pool="training",
     automation_condition=dg.AutomationCondition.eager(),
+    op_tags=GPU_POD,  # its pod on Kubernetes (FT_EXECUTOR=k8s): a GPU node
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from assets.domain.drops import DROPS
 from assets.domain.formats import MAPPED, REQUIRED_FIELDS, detect_format
+from assets.domain.pod_resources import CPU_POD
 from assets.domain.rows import with_format
 from assets.domain.values import FileSummary, RawSummary
 from resources.landing import DATA_SUFFIXES, LandingFile, LandingZone
@@ -32,6 +33,9 @@ class IngestError(ValueError):
 
 
 class IngestConfig(dg.ConfigurableResource):
+    """How raw files are read as records: the record format (detected per file by default) and a
+    column mapping for data in no known format. The `ingest` section of the preset."""
+
     format: str = Field(
         default="auto",
         description="Record format of every file: 'auto' (detected per file from its fields) or one of "
@@ -355,7 +359,7 @@ RAW_SCHEMA = pa.schema(
 )
 
 
-@dg.asset(group_name="data", kinds={"parquet"}, partitions_def=DROPS)
+@dg.asset(group_name="data", kinds={"parquet"}, partitions_def=DROPS, op_tags=CPU_POD)  # no GPU on Kubernetes
 def raw_records(
     context: dg.AssetExecutionContext, ingest: IngestConfig, landing: LandingZone, state: StateStore
 ) -> RecordSet:

@@ -8,10 +8,12 @@ import pandas as pd
 
 from assets.domain import tool_calls
 from assets.domain.drops import by_drop
-from assets.domain.lineage import DataCounts, RunLineage, model_card
+from assets.domain.lineage import DataCounts, RunLineage, base_model_name, model_card
+from assets.domain.metrics import comparison_rows
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel, short_run_id
 from data_checks.promotion_gate import GATE_CHECK_SPEC, GateConfig, gate_check_result, gate_verdict
 from resources.mlflow_registry import CHALLENGER, MlflowRegistry, TrackedRun, is_transient
+from resources.models import ModelLoader
 from resources.records import RecordSet
 
 # Register once a new evaluation exists (the evaluation only updates after a retraining). The
@@ -24,8 +26,10 @@ REGISTER_AFTER_EVALUATION = (
     & ~dg.AutomationCondition.in_progress()
 )
 ALL_DROPS = {"allow_missing_partitions": True}
-# Transient tracking-server errors: how often and how long apart registration is retried.
-RETRIES, RETRY_SECONDS = 3, 10
+# The models compared, in the order the table and the chart show them.
+MODELS = ("base", "tuned", "champion")
+# The columns each split's MLflow dataset describes (its schema and profile; the rows stay in Parquet).
+DATASET_COLUMNS = ["example_id", "kind", "drop", "source_file", "source_line", "n_tokens"]
 
 
 def lineage_rows(pairs: RecordSet) -> pd.DataFrame:
@@ -53,6 +57,8 @@ def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -
         run.log_file(trained.loss_curve_png, "training")
     if trained.preference is not None and trained.mlflow_run_id is None:  # else logged live, as for SFT
         run.log_series("dpo.loss", trained.preference.loss_curve)
+    log_comparison(run, evaluation)
+    log_datasets(run, lineage, pairs)
     run.log_table(pd.DataFrame(list(evaluation.samples)), "eval/samples.json")
     run.log_dict(eval_summary(evaluation), "eval/metrics.json")
     if trained.adapter_dir is not None:  # none when all weights were trained: the logged model holds them
@@ -64,6 +70,61 @@ def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -
     run.log_text(card, "model_card.md")
     run.set_tags(lineage.gate_tags())
     return model_uri
+
+
+def comparison_frame(evaluation: Evaluation) -> pd.DataFrame:
+    """Base vs tuned vs champion, one row per metric, rounded for reading."""
+    champion = evaluation.champion.metrics if evaluation.champion else None
+    return pd.DataFrame(comparison_rows(evaluation.base, evaluation.tuned, evaluation.primary_metric, champion))
+
+
+def comparison_chart(frame: pd.DataFrame):
+    """One grouped bar chart of the comparison: a group of bars (base, tuned, champion) per metric;
+    scores between 0 and 1 on the left, losses, perplexities and the like on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in MODELS if m in frame and frame[m].notna().any()]
+    bounded = frame[models].fillna(0).apply(lambda row: row.between(0, 1).all(), axis=1)
+    parts = [(frame[bounded], "score (0-1)"), (frame[~bounded], "value")]
+    parts = [(part, label) for part, label in parts if len(part)]
+    widths = [max(len(part), 2) for part, _ in parts]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4 + 0.6 * sum(widths), 3.6), dpi=90, width_ratios=widths)
+    for ax, (part, label) in zip(axes if len(parts) > 1 else [axes], parts):
+        width = 0.8 / len(models)
+        for i, model in enumerate(models):
+            ax.bar([x + i * width for x in range(len(part))], part[model].fillna(0), width, label=model)
+        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(part))], part["metric"], rotation=30)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(models, loc="upper center", ncol=len(models))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return fig
+
+
+def log_comparison(run: TrackedRun, evaluation: Evaluation) -> None:
+    """The comparison as one table (CSV, shown as a table in the run's artifacts) and one chart."""
+    import matplotlib.pyplot as plt
+
+    frame = comparison_frame(evaluation)
+    run.log_text(frame.to_csv(index=False), "eval/comparison.csv")
+    figure = comparison_chart(frame)
+    run.log_figure(figure, "eval/comparison.png")
+    plt.close(figure)
+
+
+def log_datasets(run: TrackedRun, lineage: RunLineage, pairs: RecordSet) -> None:
+    """The train and eval splits as the run's MLflow datasets, each named and digested by its
+    content hash (the same hashes as the version's tags)."""
+    data, ev = lineage.data, lineage.evaluation
+    for split, digest, context in (
+        ("train", data.train_set_hash, "training"),
+        ("eval", ev.eval_set_hash, "evaluation"),
+    ):
+        frame = pairs.frame(columns=DATASET_COLUMNS, where=[("split", "=", split)])
+        run.log_dataset(frame, f"instruction_pairs.{split}", digest, context, source=pairs.path)
 
 
 def eval_summary(evaluation: Evaluation) -> dict:
@@ -88,6 +149,7 @@ def registered_model(
     preference_tuned_model: TrainedModel,
     model_evaluation: Evaluation,
     mlflow_registry: MlflowRegistry,
+    models: ModelLoader,
 ):
     """The candidate (`preference_tuned_model`) as a new version of the registered model in MLflow,
     alias `challenger`: an MLflow run with the data counts, training settings (`train.method`,
@@ -99,8 +161,9 @@ def registered_model(
     `lineage/examples.parquet` lists every example's raw file and line. The value names the version
     and the verdict.
 
-    A tracking server that cannot be reached is retried (three times, backing off); any other
-    failure is final.
+    A tracking server that cannot be reached is retried by MLflow itself (each request, backing off:
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR), then the step fails saying
+    so, with nothing registered and no alias moved; any other failure is final at once.
     """
     run_id = context.run.run_id
     lineage = RunLineage(
@@ -111,16 +174,47 @@ def registered_model(
         trained=preference_tuned_model,
         evaluation=model_evaluation,
         gate=gate_verdict(model_evaluation, gate),
+        base_model_name=base_model_name(models.base_model),
+        dagster_run_url=mlflow_registry.dagster_run_url(run_id),
     )
     try:
         registered, card = register(lineage, instruction_pairs, mlflow_registry)
     except Exception as error:
         if is_transient(error):
-            raise dg.RetryRequested(max_retries=RETRIES, seconds_to_wait=RETRY_SECONDS) from error
+            # MLflow has retried each request already (MLFLOW_HTTP_REQUEST_MAX_RETRIES, backing off).
+            raise dg.Failure(mlflow_registry.unreachable_message(error), allow_retries=False) from error
         raise
-    metadata = lineage.dagster_metadata(registered.version, registered.mlflow_run_id)
-    yield dg.Output(registered, metadata={**metadata, "aliases": CHALLENGER, "model_card": dg.MetadataValue.md(card)})
+    yield dg.Output(registered, metadata=output_metadata(lineage, registered, mlflow_registry, card))
     yield gate_check_result(lineage.gate, registered.version)
+
+
+def output_metadata(lineage: RunLineage, registered: RegisteredVersion, registry: MlflowRegistry, card: str) -> dict:
+    """The registration's Dagster metadata, with links to its MLflow run and model version."""
+    return lineage.dagster_metadata(registered.version, registered.mlflow_run_id) | {
+        "mlflow_run": dg.MetadataValue.url(registry.run_url(registered.mlflow_run_id)),
+        "mlflow_model_version": dg.MetadataValue.url(registry.version_url(registered.version)),
+        "aliases": CHALLENGER,
+        "model_card": dg.MetadataValue.md(card),
+    }
+
+
+def model_description(lineage: RunLineage, model_url: str) -> str:
+    """The registered model's own description: what it is, how its versions come and get promoted."""
+    ev = lineage.evaluation
+    return (
+        f"Fine-tuned from `{lineage.base_name}` by the fine-tuning pipeline (Dagster), one version per "
+        f"training run, each with its model card, metrics and the Dagster run that made it. Alias "
+        f"`challenger`: the latest version; alias `champion`: the version to serve, moved only when the "
+        f"promotion gate passed (`{ev.primary_metric}` against the base and the champion, forgetting), "
+        f"or by hand with `make promote`. Latest: [Dagster run]({lineage.dagster_run_url}); "
+        f"[all versions]({model_url})."
+    )
+
+
+def model_tags(lineage: RunLineage) -> dict[str, str]:
+    ev = lineage.evaluation
+    return {"base_model": lineage.base_name, "task_type": ev.task_type, "primary_metric": ev.primary_metric,
+            "pipeline": "dagster fine-tuning", "train.method": lineage.trained.method}  # fmt: skip
 
 
 def register(lineage: RunLineage, pairs: RecordSet, registry: MlflowRegistry) -> tuple[RegisteredVersion, str]:
@@ -132,8 +226,9 @@ def register(lineage: RunLineage, pairs: RecordSet, registry: MlflowRegistry) ->
     # before training reported live).
     with registry.start_run(run_name=run_name, tags=lineage.run_tags(), run_id=lineage.trained.mlflow_run_id) as run:
         model_uri = log_run(run, lineage, pairs, card)
-    version = registry.register_version(model_uri, lineage.version_tags(), description=card)
-    registry.set_alias(CHALLENGER, version)
+        run.describe(card)
+    version = registry.register_version(model_uri, lineage.version_tags(), description=card, alias=CHALLENGER)
+    registry.describe_model(model_description(lineage, registry.model_url()), model_tags(lineage))
     evaluation = lineage.evaluation
     registered = RegisteredVersion(
         model_name=lineage.model_name,

@@ -19,9 +19,17 @@ from pydantic import Field
 
 from assets.domain.chat import DEFAULT_SYSTEM_PROMPT
 from assets.domain.drops import DROPS
+from assets.domain.pod_resources import CPU_POD
 from assets.domain.rows import row_location, with_format
 from assets.domain.values import EXAMPLE_ROWS, short_run_id
-from data_checks.record_checks import CHECK_SPECS, PiiTally, Rejections, share_check_result, suite_check_result
+from data_checks.record_checks import (
+    CHECK_SPECS,
+    PiiTally,
+    Rejections,
+    drop_quality,
+    share_check_result,
+    suite_check_result,
+)
 from data_checks.record_rules import with_features
 from data_checks.record_suite import (
     FEATURE_FIELDS,
@@ -41,6 +49,10 @@ ALL_ROWS, PASSED_ROWS = "records", "validated_records"
 
 
 class ValidationConfig(dg.ConfigurableResource):
+    """The quality gate on each drop: the token budget per example, the share of bad rows a drop may
+    have before it is held back, the default system prompt and what to do with personal data. The
+    `validation` section of the preset."""
+
     max_tokens: int = Field(
         default=256,
         description="Longest formatted example (chat template applied, base tokenizer) a row may have. "
@@ -188,11 +200,12 @@ def split_pass(
     return Split(validated_out.record_set(partition=drop), rejected_out.record_set(partition=drop), tally, examples)
 
 
-def rejected_output(rejected: RecordSet) -> dg.Output:
+def rejected_output(rejected: RecordSet, quality: dict) -> dg.Output:
     return dg.Output(
         rejected,
         output_name="rejected_records",
         metadata={
+            **quality,
             "rows": len(rejected),
             "dataset": dg.MetadataValue.path(rejected.path),
             "reasons": dg.MetadataValue.md(reasons_table(rejected)),
@@ -201,20 +214,19 @@ def rejected_output(rejected: RecordSet) -> dg.Output:
 
 
 def validated_output(
-    split: Split, config: ValidationConfig, rows_raw: int, warnings: Counter, report: ValidationReport
+    split: Split, config: ValidationConfig, quality: dict, warnings: Counter, report: ValidationReport
 ) -> dg.Output:
     return dg.Output(
         split.validated,
         output_name="validated_records",
         metadata={
+            **quality,
             "rows": split.tally.rows,
-            "rows_raw": rows_raw,
             "rows_truncated": split.tally.truncated,
             "max_tokens": config.max_tokens,
             "longest_example_tokens": split.tally.longest,
             "kinds": dg.MetadataValue.json(dict(split.tally.kinds)),
             "conversion_warnings": dg.MetadataValue.json(dict(warnings)),
-            "data_docs": dg.MetadataValue.url(report.docs_url or ""),
             "gx_result": dg.MetadataValue.path(report.result_path or ""),
             "dataset": dg.MetadataValue.path(split.validated.path),
         },
@@ -240,6 +252,7 @@ def validated_output(
     },
     group_name="data",
     partitions_def=DROPS,
+    op_tags=CPU_POD,  # its pod on Kubernetes (FT_EXECUTOR=k8s): CPU only
     check_specs=CHECK_SPECS,
 )
 def validated_records(
@@ -276,20 +289,32 @@ def validated_records(
     features.close()
     recheck = gx.validate_features(features, PASSED_ROWS, record_suite(validation.max_tokens, name=PASSED_ROWS))
     suite_result = suite_check_result(recheck)
-    share_result = share_check_result(
-        len(raw_records), rejected, split.examples, validation.max_rejected_fraction, report
+    rows_raw = len(raw_records)
+    share_result = share_check_result(rows_raw, rejected, split.examples, validation.max_rejected_fraction, report)
+    passed = suite_result.passed and share_result.passed
+    quality = gate_outcome(
+        gx, drop, report, share_result, drop_quality(rows_raw, rejected, report, pii, passed), passed
     )
-    yield rejected_output(split.rejected)
-    # A drop that fails the gate is held back: its validated rows are not handed on, so training
-    # never sees them; the failed checks below say why.
-    if suite_result.passed and share_result.passed:
-        yield validated_output(split, validation, len(raw_records), warnings, report)
+    yield rejected_output(split.rejected, quality)
+    # A drop that fails the gate is held back: training never sees its rows; the failed checks say why.
+    if passed:
+        yield validated_output(split, validation, quality, warnings, report)
     else:
         Path(split.validated.path).unlink(missing_ok=True)
         context.log.error(f"Drop {drop} held back from training: {share_result.description}")
     yield suite_result
     yield share_result
     yield pii.result(validation.pii)
+
+
+def gate_outcome(
+    gx: GreatExpectations, drop: str, report: ValidationReport, share: dg.AssetCheckResult, quality: dict, passed: bool
+) -> dict:
+    """The drop's Data Docs page rewritten with the gate's verdict (a drop with a few rejected rows
+    within the limit passes); returns the drop's quality metadata with the page's link."""
+    verdict = f"{'passed the quality gate' if passed else 'held back from training'}: {share.description}"
+    gx.publish_verdict(report, f"Drop {drop}: record suite", passed, verdict)
+    return {**quality, "data_docs": dg.MetadataValue.url(report.docs_url)}
 
 
 def reasons_table(rejected: RecordSet, limit: int = 50) -> str:

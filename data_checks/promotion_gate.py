@@ -26,6 +26,9 @@ GATE_CHECK_SPEC = dg.AssetCheckSpec(
 
 
 class GateConfig(dg.ConfigurableResource):
+    """When a new version may become champion: its margin over the base and the champion on the
+    primary metric, the forgetting budget and the preference accuracy. The `gate` section of the preset."""
+
     min_improvement: float | None = Field(
         default=None,
         description="How much the tuned primary metric must exceed the base model's. Default by task "

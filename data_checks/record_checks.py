@@ -1,14 +1,19 @@
 """Asset checks on validated_records, built from the Great Expectations results of its own run.
 
 The suite and share checks are blocking: a failure stops training on data that did not pass the
-gate. The personal-data scan only warns: it flags rows for a person to look at.
+gate. The personal-data scan only warns: it flags rows for a person to look at. The checks are
+partitioned like the asset, so each drop keeps its own verdicts (the partitions view of a check).
+`drop_quality` is the same drop's figures in one place, for the materializations' metadata.
 """
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
 import dagster as dg
 
+from assets.domain.drops import DROPS
+from assets.domain.figures import significant
 from assets.domain.rows import row_location
 from assets.domain.values import EXAMPLE_ROWS
 from resources.expectations import ValidationReport
@@ -19,26 +24,32 @@ PII_CHECK = "personal_data_scan"
 # How many of the most frequent rules the share check lists.
 TOP_REASONS = 5
 
-CHECK_SPECS = [
-    dg.AssetCheckSpec(
-        SUITE_CHECK,
-        asset="validated_records",
-        blocking=True,
-        description="Every validated row passes each expectation of the record suite (re-validated).",
-    ),
-    dg.AssetCheckSpec(
-        SHARE_CHECK,
-        asset="validated_records",
-        blocking=True,
-        description="The share of rejected rows stays within max_rejected_fraction.",
-    ),
-    dg.AssetCheckSpec(
-        PII_CHECK,
-        asset="validated_records",
-        description="Possible e-mail addresses, phone and card numbers in the examples (warning; "
-        "set pii: redact to replace them).",
-    ),
-]
+# Partitioned checks (one verdict per drop) are a preview API in Dagster 1.13, used on purpose.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    CHECK_SPECS = [
+        dg.AssetCheckSpec(
+            SUITE_CHECK,
+            asset="validated_records",
+            partitions_def=DROPS,
+            blocking=True,
+            description="Every validated row passes each expectation of the record suite (re-validated).",
+        ),
+        dg.AssetCheckSpec(
+            SHARE_CHECK,
+            asset="validated_records",
+            partitions_def=DROPS,
+            blocking=True,
+            description="The share of rejected rows stays within max_rejected_fraction.",
+        ),
+        dg.AssetCheckSpec(
+            PII_CHECK,
+            asset="validated_records",
+            partitions_def=DROPS,
+            description="Possible e-mail addresses, phone and card numbers in the examples (warning; "
+            "set pii: redact to replace them).",
+        ),
+    ]
 
 
 def expectation_table(report: ValidationReport) -> str:
@@ -70,9 +81,6 @@ def share_check_result(
     over-long rows (kept out of training but not counted: they are not bad data), the top rules and
     example rows."""
     share = rejected.bad / rows_raw if rows_raw else 0.0
-    rules = Counter()
-    for outcome in report.outcomes:
-        rules[outcome.rule] += outcome.unexpected_count
     description = f"{rejected.bad} of {rows_raw} rows rejected as bad data ({share:.1%}); limit {max_fraction:.1%}"
     if rejected.over_long:
         description += (
@@ -85,18 +93,43 @@ def share_check_result(
         severity=dg.AssetCheckSeverity.ERROR,
         description=description,
         metadata={
-            "rejected_fraction": float(share),
+            "rejected_fraction": significant(float(share)),
             "max_rejected_fraction": float(max_fraction),
             "rows_rejected": rejected.total,
             "rows_bad_data": rejected.bad,
             "rows_over_long": rejected.over_long,
             "rows_raw": rows_raw,
-            "top_reasons": dg.MetadataValue.json({rule: n for rule, n in rules.most_common(TOP_REASONS) if n}),
+            "top_reasons": dg.MetadataValue.json(top_reasons(report)),
             "example_rows": dg.MetadataValue.json(examples[:EXAMPLE_ROWS]),
             "expectations": dg.MetadataValue.md(expectation_table(report)),
             "data_docs": dg.MetadataValue.url(report.docs_url or ""),
         },
     )
+
+
+def top_reasons(report: ValidationReport) -> dict[str, int]:
+    """The rules most rows broke, with how many rows broke each."""
+    rules = Counter()
+    for outcome in report.outcomes:
+        rules[outcome.rule] += outcome.unexpected_count
+    return {rule: n for rule, n in rules.most_common(TOP_REASONS) if n}
+
+
+def drop_quality(
+    rows_raw: int, rejected: "Rejections", report: ValidationReport, pii: "PiiTally", passed: bool
+) -> dict:
+    """One drop's data quality as metadata of its partitions: whether it passed the gate, its rows,
+    the share rejected as bad data, the top reasons, and the possible personal data found."""
+    share = rejected.bad / rows_raw if rows_raw else 0.0
+    return {
+        "drop_status": "passed: in training" if passed else "held back: failed the quality gate",
+        "rows_raw": rows_raw,
+        "rows_rejected": rejected.total,
+        "rejected_share": significant(share),
+        "top_reasons": dg.MetadataValue.json(top_reasons(report)),
+        "pii_rows": pii.flagged,
+        "pii_counts": dg.MetadataValue.json(dict(pii.totals)),
+    }
 
 
 @dataclass(frozen=True)

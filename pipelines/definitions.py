@@ -21,13 +21,15 @@ from assets.validated_records import validated_records
 from data_checks.pair_checks import train_eval_disjoint
 from pipelines.presets import stage_resources
 from pipelines.retraining import build_landing_sensor, build_retrain_schedule, retrain_automation
-from pipelines.settings import Settings
+from pipelines.settings import REPO_ROOT, Settings
 from resources.checkpoints import CheckpointStore
+from resources.credentials import has_password
 from resources.expectations import GreatExpectations
 from resources.landing import LandingZone
 from resources.mlflow_registry import MlflowRegistry
 from resources.models import ModelLoader
 from resources.state import StateStore
+from resources.training_job import LocalTrainingJob
 
 ASSETS = [
     base_model,
@@ -74,16 +76,34 @@ def build_resources(settings: Settings, overrides: dict[str, dict] | None = None
         "io_manager": dg.FilesystemIOManager(base_dir=str(settings.home / "storage")),
         "state": StateStore(home=str(settings.home)),
         "landing": LandingZone(path=settings.landing_dir),
-        "models": ModelLoader(base_model=settings.base_model),
+        "models": ModelLoader(base_model=settings.base_model, trust_remote_code=settings.trust_remote_code),
         "checkpoints": CheckpointStore(root=str(settings.home / "checkpoints")),
-        "gx": GreatExpectations(project_dir=str(settings.home / "gx")),
+        # Training runs as its own job (torchrun for training.num_processes > 1) through Dagster Pipes.
+        "training_job": LocalTrainingJob(cwd=str(REPO_ROOT)),
+        "gx": GreatExpectations(project_dir=str(settings.home / "gx"), docs_url=settings.docs_url),
         "mlflow_registry": MlflowRegistry(
-            tracking_uri=settings.mlflow_tracking_uri,
-            artifact_root=str(settings.mlflow_artifacts_dir),
+            # A URI with a password is read from the environment when the run starts, so the UI
+            # (Deployment -> Resources) shows the variable's name, never the password.
+            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")
+            if has_password(settings.mlflow_tracking_uri)
+            else settings.mlflow_tracking_uri,
+            artifact_root=settings.mlflow_client_artifact_root,
             model_name=settings.model_name,
+            ui_url=settings.mlflow_ui_url,
+            dagster_ui_url=settings.dagster_ui_url,
         ),
         **stage_resources(settings.preset, overrides),
     }
+
+
+def run_executor(settings: Settings) -> dg.ExecutorDefinition | None:
+    """FT_EXECUTOR=k8s: every step in a Kubernetes pod of its own, sized by its asset's
+    `dagster-k8s/config` op tag (a GPU for training and evaluation); else Dagster's default."""
+    if settings.executor != "k8s":
+        return None
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor
 
 
 def build_definitions(settings: Settings, overrides: dict[str, dict] | None = None) -> dg.Definitions:
@@ -95,6 +115,7 @@ def build_definitions(settings: Settings, overrides: dict[str, dict] | None = No
         sensors=[build_landing_sensor(ingest_job, base_model_job), retrain_automation],
         schedules=[build_retrain_schedule(finetune_job, settings.retrain_cron)],
         resources=build_resources(settings, overrides),
+        executor=run_executor(settings),
     )
 
 

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     reason = args.reason or "manual promotion"
     previous = registry.promote(args.version, by=args.by or who(), reason=reason)
     print(f"champion: {settings.model_name} version {previous or '(none)'} -> {args.version} ({reason})")
+    print(f"in the MLflow UI: {registry.version_url(args.version)}")
     return 0
 
 

@@ -5,8 +5,10 @@ new data.
 
 import hashlib
 import json
+import sys
 
 import dagster as dg
+from dagster._daemon.asset_daemon import get_auto_materialize_paused, set_auto_materialize_paused
 
 from assets.domain.drops import DROPS
 from resources.landing import LandingZone
@@ -136,3 +138,23 @@ retrain_automation = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=30,
     description="Retrains (instruction_pairs onwards) as soon as newly validated data exists.",
 )
+
+
+def show_automation_running(instance: dg.DagsterInstance) -> bool:
+    """Clear the instance's "auto-materialize paused" flag, which the UI shows on every job and
+    asset ("Auto-materialize off") while `retrain_automation` evaluates regardless: an automation
+    condition sensor runs by its own status, not by that flag. Returns whether it was set."""
+    paused = get_auto_materialize_paused(instance)
+    if paused:
+        set_auto_materialize_paused(instance, False)
+    return paused
+
+
+if __name__ == "__main__":
+    # `make dev`: the instance under FT_HOME shows automation as it runs.
+    from pipelines.settings import Settings
+
+    Settings.from_env().prepare()
+    with dg.DagsterInstance.get() as dagster_instance:
+        show_automation_running(dagster_instance)
+    sys.exit(0)

@@ -1,25 +1,48 @@
 """`make run`: bring every drop in the landing location in, then train, evaluate and register.
 
-The same steps the sensor and automation take under `make dev`, run once in this process:
-prepare the base model, register new drops as partitions and ingest + validate each, then run the
-`finetune` job on all validated drops. Prints where to look.
+The same steps the sensor and automation take under `make dev`, taken once: prepare the base model,
+register new drops as partitions and ingest + validate each, then run the `finetune` job on all
+validated drops. Each run is launched through the code location in workspace.yaml (the one
+`make dev` serves), so it is the same job, with the same run history, as a run launched in the UI.
+The terminal shows each stage, the training progress and the checks; Dagster's full log goes to a
+file under FT_HOME/logs, which the output names. Prints a summary and where to look.
+
+`run_pipeline` takes the same steps in this process (`execute_in_process`), for tests that need
+the runs' outputs and settings other than the environment's.
 """
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
 
 import dagster as dg
 
 from assets.domain.drops import DROPS
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel
 from data_checks.promotion_gate import GATE_CHECK
+from pipelines.code_location import CodeLocationError, CodeLocationRuns, code_location_runs
 from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job
-from pipelines.settings import Settings
+from pipelines.retraining import show_automation_running
+from pipelines.settings import REPO_ROOT, Settings
 from pipelines.stale_runs import process_tags, release_dead_runs, wait_for_pool
+
+WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
+# An asset check that fails blocks its step with this error: an outcome the check explains, not a crash.
+BLOCKING_CHECK_ERROR = "DagsterAssetCheckFailedError"
+
+
+def events_of(result) -> list:
+    """The Dagster events of a run: an in-process result's, or a list of events already."""
+    return list(result.all_events) if hasattr(result, "all_events") else list(result)
 
 
 def failed_checks(result, drop: str | None = None) -> list[str]:
     lines = []
-    for event in result.all_events:
+    for event in events_of(result):
         if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
             data = event.event_specific_data
             where = f" on drop {drop}" if drop else ""
@@ -28,14 +51,19 @@ def failed_checks(result, drop: str | None = None) -> list[str]:
     return lines
 
 
+def innermost(error):
+    while error.cause is not None:
+        error = error.cause
+    return error
+
+
 def step_errors(result) -> list[str]:
+    """Each failed step's error in one line; steps stopped by a blocking check are left to
+    `failed_checks`, which says which check and why."""
     lines = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            lines.append(f"- step {event.step_key}: {error.message.strip()}")
+    for event in events_of(result):
+        if event.is_step_failure and event.step_failure_data.error.cls_name != BLOCKING_CHECK_ERROR:
+            lines.append(f"- step {event.step_key}: {innermost(event.step_failure_data.error).message.strip()}")
     return lines
 
 
@@ -78,10 +106,11 @@ def run_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance):
 def gate_only_failure(result) -> bool:
     """Whether the finetune run failed only because the promotion gate kept the champion: a new
     version was registered as challenger, which is an outcome, not an error."""
-    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    events = events_of(result)
+    failed = {e.step_key for e in events if e.is_step_failure}
     checks = [
         e.event_specific_data
-        for e in result.all_events
+        for e in events
         if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
     ]
     gate = [c for c in checks if c.asset_check_key.name == GATE_CHECK]
@@ -114,24 +143,171 @@ def training_summary(candidate: TrainedModel, evaluation: Evaluation) -> str:
     return line
 
 
-def main() -> int:
-    settings = Settings.from_env().prepare()
-    defs = build_definitions(settings)
-    instance = dg.DagsterInstance.get()
-    print(f"Preset '{settings.preset}'; landing {settings.landing_dir}; state in {settings.home}")
-    result, problems = run_pipeline(defs, instance)
-    if result is None or not (result.success or gate_only_failure(result)):
-        print(f"\nRun {result.run_id if result else ''} failed. Details: `make dev`, then the run in the Dagster UI.")
-        print("\n".join(problems))
+class Terminal:
+    """What `make run` shows: its own lines and the gist of each run's event log on the terminal,
+    everything (its lines, and what Dagster and the runs print) in the log file."""
+
+    def __init__(self, out: TextIO, log: TextIO, log_path: Path):
+        self.out, self.log, self.log_path = out, log, log_path
+        self.started: set[tuple[str, str]] = set()  # (run id, step key) of each step that started
+
+    def say(self, line: str = "") -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+        self.log.write(line + "\n")
+        self.log.flush()
+
+    def show(self, entry: dg.EventLogEntry) -> None:
+        """One event log entry, when a reader of the terminal needs it: a step starting or ending,
+        the step's own log lines (training progress, what was reused, why a drop was held back),
+        each check's verdict in a sentence. Dagster's debug events stay in the log file."""
+        event, step = entry.dagster_event, entry.step_key or ""
+        if event is None:
+            # INFO and above from a running step: what the assets themselves say (Dagster's notes
+            # on steps skipped after a failure go to the log only)
+            if entry.level >= 20 and (entry.run_id, step) in self.started:
+                self.say(f"    {entry.user_message}")
+        elif event.event_type_value == "STEP_START":
+            self.started.add((entry.run_id, step))
+            self.say(f"  {step} ...")
+        elif event.event_type_value == "STEP_SUCCESS":
+            self.say(f"  {step} done ({event.event_specific_data.duration_ms / 1000:.1f}s)")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            self.say(f"    {check_sentence(event.event_specific_data)}")
+        elif event.event_type_value == "ENGINE_EVENT" and entry.level >= 40:  # the run could not start or run
+            error = event.engine_event_data.error
+            self.say(f"  {event.message}" + (f" {plain_message(innermost(error))}" if error else ""))
+        elif event.is_step_failure:
+            error = event.step_failure_data.error
+            if error.cls_name == BLOCKING_CHECK_ERROR:
+                self.say(f"  {step} stopped: a blocking check did not pass (above), so what depends on it did not run")
+            else:
+                self.say(f"  {step} failed: {plain_message(innermost(error))} (traceback in {self.log_path})")
+
+
+def plain_message(error) -> str:
+    """An error's message without the exception's module and class in front."""
+    message = error.message.strip()
+    head, _, rest = message.partition(": ")
+    return rest if rest and head.endswith(error.cls_name) else message
+
+
+def check_sentence(evaluation) -> str:
+    name, asset = evaluation.asset_check_key.name, evaluation.asset_key.to_user_string()
+    detail = f": {evaluation.description}" if evaluation.description else ""
+    if evaluation.passed:
+        return f"check {name} on {asset} passed{detail}"
+    if evaluation.severity == dg.AssetCheckSeverity.WARN:
+        return f"check {name} on {asset} warns{detail}"
+    return f"check {name} on {asset} did not pass{detail}"
+
+
+class LaunchedPipeline:
+    """`make run`'s steps as runs launched through the code location and followed on the terminal."""
+
+    def __init__(self, settings: Settings, instance: dg.DagsterInstance, runs: CodeLocationRuns, terminal: Terminal):
+        self.settings, self.instance, self.runs, self.terminal = settings, instance, runs, terminal
+        self.defs = build_definitions(settings)
+
+    def run(self, job_name: str, title: str, partition: str | None = None) -> tuple[dg.DagsterRun, list]:
+        """Launch one run of `job_name`, show its progress until it ends: (the run, its events)."""
+        run = self.runs.create(job_name, partition, process_tags())
+        self.terminal.say(f"\n{title}: run {run.run_id} of job {job_name}")
+        self.runs.launch(run)
+        try:
+            ended = self.runs.follow(run.run_id, self.terminal.show)
+        except KeyboardInterrupt:
+            self.terminal.say(f"Interrupted: terminating run {run.run_id}.")
+            self.runs.terminate(run.run_id)
+            raise
+        return ended, self.runs.events(run.run_id)
+
+    def ingest_new_drops(self) -> list[str]:
+        """Register every drop in the landing location and ingest those never ingested; return problems."""
+        drops = sorted({f.drop for f in self.defs.resources["landing"].files()})
+        new = [d for d in drops if not self.instance.has_dynamic_partition(DROPS.name, d)]
+        self.instance.add_dynamic_partitions(DROPS.name, new)
+        done = self.instance.get_materialized_partitions(dg.AssetKey("raw_records"))
+        problems = []
+        for drop in [d for d in drops if d not in done]:
+            _, events = self.run(ingest_job.name, f"Drop {drop}", partition=drop)
+            problems += [f"{line} (drop {drop} held back)" for line in step_errors(events)]
+            problems += failed_checks(events, drop)
+        return problems
+
+    def __call__(self) -> tuple[dg.DagsterRun | None, list, list[str]]:
+        """Base model, new drops, then the finetune job: (the finetune run or None, its events, problems)."""
+        for line in release_dead_runs(self.instance):
+            self.terminal.say(line)
+        prepared, events = self.run(base_model_job.name, "Base model")
+        if prepared.status != dg.DagsterRunStatus.SUCCESS:
+            return None, [], ["Preparing the base model failed:", *step_errors(events)]
+        problems = self.ingest_new_drops()
+        wait_for_pool(self.instance, say=self.terminal.say)
+        run, events = self.run(finetune_job.name, "Training on every validated drop")
+        return run, events, problems + step_errors(events) + failed_checks(events)
+
+    def value(self, asset: str):
+        return self.defs.load_asset_value(dg.AssetKey(asset), instance=self.instance)
+
+
+def report(pipeline: LaunchedPipeline, run: dg.DagsterRun | None, events: list, problems: list[str]) -> int:
+    """The end of `make run`'s output: the summary, or why the run failed; the exit status."""
+    say = pipeline.terminal.say
+    registered = any(e.is_step_materialization and e.step_key == "registered_model" for e in events)
+    if run is None or not (run.status == dg.DagsterRunStatus.SUCCESS or (registered and gate_only_failure(events))):
+        say(f"\nRun {run.run_id if run else ''} failed. Details: `make dev`, then the run in the Dagster UI.")
+        say("\n".join(problems))
+        say(f"Full log: {pipeline.terminal.log_path}")
         return 1
-    print(summary(result.output_for_node("registered_model"), result.run_id, settings))
-    print(
-        training_summary(result.output_for_node("preference_tuned_model"), result.output_for_node("model_evaluation"))
-    )
+    say(summary(pipeline.value("registered_model"), run.run_id, pipeline.settings))
+    say(training_summary(pipeline.value("preference_tuned_model"), pipeline.value("model_evaluation")))
     others = [p for p in problems if "promotion_gate" not in p and "registered_model" not in p]
     if others:
-        print("Problems along the way (the run went on without them):\n" + "\n".join(others))
+        say("Problems along the way (the run went on without them):\n" + "\n".join(others))
+    say(f"Full log: {pipeline.terminal.log_path}")
     return 0
+
+
+@contextmanager
+def output_to_log(log_path: Path) -> Iterator[Terminal]:
+    """Send this process's stdout and stderr, and so those of the code server and the runs it
+    starts, to `log_path`; yield a `Terminal` that still writes to the original stdout."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "a", buffering=1) as log, os.fdopen(os.dup(saved[0]), "w", buffering=1) as out:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield Terminal(out, log, log_path)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def main() -> int:
+    settings = Settings.from_env().prepare()
+    log_path = settings.home / "logs" / f"make-run-{datetime.now(UTC):%Y%m%d-%H%M%S}.log"
+    with output_to_log(log_path) as terminal:
+        terminal.say(f"Preset '{settings.preset}'; landing {settings.landing_dir}; state in {settings.home}")
+        terminal.say(f"Full log: {log_path}")
+        instance = dg.DagsterInstance.get()
+        show_automation_running(instance)
+        try:
+            with code_location_runs(instance, WORKSPACE_FILE) as runs:
+                pipeline = LaunchedPipeline(settings, instance, runs, terminal)
+                return report(pipeline, *pipeline())
+        except CodeLocationError as err:
+            terminal.say(str(err))
+            return 1
+        except KeyboardInterrupt:
+            return 130
 
 
 if __name__ == "__main__":

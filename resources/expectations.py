@@ -2,7 +2,8 @@
 
 Each validation is kept: its result as JSON and an HTML Data Docs page, both under FT_HOME/gx.
 A run's files share one folder, `results/<run name>/`: each suite's result JSON and the features
-file the suites read (`FeaturesFile`).
+file the suites read (`FeaturesFile`). The pages (`docs/`, `resources.data_docs`) read offline and
+are linked at `docs_url`, where `make dev` serves them.
 """
 
 import json
@@ -14,9 +15,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from resources.data_docs import write_page
 from resources.features_file import FeaturesFile
 
 FEATURES_FILE = "features.sqlite"
+DOCS_DIR = "docs"
 
 
 @dataclass
@@ -41,7 +44,9 @@ class ValidationReport:
     result_path: str | None = None
     """The Great Expectations validation result, as JSON."""
     docs_url: str | None = None
-    """The Data Docs page of this validation (file:// URL)."""
+    """The Data Docs page of this validation (http URL where `make dev` serves it)."""
+    page: str | None = None
+    """The page's name in the Data Docs folder (without .html)."""
 
     def failing_rows(self, db) -> Iterator[tuple[int, int, Any]]:
         """(row id, index of the expectation, offending value) for every failing row, streamed from
@@ -59,6 +64,24 @@ class GreatExpectations(dg.ConfigurableResource):
 
     project_dir: str = Field(description="Folder of the GX file context (results and Data Docs).")
     id_column: str = Field(default="row_id", description="Column that identifies rows in results.")
+    docs_url: str = Field(
+        default="",
+        description="http URL where the Data Docs folder (<project_dir>/docs) is served (FT_DOCS_URL; make dev "
+        "serves it); pages are linked under it. Empty: linked as file:// paths.",
+    )
+
+    @property
+    def docs_dir(self) -> Path:
+        return Path(self.project_dir) / DOCS_DIR
+
+    def page_url(self, page: str) -> str:
+        """The URL of a Data Docs page (`index.html` for the list of every validation)."""
+        name = page if page.endswith(".html") else f"{page}.html"
+        return f"{self.docs_url.rstrip('/')}/{name}" if self.docs_url else (self.docs_dir / name).resolve().as_uri()
+
+    def publish_verdict(self, report: "ValidationReport", title: str, passed: bool, verdict: str) -> None:
+        """Rewrite the validation's page with the verdict that decides (the quality gate's)."""
+        write_page(self.docs_dir, report.page, title, (passed, verdict), report)
 
     def _context(self):
         import great_expectations as gx
@@ -108,7 +131,7 @@ class GreatExpectations(dg.ConfigurableResource):
             gx.Checkpoint(
                 name=suite.name,
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                actions=[],  # Data Docs of our own: GX's pages need the internet for their styles
                 # COMPLETE adds, per expectation, the query that selects the failing rows (run by the
                 # caller as a stream); the lists of failing values stay capped at 20 examples, so the
                 # result is the same size for a thousand rows or a hundred million.
@@ -122,17 +145,22 @@ class GreatExpectations(dg.ConfigurableResource):
         suite = context.suites.add_or_update(suite)
         checkpoint = self._checkpoint(context, batch, suite)
         run = checkpoint.run(batch_parameters=batch_parameters, run_id=gx.RunIdentifier(run_name=run_name))
-        identifier, result = next(iter(run.run_results.items()))
+        result = next(iter(run.run_results.values()))
         result_path = self.results_dir(run_name) / f"{suite.name}.json"
         result_path.write_text(json.dumps(result.to_json_dict(), indent=1, default=str))
-        urls = context.get_docs_sites_urls(resource_identifier=identifier)
-        return ValidationReport(
+        page = f"{run_name}-{suite.name}"
+        report = ValidationReport(
             suite=suite.name,
             success=bool(result.success),
             outcomes=[outcome_of(r) for r in result.results],
             result_path=str(result_path),
-            docs_url=urls[0]["site_url"] if urls else None,
+            docs_url=self.page_url(page),
+            page=page,
         )
+        broken = sum(not o.success for o in report.outcomes)
+        verdict = "passed: every row met every expectation" if report.success else f"{broken} expectations broken"
+        write_page(self.docs_dir, page, f"{run_name}: suite {suite.name}", (report.success, verdict), report)
+        return report
 
 
 def outcome_of(result) -> ExpectationOutcome:

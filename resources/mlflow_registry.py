@@ -12,11 +12,19 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from resources.credentials import masked
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 # The served model's code (logged as code, never imported here) and its default reply length.
 SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
 DEFAULT_MAX_NEW_TOKENS = 256
+# MLflow 3.17's UI shows an experiment as a GenAI app (traces) or as model training (runs, charts):
+# the experiment's kind tag says which, and the UI's own switch follows `workflowType` in its links.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+TRAINING_VIEW = "workflowType=machine_learning"
+# The run tag naming the Dagster run, and the one linking to it in the Dagster UI.
+DAGSTER_RUN_TAG, DAGSTER_RUN_URL_TAG = "dagster.run_id", "dagster.run_url"
 
 
 def chat_signature(default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
@@ -73,6 +81,17 @@ def serving_requirements() -> list[str]:
     ]
 
 
+# MLflow itself retries every request to a tracking server it cannot reach (refused connections,
+# timeouts, 429 and 5xx answers), backing off exponentially as these environment variables say
+# (defaults: 7 retries, factor 2, about four minutes in all); registration relies on that and fails
+# with `unreachable_message` once MLflow gives up.
+HTTP_RETRY_SETTINGS = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
+
+
 def is_transient(error: Exception) -> bool:
     """Errors worth a retry: the tracking server could not be reached, not a mistake in the request."""
     import requests
@@ -120,6 +139,20 @@ class TrackedRun:
     def log_text(self, text: str, name: str) -> None:
         self._mlflow.log_text(text, name)
 
+    def log_figure(self, figure, name: str) -> None:
+        """A matplotlib figure as an image artifact (PNG by `name`'s suffix)."""
+        self._mlflow.log_figure(figure, name)
+
+    def log_dataset(self, frame, name: str, digest: str, context: str, source: str | None = None) -> None:
+        """`frame` as an MLflow dataset input of the run (its schema and profile, not its rows),
+        named `name` with `digest` (the set's content hash), used for `context` (training, evaluation)."""
+        dataset = self._mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+        self._mlflow.log_input(dataset, context=context)
+
+    def describe(self, markdown: str) -> None:
+        """The run's description (shown rendered as markdown on its page)."""
+        self._mlflow.set_tag("mlflow.note.content", markdown)
+
     def log_parquet(self, frame, name: str, folder: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
@@ -146,19 +179,55 @@ class MlflowRegistry(dg.ConfigurableResource):
     """One MLflow experiment and one registered model; opens runs and moves aliases."""
 
     tracking_uri: str = Field(description="MLFLOW_TRACKING_URI; sqlite under FT_HOME by default.")
-    artifact_root: str = Field(description="Folder for the experiment's artifacts (absolute).")
+    artifact_root: str = Field(
+        description="Folder for the experiment's artifacts (absolute); empty: the tracking server's own "
+        "artifact store (server profile: artifacts go through the server)."
+    )
     experiment: str = Field(default="fine-tuning", description="MLflow experiment for pipeline runs.")
     model_name: str = Field(description="FT_MODEL_NAME: the registered model's name.")
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="FT_MLFLOW_UI_URL: the MLflow UI, for links.")
+    dagster_ui_url: str = Field(
+        default="http://127.0.0.1:3000", description="FT_DAGSTER_UI_URL: the Dagster UI, for links back from MLflow."
+    )
 
     def _connect(self):
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         mlflow.set_tracking_uri(self.tracking_uri)
         if mlflow.get_experiment_by_name(self.experiment) is None:
-            # Without an explicit location artifacts land relative to the working directory.
-            mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
-        mlflow.set_experiment(self.experiment)
+            try:
+                # Without an explicit location artifacts land relative to the working directory.
+                mlflow.create_experiment(
+                    self.experiment,
+                    artifact_location=Path(self.artifact_root).as_uri() if self.artifact_root else None,
+                    tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},
+                )
+            except MlflowException as error:  # a run started at the same moment made it first
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        experiment = mlflow.set_experiment(self.experiment)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:  # made before the tag was set
+            mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return mlflow
+
+    def dagster_run_url(self, dagster_run_id: str) -> str:
+        return f"{self.dagster_ui_url.rstrip('/')}/runs/{dagster_run_id}"
+
+    def experiment_url(self) -> str:
+        """The experiment in the MLflow UI, in its training view."""
+        experiment = self._connect().get_experiment_by_name(self.experiment)
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment.experiment_id}?{TRAINING_VIEW}"
+
+    def run_url(self, run_id: str) -> str:
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+    def version_url(self, version: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{self.model_name}/versions/{version}?{TRAINING_VIEW}"
+
+    def model_url(self) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{self.model_name}?{TRAINING_VIEW}"
 
     def client(self):
         from mlflow import MlflowClient
@@ -169,8 +238,11 @@ class MlflowRegistry(dg.ConfigurableResource):
     @contextmanager
     def start_run(self, run_name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[TrackedRun]:
         """An MLflow run that ends FINISHED on success and FAILED on error, never left RUNNING
-        (unless its process is killed). With `run_id`, that existing run is reopened and continued."""
+        (unless its process is killed). With `run_id`, that existing run is reopened and continued.
+        A run tagged with its Dagster run (`dagster.run_id`) also gets the link to it in the Dagster UI."""
         mlflow = self._connect()
+        if DAGSTER_RUN_TAG in tags:
+            tags = {**tags, DAGSTER_RUN_URL_TAG: self.dagster_run_url(tags[DAGSTER_RUN_TAG])}
         if run_id is not None:
             with mlflow.start_run(run_id=run_id) as run:
                 mlflow.set_tags(tags)
@@ -188,12 +260,50 @@ class MlflowRegistry(dg.ConfigurableResource):
             return False
         return True
 
-    def register_version(self, model_uri: str, tags: dict[str, str], description: str) -> str:
-        """A new version of the registered model from a logged model; returns its number."""
+    def register_version(self, model_uri: str, tags: dict[str, str], description: str, alias: str) -> str:
+        """A new version of the registered model from a logged model, with its tags and description,
+        holding `alias`; returns its number. When a step after the version's creation fails (the
+        tracking server went away), the version is deleted again: none is left half-registered."""
         mlflow = self._connect()
-        version = mlflow.register_model(model_uri, self.model_name, tags=tags)
-        self.client().update_model_version(self.model_name, version.version, description=description)
-        return str(version.version)
+        version = str(mlflow.register_model(model_uri, self.model_name, tags=tags).version)
+        try:
+            client = self.client()
+            client.update_model_version(self.model_name, version, description=description)
+            client.set_registered_model_alias(self.model_name, alias, version)
+        except Exception as error:
+            self._discard_version(version, error)
+            raise
+        return version
+
+    def _discard_version(self, version: str, cause: Exception) -> None:
+        try:
+            self.client().delete_model_version(self.model_name, version)
+        except Exception as error:
+            raise RuntimeError(
+                f"Version {version} of {self.model_name} was created but could not be completed "
+                f"({masked(str(cause))[:300]}), and deleting it failed too ({masked(str(error))[:300]}). "
+                "Delete that version in the MLflow UI, then re-execute registered_model."
+            ) from cause
+
+    def unreachable_message(self, error: Exception) -> str:
+        """What a registration that failed because the tracking server was unreachable tells the user."""
+        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+        return (
+            f"The MLflow tracking server {masked(self.tracking_uri)} could not be reached: MLflow retried each "
+            f"request {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} times, backing off (factor "
+            f"{MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()}; set by {', '.join(HTTP_RETRY_SETTINGS)}). "
+            "Nothing was registered and no alias moved. Start the server (`make server`) or fix "
+            "MLFLOW_TRACKING_URI, then re-execute registered_model: the trained model is kept. "
+            f"Last error: {masked(str(error))[:500]}"
+        )
+
+    def describe_model(self, description: str, tags: dict[str, str]) -> None:
+        """The registered model's own description (markdown) and tags, shown on its page."""
+        client = self.client()
+        client.update_registered_model(self.model_name, description=description)
+        for key, value in tags.items():
+            client.set_registered_model_tag(self.model_name, key, value)
 
     def version_by_alias(self, alias: str):
         """The model version holding `alias`, or None when no version has it yet."""

@@ -13,7 +13,7 @@ from pydantic import Field
 class StateStore(dg.ConfigurableResource):
     """Folders and files under FT_HOME, one per asset and Dagster run, written atomically."""
 
-    home: str = Field(description="Absolute path of FT_HOME; artifacts go under <home>/artifacts.")
+    home: str = Field(description="Absolute path of FT_HOME; artifacts go under `FT_HOME/artifacts`.")
 
     def asset_dir(self, asset: str, run_id: str) -> Path:
         return Path(self.home) / "artifacts" / asset / run_id

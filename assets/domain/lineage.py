@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.domain.metrics import metrics_table
-from assets.domain.values import Evaluation, GateVerdict, PairsSummary, TrainedModel
+from assets.domain.metrics import SHOWN_DECIMALS, metrics_table
+from assets.domain.values import Evaluation, GateVerdict, PairsSummary, TrainedModel, short_run_id
 
 # How many trailing path parts name a Great Expectations result in a version tag.
 VALIDATION_PATH_PARTS = 3
@@ -22,6 +22,23 @@ METHOD_WORDS = {
     "dpo": "preference training on the base model (TRL DPOTrainer)",
     "sft+dpo": "supervised fine-tuning (TRL SFTTrainer), then preference training (TRL DPOTrainer) on the SFT model",
 }
+
+
+# The version tag holding the prepared base model's folder, which a champion's adapter must match
+# to be re-scored on the loaded base; `base_model` names the model for people.
+BASE_MODEL_PATH_TAG = "base_model.path"
+# FT_BASE_MODEL's prefix for the model bundled in a Python package.
+BUNDLED_PREFIX = "bundled:"
+
+
+def base_model_name(source: str) -> str:
+    """How a base model is named to people: a hub id as it is, a bundled model by its name, a local
+    folder by its own name (not the path it happens to sit at)."""
+    if source.startswith(BUNDLED_PREFIX):
+        return source.removeprefix(BUNDLED_PREFIX)
+    if source.startswith(("/", ".", "~", "file:")) or "\\" in source:
+        return Path(source.rstrip("/")).name
+    return source
 
 
 def adapter_on(trained: TrainedModel, base_model: str) -> str:
@@ -69,6 +86,14 @@ class RunLineage:
     trained: TrainedModel
     evaluation: Evaluation
     gate: GateVerdict
+    base_model_name: str = ""
+    """The base model as people name it (`base_model_name`); `base_model` is its prepared folder."""
+    dagster_run_url: str = ""
+    """The Dagster run in the Dagster UI, linked from MLflow."""
+
+    @property
+    def base_name(self) -> str:
+        return self.base_model_name or base_model_name(self.base_model)
 
     def mlflow_params(self) -> dict[str, str]:
         data, ev, trained = self.data, self.evaluation, self.trained
@@ -83,7 +108,7 @@ class RunLineage:
             "data.eval_set_hash": ev.eval_set_hash,
             "data.drops": ",".join(data.drops),
             "preset": trained.preset,
-            "base_model": self.base_model,
+            "base_model": self.base_name,
             "train.max_length": trained.max_length,
             "train.device": trained.device,
             "eval.max_new_tokens": ev.max_new_tokens,
@@ -130,11 +155,13 @@ class RunLineage:
             "eval.settings_hash": ev.settings_hash,
             "eval.forgetting_pct": f"{ev.forgetting_pct:.2f}",
             "dagster.run_id": self.dagster_run_id,
+            **({"dagster.run_url": self.dagster_run_url} if self.dagster_run_url else {}),
             "data.drops": ",".join(self.data.drops),
             "data.train_set_hash": self.data.train_set_hash,
             "data.eval_set_hash": ev.eval_set_hash,
             "data.validations": json.dumps(validations),
-            "base_model": self.base_model,
+            "base_model": self.base_name,
+            BASE_MODEL_PATH_TAG: self.base_model,
             "preset": self.trained.preset,
             "train.method": self.trained.method,
             "train.adapter": self.trained.adapter,
@@ -152,8 +179,8 @@ class RunLineage:
             "version": int(version),
             "gate_passed": self.gate.passed,
             "reason": self.gate.reason,
-            f"base_{ev.primary_metric}": ev.base_primary,
-            f"tuned_{ev.primary_metric}": ev.tuned_primary,
+            f"base_{ev.primary_metric}": round(ev.base_primary, SHOWN_DECIMALS),
+            f"tuned_{ev.primary_metric}": round(ev.tuned_primary, SHOWN_DECIMALS),
             "mlflow_run_id": mlflow_run_id,
             "model_uri": f"models:/{self.model_name}/{version}",
         }
@@ -170,16 +197,23 @@ def preference_line(lineage: RunLineage) -> str:
     return line + "."
 
 
+def dagster_link(lineage: RunLineage) -> str:
+    """The card's link to the Dagster run that made the version, when its URL is known."""
+    if not lineage.dagster_run_url:
+        return ""
+    return f"\nMade by Dagster run [{short_run_id(lineage.dagster_run_id)}]({lineage.dagster_run_url})."
+
+
 def model_card(lineage: RunLineage, title: str) -> str:
     """The markdown card logged with each version: data, metrics against base, intended use, limits."""
     ev, data, gate = lineage.evaluation, lineage.data, lineage.gate
     champion = ev.champion.metrics if ev.champion else None
-    name, base_model = lineage.model_name, lineage.base_model
+    name, base_model = lineage.model_name, lineage.base_name
     return f"""# {name} {title}
 
 Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, lineage.trained.method)}, adapter
 `{lineage.trained.adapter}`, preset `{lineage.trained.preset}`, by the fine-tuning pipeline.
-Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).
+Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).{dagster_link(lineage)}
 
 ## Data
 - Drops: {",".join(data.drops)}

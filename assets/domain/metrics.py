@@ -108,6 +108,24 @@ def mean_scores(per_example: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(s.get(k, 0.0) for s in per_example) / len(per_example) for k in keys}
 
 
+# Decimals a shown metric value is rounded to (the values themselves are kept in full).
+SHOWN_DECIMALS = 4
+
+
+def comparison_rows(base: dict, tuned: dict, primary: str, champion: dict | None = None) -> list[dict]:
+    """One row per metric: base, tuned, the change and the champion's value (None when there is no
+    champion or it lacks the metric), rounded for showing; the primary metric marked and first."""
+    rows = []
+    for key in sorted(tuned, key=lambda k: (k != primary, k)):
+        before = base.get(key, float("nan"))
+        row = {"metric": key, "primary": key == primary, "base": before, "tuned": tuned[key]}
+        row["change"] = tuned[key] - before
+        if champion is not None:
+            row["champion"] = champion.get(key)
+        rows.append({k: round(v, SHOWN_DECIMALS) if isinstance(v, float) else v for k, v in row.items()})
+    return rows
+
+
 def metrics_table(base: dict, tuned: dict, primary: str, champion: dict | None = None) -> str:
     """Markdown: each metric for base and tuned, the change, and the champion's when given."""
     head = "| metric | base | tuned | change |" + (" champion |" if champion else "")

@@ -1,0 +1,137 @@
+"""What an operator sees: runs of `make run` belong to the code location (the UI's run list), the
+terminal shows stages and not Dagster's debug log, drops stay in sync after a run, each drop keeps its
+own check verdicts and quality figures, Data Docs read offline over http, the UI's text is clean."""
+
+import io
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.domain.drops import DROPS
+from assets.domain.figures import rounded, significant
+from data_checks.record_checks import CHECK_SPECS
+from data_checks.record_suite import FEATURE_SQL_COLUMNS, record_suite
+from resources.expectations import GreatExpectations
+from resources.models import BUNDLED_BASE_MODEL
+from tests.conftest import make_settings
+
+DROP_NAMES = ["2026-01-05", "2026-01-12", "2026-01-19", "2026-01-26"]
+
+
+def test_figures_are_rounded_to_four_significant_digits():
+    assert significant(0.5964912280701754) == 0.5965
+    assert significant(0.000123456) == 0.0001235 and significant(0.0) == 0.0
+    assert rounded({"a": 0.5964912280701754, "b": [1.23456789], "c": True, "d": 3, "e": "x"}) == {
+        "a": 0.5965,
+        "b": [1.235],
+        "c": True,
+        "d": 3,
+        "e": "x",
+    }
+
+
+def test_every_resource_and_asset_reads_well_in_the_ui(tmp_path):
+    from pipelines.definitions import build_definitions
+
+    defs = build_definitions(make_settings(tmp_path, BUNDLED_BASE_MODEL))
+    missing = [k for k, r in defs.resources.items() if not (type(r).__doc__ or "").strip()]
+    assert not missing, f"resources without a description (class docstring): {missing}"
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        description = graph.get(key).description or ""
+        outside_code = re.sub(r"`[^`]*`", "", description)
+        assert not re.search(r"<[A-Za-z][^>]*>", outside_code), f"{key}: <...> outside backticks is eaten as HTML"
+    assert all(spec.partitions_def == DROPS for spec in CHECK_SPECS), "each drop keeps its own check verdicts"
+
+
+def test_data_docs_read_offline_and_show_the_gates_verdict(tmp_path):
+    gx = GreatExpectations(project_dir=str(tmp_path / "gx"), docs_url="http://127.0.0.1:3030/")
+    features = gx.features_file("2026-01-12-abcd", FEATURE_SQL_COLUMNS)
+    rows = [{"row_id": i, **{c: None for c, _ in FEATURE_SQL_COLUMNS}, "n_tokens": 10} for i in range(20)]
+    rows[3]["missing_fields"] = "output"
+    features.store("records", rows)
+    report = gx.validate_features(features, "records", record_suite(256))
+    features.close()
+    assert not report.success, "the suite alone fails on one bad row"
+    assert report.docs_url == "http://127.0.0.1:3030/2026-01-12-abcd-records.html"
+    gx.publish_verdict(report, "Drop 2026-01-12", True, "passed the quality gate: 1 of 20 rows (5.0%); limit 10.0%")
+    page = (gx.docs_dir / "2026-01-12-abcd-records.html").read_text()
+    assert "<style>" in page and not re.search(r"(src|href)=['\"]?(https?:)?//", page), "no asset from the internet"
+    assert "verdict passed" in page and "passed the quality gate" in page
+    index = (gx.docs_dir / "index.html").read_text()
+    assert "2026-01-12-abcd-records.html" in index and "passed the quality gate" in index
+
+
+@pytest.mark.integration
+def test_drops_stay_in_sync_and_keep_their_own_quality(pipeline):
+    """After two whole runs (base model prepared, drops ingested, finetune run): no drop is
+    unsynced, each drop has its own check verdicts, and instruction_pairs tabulates every drop."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._time import get_current_datetime
+
+    from pipelines.definitions import build_definitions
+
+    instance, graph = pipeline["instance"], build_definitions(pipeline["settings"]).resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    resolver = CachingStaleStatusResolver(instance, graph, view)
+    for drop in DROP_NAMES:
+        status = resolver.get_status(dg.AssetKey("validated_records"), drop)
+        assert status == StaleStatus.FRESH, (drop, resolver.get_stale_causes(dg.AssetKey("validated_records"), drop))
+
+    key = dg.AssetCheckKey(dg.AssetKey("validated_records"), "personal_data_scan")
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=20)
+    verdicts = {r.event.dagster_event.event_specific_data.partition: r.status.value for r in history}
+    assert verdicts == {d: ("FAILED" if d == "2026-01-12" else "SUCCEEDED") for d in DROP_NAMES}
+
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("instruction_pairs")).asset_materialization
+    table = metadata.metadata["drop_quality"].value
+    assert "| 2026-01-12 | passed: in training | 130 | 1 | 0.8% | required field missing or blank (1) |" in table
+    assert "email 1, phone 1" in table
+
+
+@pytest.mark.integration
+def test_make_run_launches_through_the_code_location(tmp_path, monkeypatch, tiny_model_dir):
+    """A run launched the way `make run` launches it: created from the code location in
+    workspace.yaml, listed under its job, its stages on the terminal and Dagster's log in the file."""
+    from pipelines.code_location import code_location_runs
+    from pipelines.run import WORKSPACE_FILE, LaunchedPipeline, Terminal
+
+    for variable in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI", "FT_LANDING_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("FT_HOME", str(tmp_path))
+    monkeypatch.setenv("FT_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("FT_PRESET", "smoke")
+    from pipelines.settings import Settings
+
+    settings = Settings.from_env().prepare()
+    shown = io.StringIO()
+    log_path = tmp_path / "make-run.log"
+    with dg.DagsterInstance.get() as instance, log_path.open("w") as log:
+        with code_location_runs(instance, WORKSPACE_FILE) as runs:
+            pipeline = LaunchedPipeline(settings, instance, runs, Terminal(shown, log, log_path))
+            run, events = pipeline.run("prepare_base_model", "Base model")
+            assert pipeline.value("base_model") == str(
+                Path(settings.home) / "artifacts" / "base_model" / run_folder(settings)
+            )
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.remote_job_origin is not None
+        assert run.remote_job_origin.location_name == "pipelines.definitions"
+        listed = instance.get_runs(dg.RunsFilter(job_name="prepare_base_model"))
+        assert [r.run_id for r in listed] == [run.run_id]
+    terminal = shown.getvalue()
+    assert "  base_model ...\n    Preparing base model" in terminal and "  base_model done (" in terminal
+    assert "DEBUG" not in terminal and "STEP_START" not in terminal
+    assert any(e.event_type_value == "STEP_SUCCESS" for e in events)
+
+
+def run_folder(settings) -> str:
+    from assets.base_model import cache_name
+
+    return cache_name(settings.base_model)
