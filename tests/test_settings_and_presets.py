@@ -84,7 +84,7 @@ def test_overrides_go_over_the_preset():
 
 
 def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
-    config = TrainingConfig(lora_target_modules="q_proj, v_proj", precision="fp32", max_steps=7)
+    config = TrainingConfig(lora_target_modules="q_proj, v_proj", precision="fp32", max_steps=7, group_by_length=False)
     setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
     sft, lora = setup.sft, setup.peft
     assert sft.max_steps == 7 and sft.max_length == 99 and not sft.padding_free

@@ -62,12 +62,20 @@ class TrainingConfig(dg.ConfigurableResource):
         "AMX, about twice their float32 peak), else fp32 (emulated bf16 would be slower).",
     )
     group_by_length: bool = Field(
-        default=False,
-        description="Batch examples of similar length together (transformers' LengthGroupedSampler), so a "
-        "padded batch holds little padding: on real data of uneven lengths about half of a random batch is "
-        "padding, and grouping made CPU training 1.4x faster on Dolly. Off by default: its batches run from "
-        "longest to shortest within each group of 50, and on the sample tickets that cost exact match "
-        "(0.56 -> 0.44, BENCHMARKS.md).",
+        default=True,
+        description="Batch examples of similar length together, the batches in random order "
+        "(resources/batch_order.py), so a padded batch holds little padding, when random batches would be more "
+        "than `group_by_length_min_padding` padding: on Dolly about half of a random batch is padding, and "
+        "grouping made CPU training about 1.4x faster at the same eval loss. Grouped batches are less varied, "
+        "which cost exact match on the sample tickets (0.56 -> 0.44), whose random batches are 7% padding: "
+        "there it is not worth it, and the threshold leaves them ungrouped (BENCHMARKS.md).",
+    )
+    group_by_length_min_padding: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="Group by length only when the train split's random batches would be more than this share "
+        "padding (0: whenever group_by_length is on).",
     )
     padding_free: bool = Field(
         default=False,
@@ -78,6 +86,13 @@ class TrainingConfig(dg.ConfigurableResource):
     )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations to save memory (costs ~20% speed)."
+    )
+    num_processes: int = Field(
+        default=1,
+        ge=1,
+        description="Training processes, one per device: above 1 the SFT job runs under torchrun as data-parallel "
+        "DDP (one process per GPU; gloo on a CPU), each process on its own shard of every batch. The batch per "
+        "step is per_device_train_batch_size x num_processes x gradient_accumulation_steps.",
     )
     logging_steps: int = Field(default=5, description="Log the training loss every N steps.")
     save_steps: int = Field(
@@ -161,6 +176,27 @@ def uses_bf16(precision: str, use_cpu: bool) -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def random_batch_padding(lengths: list[int], batch_size: int, seed: int) -> float:
+    """The share of padding in the batches of one random order of examples of these lengths, each
+    batch padded to its longest example."""
+    import random
+
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    padded = sum(len(b) * max(b) for b in batches)
+    return 1 - sum(order) / padded if padded else 0.0
+
+
+def with_length_grouping(config: TrainingConfig, lengths: list[int]) -> TrainingConfig:
+    """`config` with `group_by_length` decided for these examples: kept on only where random batches
+    would be more than `group_by_length_min_padding` padding."""
+    if not config.group_by_length:
+        return config
+    padding = random_batch_padding(lengths, config.per_device_train_batch_size, config.seed)
+    return TrainingConfig(**{**config.model_dump(), "group_by_length": padding > config.group_by_length_min_padding})
 
 
 def refuse_unsupported(config: TrainingConfig, use_cpu: bool) -> None:

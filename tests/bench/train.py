@@ -14,8 +14,9 @@ speed levers and not two schedules. Each side runs in a process of its own (its 
 Prints, last: `train_speedup_vs_trl=<x>` (non-pad tokens/s, ours / plain TRL),
 `eval_loss_ratio=<ours/trl>`, `mfu_ours=` / `mfu_trl=` (4 x params FLOPs per trained token against
 the matmul peak measured here in the dtype each side multiplies in), and
-`eval_speedup_vs_naive=<x>` (model_evaluation's batched greedy generation vs a loop of
-one-prompt `generate` calls, same prompts, with the count of answers that differ).
+`eval_speedup_vs_naive=<x>` (model_evaluation's batched greedy generation, one left-padded batch, vs a loop of
+one-prompt `generate` calls, same 16 Dolly prompts, with the new-token budget model_evaluation gives
+them under the cpu preset, and the count of answers that differ).
 """
 
 import argparse
@@ -29,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -36,7 +39,9 @@ DOLLY = Path(__file__).resolve().parents[3] / "shared" / "data" / "dolly" / "dol
 MAX_LENGTH = 512
 EVAL_EXAMPLES = 32
 GENERATION_PROMPTS = 16
-GENERATION_TOKENS = 48
+# The new-token budget is the one model_evaluation gives these prompts under the cpu preset
+# (max_new_tokens 0: from the reference answers' lengths, at most max_new_tokens_cap).
+CPU_PRESET = Path(__file__).resolve().parents[2] / "pipelines" / "presets" / "cpu.yaml"
 
 
 def source_conversations() -> tuple[str, list[list[dict]]]:
@@ -203,28 +208,47 @@ def run_side(side: str, base: str, steps: int, batch: int) -> dict:
     }
 
 
+def one_generate_per_prompt(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """The naive way: one greedy `model.generate` call per prompt."""
+    import torch
+
+    answers = []
+    for p in prompts:
+        ids = tokenizer(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(
+                ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    return answers
+
+
 def generation_speed(base: str) -> dict:
-    """model_evaluation's batched greedy generation vs one `generate` call per prompt, same prompts."""
+    """model_evaluation's batched generation (all prompts in one batch) vs one `generate`
+    call per prompt, on the same prompts and model; counts the answers that differ."""
     from assets.domain.chat import prompt_text
-    from assets.model_evaluation import generate
+    from assets.model_evaluation import generate, generation_budget
     from resources.models import ModelLoader
 
     data = examples(base)
     loader = ModelLoader()
     model, tokenizer = loader.load_model(base).eval(), loader.load_tokenizer(base)
-    prompts = [prompt_text(tokenizer, m) for m in data["eval"]["messages"][:GENERATION_PROMPTS]]
-    timings, answers = {}, {}
-    for name, batch_size in (("naive", 1), ("batched", GENERATION_PROMPTS)):
-        started = time.perf_counter()
-        answers[name], _, _ = generate(model, tokenizer, prompts, GENERATION_TOKENS, batch_size)
-        timings[name] = time.perf_counter() - started
-    differ = sum(a != b for a, b in zip(answers["naive"], answers["batched"]))
+    conversations = list(data["eval"]["messages"][:GENERATION_PROMPTS])
+    prompts = [prompt_text(tokenizer, m) for m in conversations]
+    cap = yaml.safe_load(CPU_PRESET.read_text())["evaluation"]["max_new_tokens_cap"]
+    budget = generation_budget(tokenizer, [m[-1]["content"] for m in conversations], cap)
+    started = time.perf_counter()
+    naive = one_generate_per_prompt(model, tokenizer, prompts, budget)
+    naive_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    batched, _, _ = generate(model, tokenizer, prompts, budget, batch_size=GENERATION_PROMPTS)
+    batched_seconds = time.perf_counter() - started
     return {
         "prompts": len(prompts),
-        "max_new_tokens": GENERATION_TOKENS,
-        "naive_seconds": round(timings["naive"], 1),
-        "batched_seconds": round(timings["batched"], 1),
-        "answers_that_differ": differ,
+        "max_new_tokens": budget,
+        "naive_seconds": round(naive_seconds, 1),
+        "batched_seconds": round(batched_seconds, 1),
+        "answers_that_differ": sum(a != b for a, b in zip(naive, batched)),
     }
 
 
