@@ -5,8 +5,10 @@ expectations over them); the features file and the Great Expectations runs in `r
 module wires them into the two outputs and the checks.
 """
 
+import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +32,13 @@ from data_checks.record_checks import (
     share_check_result,
     suite_check_result,
 )
-from data_checks.record_rules import with_features
+from data_checks.record_rules import (
+    RuleValues,
+    features_in_worker,
+    mark_duplicates,
+    rows_with_features,
+    start_feature_worker,
+)
 from data_checks.record_suite import (
     FEATURE_FIELDS,
     FEATURE_SQL_COLUMNS,
@@ -43,9 +51,14 @@ from resources.features_file import FeaturesFile
 from resources.models import ModelLoader
 from resources.records import MESSAGES, FirstSeen, RecordSet, RecordWriter
 from resources.state import StateStore
+from resources.worker_pool import ordered_map
 
 # Tables of the features file: every row's features, then those of the rows that passed.
 ALL_ROWS, PASSED_ROWS = "records", "validated_records"
+
+
+# From this many rows a drop's features are computed in worker processes (validation.workers: 0).
+PARALLEL_MIN_ROWS = 50_000
 
 
 class ValidationConfig(dg.ConfigurableResource):
@@ -64,6 +77,12 @@ class ValidationConfig(dg.ConfigurableResource):
         default=False,
         description="Cut the last user turn of over-long rows to fit max_tokens instead of rejecting them "
         "(the answer is never cut). Truncated rows are counted.",
+    )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="Processes that convert, scan and measure rows: 0 is auto, every core for a drop of at least "
+        f"{PARALLEL_MIN_ROWS:,} rows and this process alone for smaller ones (starting workers costs a few seconds).",
     )
     max_rejected_fraction: float = Field(
         default=0.10,
@@ -141,6 +160,26 @@ class Split:
     examples: list[str]
 
 
+def feature_workers(setting: int, rows: int) -> int:
+    """How many processes compute the rows' features: `setting`, or for 0 (auto) every core when
+    the drop has at least PARALLEL_MIN_ROWS rows, else none beside this one."""
+    if setting:
+        return setting
+    return (os.cpu_count() or 1) if rows >= PARALLEL_MIN_ROWS else 1
+
+
+def featured_batches(raw: RecordSet, tokenizer, config: "ValidationConfig") -> Iterator[tuple[list[dict], list[dict]]]:
+    """Each raw batch (with its file's format) and its rows with every feature but `duplicate_of`,
+    computed in worker processes for a large drop (`config.workers`), in landing order."""
+    batches = (with_format(batch, raw.summary.files) for batch in raw.batches())
+    workers = feature_workers(config.workers, raw.rows)
+    if workers <= 1:
+        yield from ((batch, rows_with_features(batch, tokenizer, config)) for batch in batches)
+        return
+    setup = (tokenizer, RuleValues.of(config))
+    yield from ordered_map(features_in_worker, batches, workers, start_feature_worker, setup)
+
+
 def features_pass(
     raw: RecordSet, tokenizer, config: ValidationConfig, features: FeaturesFile, scratch: Path
 ) -> tuple[RecordSet, PiiTally, Counter]:
@@ -150,9 +189,8 @@ def features_pass(
     pii, warnings = PiiTally(), Counter()
     seen = FirstSeen(scratch / "seen.sqlite")
     with RecordWriter(scratch / "candidates.parquet", CANDIDATE_SCHEMA, ("pii", "tools", "mapping", "record")) as out:
-        for batch in raw.batches():
-            batch = with_format(batch, raw.summary.files)
-            rows = with_features(batch, tokenizer, config, seen)
+        for batch, rows in featured_batches(raw, tokenizer, config):
+            mark_duplicates(rows, seen)  # here, in landing order: a row repeats an earlier one
             for row, source in zip(rows, batch):  # kept for the rows that will be rejected
                 row["record"], row["mapping"] = source["record"], source["mapping"]
             features.store(ALL_ROWS, rows)

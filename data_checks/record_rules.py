@@ -10,6 +10,7 @@ rows seen so far are passed in.
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 from assets.domain.chat import conversation_text, normalize, with_system
@@ -220,10 +221,44 @@ def with_features(raw: list[dict], tokenizer, settings: RuleSettings, seen: Seen
     """One row per raw row (with its file's `format`): the conversation and every feature column
     the suite checks, plus `pii` counts and conversion `warnings`. `seen` remembers earlier rows
     (earlier batches too) for duplicate detection."""
-    rows = [conversation_row(r, settings) for r in raw]
-    measure(rows, tokenizer, settings)
+    rows = rows_with_features(raw, tokenizer, settings)
     mark_duplicates(rows, seen)
     return rows
+
+
+def rows_with_features(raw: list[dict], tokenizer, settings: RuleSettings) -> list[dict]:
+    """`with_features` but for `duplicate_of`, which needs every earlier row: what a worker
+    process can compute for a batch on its own."""
+    rows = [conversation_row(r, settings) for r in raw]
+    measure(rows, tokenizer, settings)
+    return rows
+
+
+@dataclass(frozen=True)
+class RuleValues:
+    """The settings the rules read, as plain values a worker process receives."""
+
+    max_tokens: int
+    truncate_over_long: bool
+    system_prompt: str
+    pii: str
+
+    @classmethod
+    def of(cls, settings: RuleSettings) -> "RuleValues":
+        return cls(settings.max_tokens, settings.truncate_over_long, settings.system_prompt, settings.pii)
+
+
+# A worker process's tokenizer and settings, set once by `start_feature_worker`.
+_WORKER: dict = {}
+
+
+def start_feature_worker(tokenizer, settings: RuleValues) -> None:
+    """Initializer of a worker process that runs `features_in_worker`."""
+    _WORKER.update(tokenizer=tokenizer, settings=settings)
+
+
+def features_in_worker(raw: list[dict]) -> list[dict]:
+    return rows_with_features(raw, _WORKER["tokenizer"], _WORKER["settings"])
 
 
 def measure(rows: list[dict], tokenizer, settings: RuleSettings) -> None:

@@ -72,7 +72,7 @@ def one_frame(rows: int) -> dict:
     }
 
 
-def run_once(rows: int, home: Path) -> dict:
+def run_once(rows: int, home: Path, workers: int = 0) -> dict:
     import dagster as dg
 
     from pipelines.definitions import build_definitions
@@ -85,7 +85,7 @@ def run_once(rows: int, home: Path) -> dict:
         if not rows:
             (tmp / "landing").mkdir()
         settings = make_settings(home, BUNDLED_BASE_MODEL, landing=tmp / "landing").prepare()
-        defs = build_definitions(settings, {"validation": {"max_rejected_fraction": 1.0}})
+        defs = build_definitions(settings, {"validation": {"max_rejected_fraction": 1.0, "workers": workers}})
         instance = dg.DagsterInstance.ephemeral()
         # The base model (for its tokenizer) is prepared by an earlier process; here it is reused.
         defs.resolve_job_def("prepare_base_model").execute_in_process(instance=instance)
@@ -125,12 +125,15 @@ def main() -> int:
     parser.add_argument(
         "--frame", type=int, nargs="*", default=[], help="also read these sizes into one pandas frame, for comparison"
     )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="validation.workers (0: auto, worker processes from 50k rows; 1: none)"
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one-frame", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(run_once(args.one, args.home)))
+        print(json.dumps(run_once(args.one, args.home, args.workers)))
         return 0
     if args.one_frame is not None:
         print(json.dumps(one_frame(args.one_frame)))
@@ -139,7 +142,9 @@ def main() -> int:
         runs = [["--one", "0"]] + [["--one", str(n)] for n in args.rows] + [["--one-frame", str(n)] for n in args.frame]
         for i, run in enumerate(runs):  # the first prepares the base model once, in a process of its own
             out = subprocess.run(
-                [sys.executable, "-m", "tests.bench.ingest", *run, "--home", home], capture_output=True, text=True
+                [sys.executable, "-m", "tests.bench.ingest", *run, "--home", home, "--workers", str(args.workers)],
+                capture_output=True,
+                text=True,
             )
             if out.returncode:
                 print(out.stderr[-3000:])
