@@ -301,14 +301,7 @@ def training_metadata(trained: TrainedModel, run: SftReport, png: bytes) -> dict
     }
 
 
-@dg.asset(
-    group_name="model",
-    kinds={"pytorch", "huggingface"},
-    pool="training",  # one training or evaluation at a time per machine; later runs queue
-    automation_condition=dg.AutomationCondition.eager(),
-    op_tags=GPU_POD,  # its pod on Kubernetes (k8s_job_executor): a GPU node
-)
-def fine_tuned_model(
+def sft_stage(
     context: dg.AssetExecutionContext,
     training: TrainingConfig,
     base_model: str,
@@ -358,3 +351,21 @@ def fine_tuned_model(
     )  # fmt: skip
     # A step that ran a Pipes job hands Dagster typed events: the value wrapped in its Output.
     return dg.Output(trained, metadata=training_metadata(trained, run, png))
+
+
+def fine_tuned_model_asset(step_pod: dict) -> dg.AssetsDefinition:
+    """`fine_tuned_model`, its step asking Kubernetes (k8s_job_executor) for `step_pod`: a GPU pod when
+    the training job runs inside the step's pod, a CPU pod when the job gets a GPU pod of its own."""
+    return dg.asset(
+        name="fine_tuned_model",
+        group_name="model",
+        kinds={"pytorch", "huggingface"},
+        pool="training",  # one training or evaluation at a time per machine; later runs queue
+        automation_condition=dg.AutomationCondition.eager(),
+        op_tags=step_pod,
+    )(sft_stage)
+
+
+# Its step trains in its own pod (LocalTrainingJob): a GPU node. pipelines/definitions.py asks for a CPU pod
+# instead (CPU_POD) when the training job gets a GPU pod of its own (FT_TRAINING_LAUNCHER=k8s).
+fine_tuned_model = fine_tuned_model_asset(GPU_POD)

@@ -11,7 +11,15 @@ import dagster as dg
 from assets.base_model import base_model
 from assets.champion_model import champion_model
 from assets.domain.drops import DROPS
-from assets.fine_tuned_model import fine_tuned_model
+from assets.domain.pod_resources import (
+    CPU_POD,
+    GPU_NODE_SELECTOR,
+    GPU_POD_LIMITS,
+    GPU_POD_REQUESTS,
+    GPU_RESOURCE,
+    GPU_TOLERATIONS,
+)
+from assets.fine_tuned_model import fine_tuned_model, fine_tuned_model_asset
 from assets.instruction_pairs import instruction_pairs
 from assets.model_evaluation import model_evaluation
 from assets.preference_tuned_model import preference_tuned_model
@@ -25,11 +33,12 @@ from pipelines.settings import REPO_ROOT, Settings
 from resources.checkpoints import CheckpointStore
 from resources.credentials import has_password
 from resources.expectations import GreatExpectations
+from resources.k8s_training_job import KubernetesTrainingJob
 from resources.landing import LandingZone
 from resources.mlflow_registry import MlflowRegistry
 from resources.models import ModelLoader
 from resources.state import StateStore
-from resources.training_job import LocalTrainingJob
+from resources.training_job import LocalTrainingJob, TrainingJobClient
 
 ASSETS = [
     base_model,
@@ -69,6 +78,29 @@ finetune_job = dg.define_asset_job(
 )
 
 
+def training_job(settings: Settings) -> TrainingJobClient:
+    """FT_TRAINING_LAUNCHER: the training job's processes beside the Dagster step (`local`), or a
+    Kubernetes pod of its own on a GPU node, one GPU per process, FT_HOME's volume at the same path (`k8s`)."""
+    if settings.training_launcher != "k8s":
+        return LocalTrainingJob(cwd=str(REPO_ROOT))
+    return KubernetesTrainingJob(
+        home_path=str(settings.home),
+        gpu_resource=GPU_RESOURCE,
+        node_selector=GPU_NODE_SELECTOR,
+        tolerations=GPU_TOLERATIONS,
+        requests=GPU_POD_REQUESTS,
+        limits=GPU_POD_LIMITS,
+    )
+
+
+def assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The asset graph. With FT_TRAINING_LAUNCHER=k8s the training job's own pod holds the GPUs, so the
+    `fine_tuned_model` step, which only prepares and waits, asks for a CPU pod."""
+    if settings.training_launcher != "k8s":
+        return ASSETS
+    return [fine_tuned_model_asset(CPU_POD) if a is fine_tuned_model else a for a in ASSETS]
+
+
 def build_resources(settings: Settings, overrides: dict[str, dict] | None = None) -> dict:
     return {
         # Asset values (frames, paths, small dicts) are pickled here, so any asset can be
@@ -79,7 +111,7 @@ def build_resources(settings: Settings, overrides: dict[str, dict] | None = None
         "models": ModelLoader(base_model=settings.base_model, trust_remote_code=settings.trust_remote_code),
         "checkpoints": CheckpointStore(root=str(settings.home / "checkpoints")),
         # Training runs as its own job (torchrun for training.num_processes > 1) through Dagster Pipes.
-        "training_job": LocalTrainingJob(cwd=str(REPO_ROOT)),
+        "training_job": training_job(settings),
         "gx": GreatExpectations(project_dir=str(settings.home / "gx"), docs_url=settings.docs_url),
         "mlflow_registry": MlflowRegistry(
             # A URI with a password is read from the environment when the run starts, so the UI
@@ -109,7 +141,7 @@ def run_executor(settings: Settings) -> dg.ExecutorDefinition | None:
 def build_definitions(settings: Settings, overrides: dict[str, dict] | None = None) -> dg.Definitions:
     """Everything Dagster loads. `overrides` (stage -> values) go over the preset, for tests and scripts."""
     return dg.Definitions(
-        assets=ASSETS,
+        assets=assets(settings),
         asset_checks=CHECKS,
         jobs=[base_model_job, ingest_job, finetune_job],
         sensors=[build_landing_sensor(ingest_job, base_model_job), retrain_automation],

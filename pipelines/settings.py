@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from resources.credentials import masked
+from resources.credentials import has_password, masked
 from resources.models import BUNDLED_BASE_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +162,25 @@ def executor_name(value: str) -> str:
     return value
 
 
+TRAINING_LAUNCHERS = ("local", "k8s")
+
+
+def training_launcher_name(value: str, tracking_uri: str) -> str:
+    if value not in TRAINING_LAUNCHERS:
+        raise ValueError(
+            f"FT_TRAINING_LAUNCHER={value!r} is not a training launcher. Available: {', '.join(TRAINING_LAUNCHERS)} "
+            "(local: the training job's processes beside the Dagster step; k8s: a Kubernetes pod of its own)."
+        )
+    if value == "k8s" and has_password(tracking_uri):
+        # The job's settings travel in its pod's spec (the Pipes context), readable by whoever may read pods.
+        raise ValueError(
+            f"FT_TRAINING_LAUNCHER=k8s writes the MLflow tracking URI into the training pod's spec, and "
+            f"MLFLOW_TRACKING_URI={masked(tracking_uri)!r} carries a password. Give the URI without it and put "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the Secret (ft-postgres) instead."
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -192,6 +211,9 @@ class Settings:
     executor: str = "multiprocess"
     """FT_EXECUTOR: how a run executes its steps: `multiprocess` (each step a process beside the run)
     or `k8s` (each step a Kubernetes pod sized by its asset's `dagster-k8s/config` tag; dagster-k8s)."""
+    training_launcher: str = "local"
+    """FT_TRAINING_LAUNCHER: where the training job runs: `local` (its processes beside the Dagster step,
+    LocalTrainingJob) or `k8s` (a Kubernetes pod of its own with one GPU per process, KubernetesTrainingJob)."""
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={masked(repr(getattr(self, f.name)))}" for f in fields(self))
@@ -249,6 +271,7 @@ class Settings:
             server=server,
             trust_remote_code=(env.get("FT_TRUST_REMOTE_CODE") or "0").lower() in ("1", "true", "yes"),
             executor=executor_name(env.get("FT_EXECUTOR") or "multiprocess"),
+            training_launcher=training_launcher_name(env.get("FT_TRAINING_LAUNCHER") or "local", tracking),
         )
 
     def prepare(self) -> "Settings":

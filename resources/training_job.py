@@ -8,12 +8,14 @@ gets back, while it runs, the job's log lines and, when it ends, its report (a P
 
 One process runs `python -m MODULE`; more run it under `torchrun` (torch.distributed.run), one
 process per device, data-parallel. The launcher is a resource so that a deployment can swap it:
-`LocalTrainingJob` runs the processes beside the Dagster step (PipesSubprocessClient); on
-Kubernetes the same asset could take a launcher around dagster-k8s' PipesK8sClient instead.
+`LocalTrainingJob` runs the processes beside the Dagster step (PipesSubprocessClient);
+`KubernetesTrainingJob` (resources/k8s_training_job.py) runs them in a Kubernetes pod of their own
+(dagster-k8s' PipesK8sClient).
 
 A job that outlives its Dagster step would keep training and checkpointing beside the step's
 re-execution. `PARENT_PID` (an extra) names the launching process: the job stops when it is gone
-(`watch_parent`), so killing the step, even with SIGKILL, stops the training too.
+(`watch_parent`), so killing the step, even with SIGKILL, stops the training too. A job in a pod of
+its own gets no `PARENT_PID` (that process is in another pod); PipesK8sClient deletes its pod instead.
 """
 
 import os

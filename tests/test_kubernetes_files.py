@@ -2,7 +2,9 @@
 instance config loads through Dagster's own schema and builds a real K8sRunLauncher and run queue,
 the manifests parse and name the image the Dockerfile builds and settings that pipelines/settings.py
 reads, and the assets ask dagster-k8s for the pods their stages need (a GPU node for training and
-evaluation, CPU only for the data stages)."""
+evaluation, CPU only for the data stages). The training job's own pod (FT_TRAINING_LAUNCHER=k8s) uses
+the same namespace, volume, ConfigMaps and Secret, and the Role lets the step create and follow it.
+(tests/test_k8s_training_job.py launches it through PipesK8sClient against a fake API.)"""
 
 import re
 from dataclasses import replace
@@ -18,8 +20,9 @@ from dagster_k8s.job import get_user_defined_k8s_config
 from dagster_postgres import DagsterPostgresStorage
 
 from assets.domain.pod_resources import GPU_RESOURCE
-from pipelines.definitions import ASSETS, build_definitions
-from pipelines.settings import REPO_ROOT
+from pipelines.definitions import ASSETS, build_definitions, build_resources
+from pipelines.settings import REPO_ROOT, Settings
+from resources.k8s_training_job import KubernetesTrainingJob
 from tests.conftest import make_settings
 
 KUBERNETES = REPO_ROOT / "pipelines" / "kubernetes"
@@ -147,3 +150,32 @@ def test_ft_executor_k8s_runs_each_step_in_its_own_pod(tmp_path, monkeypatch):
     assert build_definitions(settings).resolve_job_def("finetune").executor_def is k8s_job_executor
     local = build_definitions(make_settings(tmp_path, "unused")).resolve_job_def("finetune")
     assert local.executor_def is not k8s_job_executor
+
+
+def test_the_training_pod_uses_the_deployments_namespace_volume_configmaps_and_secret(instance_config):
+    settings = Settings.from_env(settings_literals())  # what every pod of the deployment reads
+    assert settings.training_launcher == "k8s"
+    job = build_resources(settings)["training_job"]
+    assert isinstance(job, KubernetesTrainingJob)
+    assert job.namespace == kustomization()["namespace"]
+    launcher = instance_config["run_launcher"]["config"]
+    assert job.env_config_maps == launcher["env_config_maps"] and job.env_secrets == launcher["env_secrets"]
+    (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in launcher["volumes"]]
+    (mount,) = launcher["volume_mounts"]
+    assert job.home_claim == claim and job.home_path == mount["mountPath"] == settings_literals()["FT_HOME"]
+
+
+def test_the_role_lets_the_training_step_create_follow_and_delete_its_pod(instance_config):
+    (role,) = [d for d in documents("ft-pipeline.yaml") if d["kind"] == "Role"]
+    allowed = {
+        (r, v) for rule in role["rules"] if "" in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    # What PipesK8sClient calls: create, list and watch the pod, read its log, delete it.
+    needed = {("pods", v) for v in ("create", "get", "list", "watch", "delete")} | {("pods/log", "get")}
+    assert needed <= allowed, needed - allowed
+    (binding,) = [d for d in documents("ft-pipeline.yaml") if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    # Bound to the account the run and step pods run as: the step launches the training pod.
+    assert {s["name"] for s in binding["subjects"]} == {
+        instance_config["run_launcher"]["config"]["service_account_name"]
+    }
