@@ -20,6 +20,7 @@ from assets.domain.preferences import chosen_conversations, margin_summary, repl
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import ChampionScores, Evaluation, TrainedModel
 from data_checks.pii import scan
+from resources.generation import greedy_answers
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
@@ -51,7 +52,12 @@ class EvaluationConfig(dg.ConfigurableResource):
         "what it extracts (its first group, or the whole match; the last match in the text) from the "
         "generation and the reference.",
     )
-    batch_size: int = Field(default=16, description="Prompts generated or scored together.")
+    batch_size: int = Field(default=16, description="Examples scored together (eval loss, preference pairs).")
+    generation_batch_size: int = Field(
+        default=32,
+        description="Prompts answered together, batched by length. Decoding a step reads every weight once for "
+        "the whole batch, so larger batches pay up to where memory runs short (BENCHMARKS.md, Evaluation).",
+    )
     max_eval_examples: int = Field(
         default=0, description="Score at most this many eval examples (0: all), the same ones every time."
     )
@@ -74,28 +80,14 @@ class EvaluationConfig(dg.ConfigurableResource):
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int):
-    """Greedy answers to rendered prompts (`chat.prompt_text`), batched, left-padded. Returns the
-    answers, whether each stopped on its own before max_new_tokens, and tokens/s."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    answers, stopped, new_tokens, started = [], [], 0, time.time()
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], padding=True, add_special_tokens=False, return_tensors="pt").to(
-            model.device
-        )
-        with torch.no_grad():
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        generated = out[:, enc["input_ids"].shape[1] :]
-        eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-                  else [model.generation_config.eos_token_id, tokenizer.eos_token_id])  # fmt: skip
-        for row in generated.tolist():
-            stopped.append(any(t in eos for t in row))
-        new_tokens += int((generated != tokenizer.pad_token_id).sum())
-        answers += tokenizer.batch_decode(generated, skip_special_tokens=True)
-    return [a.strip() for a in answers], stopped, new_tokens / max(time.time() - started, 1e-9)
+    """Greedy answers to rendered prompts (`chat.prompt_text`), batched by length
+    (`resources.generation.greedy_answers`). Returns the answers, whether each stopped on its own
+    before max_new_tokens, and new tokens/s."""
+    started = time.time()
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size)
+    new_tokens = sum(len(a.tokens) for a in answers)
+    texts = tokenizer.batch_decode([a.tokens for a in answers], skip_special_tokens=True)
+    return [t.strip() for t in texts], [a.stopped for a in answers], new_tokens / max(time.time() - started, 1e-9)
 
 
 def eval_loss(model, tokenizer, examples: list[dict], batch_size: int) -> float:
@@ -180,7 +172,7 @@ class Scorer:
     def __call__(self, model, name: str = "model") -> tuple[dict[str, float], list[str]]:
         tokenizer, config, ex = self.tokenizer, self.config, self.examples
         answers, stopped, self.speeds[name] = generate(
-            model, tokenizer, ex.prompts, ex.max_new_tokens, config.batch_size
+            model, tokenizer, ex.prompts, ex.max_new_tokens, config.generation_batch_size
         )
         self.cut[name] = len(stopped) - sum(stopped)
         pattern = config.answer_pattern

@@ -14,9 +14,9 @@ speed levers and not two schedules. Each side runs in a process of its own (its 
 Prints, last: `train_speedup_vs_trl=<x>` (non-pad tokens/s, ours / plain TRL),
 `eval_loss_ratio=<ours/trl>`, `mfu_ours=` / `mfu_trl=` (4 x params FLOPs per trained token against
 the matmul peak measured here in the dtype each side multiplies in), and
-`eval_speedup_vs_naive=<x>` (model_evaluation's batched greedy generation, one left-padded batch, vs a loop of
-one-prompt `generate` calls, same 16 Dolly prompts, with the new-token budget model_evaluation gives
-them under the cpu preset, and the count of answers that differ).
+`eval_speedup_vs_naive=<x>` (model_evaluation's batched greedy generation as the cpu preset runs it: its
+new-token budget for these prompts and its generation_batch_size, vs a loop of one-prompt `generate`
+calls, on the same 32 held-out Dolly prompts, and the count of answers that differ).
 """
 
 import argparse
@@ -38,9 +38,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DOLLY = Path(__file__).resolve().parents[3] / "shared" / "data" / "dolly" / "dolly-1147.jsonl"
 MAX_LENGTH = 512
 EVAL_EXAMPLES = 32
-GENERATION_PROMPTS = 16
-# The new-token budget is the one model_evaluation gives these prompts under the cpu preset
-# (max_new_tokens 0: from the reference answers' lengths, at most max_new_tokens_cap).
+# Generation is timed on every held-out example, with the new-token budget model_evaluation gives these
+# prompts under the cpu preset (max_new_tokens 0: from the reference answers' lengths, at most
+# max_new_tokens_cap) and the preset's generation_batch_size.
 CPU_PRESET = Path(__file__).resolve().parents[2] / "pipelines" / "presets" / "cpu.yaml"
 
 
@@ -224,8 +224,8 @@ def one_generate_per_prompt(model, tokenizer, prompts: list[str], max_new_tokens
 
 
 def generation_speed(base: str) -> dict:
-    """model_evaluation's batched generation (all prompts in one batch) vs one `generate`
-    call per prompt, on the same prompts and model; counts the answers that differ."""
+    """model_evaluation's batched generation, as the cpu preset sets it, vs one `generate` call per
+    prompt, on the same prompts and model; counts the answers that differ."""
     from assets.domain.chat import prompt_text
     from assets.model_evaluation import generate, generation_budget
     from resources.models import ModelLoader
@@ -233,19 +233,20 @@ def generation_speed(base: str) -> dict:
     data = examples(base)
     loader = ModelLoader()
     model, tokenizer = loader.load_model(base).eval(), loader.load_tokenizer(base)
-    conversations = list(data["eval"]["messages"][:GENERATION_PROMPTS])
+    conversations = list(data["eval"]["messages"])
     prompts = [prompt_text(tokenizer, m) for m in conversations]
-    cap = yaml.safe_load(CPU_PRESET.read_text())["evaluation"]["max_new_tokens_cap"]
-    budget = generation_budget(tokenizer, [m[-1]["content"] for m in conversations], cap)
+    preset = yaml.safe_load(CPU_PRESET.read_text())["evaluation"]
+    budget = generation_budget(tokenizer, [m[-1]["content"] for m in conversations], preset["max_new_tokens_cap"])
     started = time.perf_counter()
     naive = one_generate_per_prompt(model, tokenizer, prompts, budget)
     naive_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    batched, _, _ = generate(model, tokenizer, prompts, budget, batch_size=GENERATION_PROMPTS)
+    batched, _, _ = generate(model, tokenizer, prompts, budget, batch_size=preset["generation_batch_size"])
     batched_seconds = time.perf_counter() - started
     return {
         "prompts": len(prompts),
         "max_new_tokens": budget,
+        "batch_size": preset["generation_batch_size"],
         "naive_seconds": round(naive_seconds, 1),
         "batched_seconds": round(batched_seconds, 1),
         "answers_that_differ": sum(a != b for a, b in zip(naive, batched)),
