@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.domain.lineage import base_model_name
 from resources.models import BUNDLED_BASE_MODEL, ModelLoader, bundled_gguf
 from resources.state import StateStore
 
@@ -21,13 +22,11 @@ def cache_name(source: str) -> str:
 
 
 def model_name(source: str) -> str:
-    """The base model as a person names it: 'SmolLM2-135M-Instruct (bundled)', a local folder's
-    name, or the hub id."""
+    """The base model as the Dagster UI names it: 'SmolLM2-135M-Instruct (bundled)' (the GGUF file's
+    own spelling), else as MLflow names it (`lineage.base_model_name`), a local folder marked so."""
     if source == BUNDLED_BASE_MODEL:
         return f"{bundled_gguf().name.split('.')[0]} (bundled)"
-    if Path(source).is_dir():
-        return f"{Path(source).name} (local folder)"
-    return source
+    return base_model_name(source) + (" (local folder)" if Path(source).is_dir() else "")
 
 
 def folder_version(source: str, folder: Path) -> dg.DataVersion:

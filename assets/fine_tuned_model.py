@@ -100,7 +100,8 @@ def train_adapter(
     `checkpoints.resume` when a killed training left one."""
     # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
     max_length = int(train["n_tokens"].max())
-    # Batches of similar length only where random ones would hold much padding (training.py).
+    # Batches of similar length only where random ones would hold much padding (training.py). The
+    # stage has decided it already (the same answer again); callers of this function alone have not.
     training = with_length_grouping(training, [int(n) for n in train["n_tokens"]])
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
     setup = trainer_configs(training, checkpoints.folder, max_length, models.resolved_device() == "cpu")
@@ -319,6 +320,7 @@ def sft_stage(
     train, method = sft_examples(instruction_pairs, training)
     if not trains_sft(method):
         return sft_skipped(context, training, base_model, models)
+    training = with_length_grouping(training, [int(n) for n in train["n_tokens"]])  # key, job, MLflow: as trained
     key = setup_key(training, instruction_pairs.summary.train_set_hash, base_model)
     resume, step = checkpoints.last(key)
     if resume is not None:
@@ -345,8 +347,7 @@ def sft_stage(
         train_loss=run.train_loss,
         train_seconds=run.seconds,
         loss_curve=run.loss_curve,
-        mlflow_run_id=mlflow_run.run_id,
-        resumed_from_step=step,
+        mlflow_run_id=mlflow_run.run_id, resumed_from_step=step,
         method=method, adapter=training.adapter, adapter_base_dir=base_model,
     )  # fmt: skip
     # A step that ran a Pipes job hands Dagster typed events: the value wrapped in its Output.

@@ -70,15 +70,15 @@ def plain_dynamic_cache(model) -> bool:
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
-def read_rows(model, rows: Sequence[Sequence[int]], pad_id: int, width: int) -> dict[int, list[tuple]]:
-    """Each row's keys and values per layer, left-padded to `width`: the rows are read in groups of
-    similar length, so that padding costs next to nothing. Padded positions hold zeros (they are
-    masked, but a NaN there would still spoil the weighted sum)."""
+def read_rows(model, rows: Sequence[Sequence[int]], pad_id: int, width: int) -> list[tuple]:
+    """Keys and values of every row, per layer, in the order of `rows`, left-padded to `width`: the
+    rows are read in groups of similar length, so that padding costs next to nothing. Padded
+    positions hold zeros (they are masked, but a NaN there would still spoil the weighted sum)."""
     import torch
     import torch.nn.functional as F
     from transformers import DynamicCache
 
-    per_row: dict[int, list[tuple]] = {}
+    read, parts = [], []
     for group in similar_length_groups([len(r) for r in rows]):
         ids, mask = left_padded([rows[i] for i in group], pad_id)
         cache = DynamicCache(config=model.config)
@@ -88,14 +88,13 @@ def read_rows(model, rows: Sequence[Sequence[int]], pad_id: int, width: int) -> 
                 input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                 position_ids=positions.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
             )  # fmt: skip
+        real = mask.bool().view(len(group), 1, -1, 1).to(model.device)
         shift = (0, 0, width - ids.shape[1], 0)  # more padding on the left of the sequence dimension
-        for j, i in enumerate(group):
-            real = mask[j].view(1, 1, -1, 1).bool().to(model.device)
-            per_row[i] = [
-                tuple(F.pad(torch.where(real, states[j : j + 1], 0.0), shift) for states in (layer.keys, layer.values))
-                for layer in cache.layers
-            ]
-    return per_row
+        parts.append([tuple(F.pad(torch.where(real, states, 0.0), shift) for states in (layer.keys, layer.values))
+                      for layer in cache.layers])  # fmt: skip
+        read += group
+    back = torch.tensor(read).argsort().to(model.device)  # each row's place among the rows as read
+    return [tuple(torch.cat([part[n][kv] for part in parts])[back] for kv in (0, 1)) for n in range(len(parts[0]))]
 
 
 def prefilled_cache(model, rows: Sequence[Sequence[int]], pad_id: int, capacity: int):
@@ -103,13 +102,11 @@ def prefilled_cache(model, rows: Sequence[Sequence[int]], pad_id: int, capacity:
     to the longest row, the rows read without padding (`read_rows`). A static cache, written in
     place, spares each decoding step a copy of the whole cache (a DynamicCache grows by
     concatenation: a fifth of the decoding time on Dolly prompts, BENCHMARKS.md)."""
-    import torch
     from transformers import StaticCache
 
-    per_row = read_rows(model, rows, pad_id, width=max(len(r) for r in rows))
     joined = StaticCache(config=model.config, max_cache_len=capacity)
-    for n, layer in enumerate(joined.layers):
-        layer.update(*(torch.cat([per_row[i][n][kv] for i in range(len(rows))]) for kv in (0, 1)))
+    for layer, (keys, values) in zip(joined.layers, read_rows(model, rows, pad_id, width=max(len(r) for r in rows))):
+        layer.update(keys, values)
     return joined
 
 
@@ -161,13 +158,15 @@ def decoded_in_segments(model, ids, mask, cache, budget: int, ends: set[int], pa
     return answers
 
 
-def batch_answers(model, rows: list[list[int]], budget: int, ends: set[int], pad_id: int) -> list[Answer]:
+def batch_answers(
+    model, rows: list[list[int]], budget: int, ends: set[int], pad_id: int, joinable: bool
+) -> list[Answer]:
     """Greedy answers to one batch of tokenized prompts: prefilled without padding where the model's
-    cache allows it, then decoded in segments."""
+    cache can be joined (`joinable`), then decoded in segments."""
     from transformers import DynamicCache
 
     ids, mask = left_padded(rows, pad_id)
-    if plain_dynamic_cache(model) and min(len(r) for r in rows) > 1:
+    if joinable and min(len(r) for r in rows) > 1:
         cache = prefilled_cache(model, [r[:-1] for r in rows], pad_id, capacity=ids.shape[1] + budget)
     else:
         cache = DynamicCache(config=model.config)  # generate prefills it, padding included
@@ -178,9 +177,10 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     """Greedy answers to rendered prompts, at most `max_new_tokens` each, in batches of `batch_size`
     prompts of similar length; in the order of `prompts`."""
     rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    ends, pad_id = end_tokens(model, tokenizer), tokenizer.pad_token_id
+    ends, pad_id, joinable = end_tokens(model, tokenizer), tokenizer.pad_token_id, plain_dynamic_cache(model)
     answers: list[Answer | None] = [None] * len(rows)
     for batch in length_batches([len(r) for r in rows], batch_size):
-        for i, answer in zip(batch, batch_answers(model, [rows[i] for i in batch], max_new_tokens, ends, pad_id)):
+        batch_rows = [rows[i] for i in batch]
+        for i, answer in zip(batch, batch_answers(model, batch_rows, max_new_tokens, ends, pad_id, joinable)):
             answers[i] = answer
     return answers

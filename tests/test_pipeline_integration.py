@@ -133,6 +133,8 @@ def test_mlflow_run_carries_the_contract(pipeline):
     assert {"exact_match", "json_valid", "field_accuracy", "eval_loss"} <= set(evaluation.tuned)
     assert run.data.tags["eval.primary_metric"] == "exact_match"
     assert params["eval.max_new_tokens"] == "24", "the smoke preset sets the budget"
+    # Grouping is allowed by default, but the sample's random batches hold little padding: not grouped.
+    assert params["train.group_by_length"] == "False"
     assert {"base.generations_cut", "tuned.generations_cut"} <= set(run.data.metrics)
     assert version.tags["dagster.run_id"] == pipeline["first"].run_id
     assert version.tags["data.drops"] == "2026-01-05,2026-01-12,2026-01-19,2026-01-26"

@@ -34,15 +34,11 @@ def padded_batches(model, tokenizer, prompts: list[str], budget: int, batch_size
 
 def growing_cache(model, rows, pad_id: int, capacity: int):
     """The joined prefill in a DynamicCache (grown by concatenation each step) instead of a StaticCache."""
-    import torch
     from transformers import DynamicCache
 
     from resources.generation import read_rows
 
-    per_row = read_rows(model, rows, pad_id, width=max(len(r) for r in rows))
-    layers = [tuple(torch.cat([per_row[i][n][kv] for i in range(len(rows))]) for kv in (0, 1))
-              for n in range(len(per_row[0]))]  # fmt: skip
-    return DynamicCache(ddp_cache_data=layers, config=model.config)
+    return DynamicCache(ddp_cache_data=read_rows(model, rows, pad_id, max(len(r) for r in rows)), config=model.config)
 
 
 def main() -> int:
