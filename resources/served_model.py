@@ -12,6 +12,8 @@ Generation parameters come per request through the signature's params:
      "params": {"max_new_tokens": 64, "temperature": 0.0}}
 
 `temperature` 0 (the default) decodes greedily, exactly as the evaluation did; above 0 it samples.
+A reply ends on any end token the model's generation config declares (the base model's own, and the
+end-of-turn token of its chat template, added when the base model was prepared).
 
 Limits: one request may ask for at most `max_new_tokens_limit` new tokens (1024), hold at most
 `max_rows_per_request` rows (16), and each row's messages and tools at most `max_chars_per_row`
@@ -22,7 +24,8 @@ safetensors only, and the model's own Python code never runs (`trust_remote_code
 Tool calling: a request row may carry `tools` (OpenAI function schemas) and messages with
 `tool_calls` and `tool` turns. They are rendered by the module `tool_calls` (the project's
 `assets/domain/tool_calls.py`, logged beside this file through `code_paths`, so a request is rendered
-exactly as the training examples were), and the reply's `<tool_call>` blocks come back parsed as
+exactly as the training examples were, a system turn folded into the first user turn where the
+model's chat template has none), and the reply's `<tool_call>` blocks come back parsed as
 `tool_calls` (OpenAI shape, `finish_reason` "tool_calls"); `tool_calls` is null when none was made.
 """
 
@@ -55,11 +58,12 @@ class ChatModel(PythonModel):
         self.model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
         ).eval()
+        self.stop_ids = end_tokens(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
 
     def reply(self, messages: list[dict], tools: list | None, max_new_tokens: int, temperature: float) -> dict:
         import torch
 
-        rendered, native_tools = self.rendering.template_inputs(messages, tools, self.tokenizer.chat_template)
+        rendered, native_tools = self.rendering.chat_inputs(self.tokenizer, messages, tools)
         enc = self.tokenizer.apply_chat_template(
             rendered,
             add_generation_prompt=True,
@@ -73,9 +77,8 @@ class ChatModel(PythonModel):
                 **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
             )
         generated = out[0, enc["input_ids"].shape[1] :].tolist()
-        stop_ids = {self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id}
         text = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
-        return self.assemble(text, "stop" if any(t in stop_ids for t in generated) else "length")
+        return self.assemble(text, "stop" if any(t in self.stop_ids for t in generated) else "length")
 
     def assemble(self, text: str, finish_reason: str) -> dict:
         """The response row for a generated text: its content, and the tool calls parsed out of it."""
@@ -98,6 +101,13 @@ class ChatModel(PythonModel):
             for r in rows
         ]
         return pd.DataFrame(replies)
+
+
+def end_tokens(declared, eos_token_id) -> set[int]:
+    """The ids that end a reply: every end token the generation config declares (one id or a list:
+    Llama 3, Qwen 2.5 and Gemma 3 list several) and the tokenizer's end-of-sequence token."""
+    ids = declared if isinstance(declared, list | tuple) else [declared]
+    return {t for t in [*ids, eos_token_id] if t is not None}
 
 
 def check_request(rows: list[dict], max_new_tokens: int, limits: dict[str, int]) -> None:

@@ -6,11 +6,12 @@ rendered for training must be identical wherever it is measured, trained on or s
 
 import hashlib
 
-from assets.domain.tool_calls import render_text, template_inputs
+from assets.domain.token_lengths import SMOLLM2_CHAT_TEMPLATE
+from assets.domain.tool_calls import chat_inputs, render_text
 
 DEFAULT_SYSTEM_PROMPT = "You are a precise assistant. Follow the instruction exactly."
 
-# ChatML rendered exactly as SmolLM2's own template renders it, plus the {% generation %} markers
+# SmolLM2's ChatML template (`SMOLLM2_CHAT_TEMPLATE`) rendered exactly as it renders, plus the {% generation %} markers
 # TRL needs to train on the assistant's tokens only. The end-of-turn token sits inside the markers
 # so the model learns to stop. An assistant turn with weight 0 is context: same text, no markers.
 CHATML_TRAINING_TEMPLATE = (
@@ -19,6 +20,21 @@ CHATML_TRAINING_TEMPLATE = (
     "{{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- if message['role'] == 'assistant' and (message['weight'] is not defined or message['weight'] != 0) %}"
+    "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# The chat template a base model without one gets: ChatML, with {% generation %} markers (rendered as
+# nothing; they mark the assistant's reply and its end token for the loss), no default system turn.
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
     "{{- '\\n' }}"
     "{%- else %}"
@@ -68,27 +84,20 @@ def prompt_hash(messages: list[dict]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def training_chat_template(tokenizer) -> str | None:
-    """A chat template with {% generation %} markers for assistant-only loss, or None if the
-    tokenizer's own template already has them.
-
-    TRL patches the templates it knows; SmolLM2's ChatML template is not among them, so ChatML
-    templates get the equivalent above. Anything else is refused with a way out.
-    """
+def training_chat_template(tokenizer) -> str:
+    """The template training renders with: the tokenizer's own when it has {% generation %} markers,
+    TRL's patched version of it where TRL knows it, our ChatML equivalent for ChatML templates, and
+    otherwise the tokenizer's own template unchanged, whose assistant spans `training_tokens` derives
+    by rendering (`derived_assistant_mask`). Loss stays on the assistant's tokens either way."""
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     template = tokenizer.chat_template or ""
     if has_generation_markers(template):
-        return None
+        return template
     try:
         return get_training_chat_template(tokenizer)
     except ValueError:
-        if "<|im_start|>" in template:
-            return CHATML_TRAINING_TEMPLATE
-        raise ValueError(
-            "The base model's chat template has no {% generation %} markers and TRL cannot patch it, so "
-            "the loss cannot be limited to the assistant's tokens. Add the markers to the template."
-        ) from None
+        return CHATML_TRAINING_TEMPLATE if template == SMOLLM2_CHAT_TEMPLATE else template
 
 
 def prompt_text(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
@@ -102,24 +111,81 @@ def prompt_text(tokenizer, messages: list[dict], tools: list[dict] | None = None
 
 def training_tokens(tokenizer, messages: list[dict], tools: list[dict] | None, chat_template: str) -> dict:
     """One conversation as it is trained on: `input_ids` and `assistant_masks` (1 on the tokens that
-    carry loss), rendered by `chat_template` (one with {% generation %} markers) the way every stage
-    renders it (`tool_calls.template_inputs`: the template's own tool support, else the fallback)."""
-    rendered, native_tools = template_inputs(messages, tools, tokenizer.chat_template)
-    encoded = tokenizer.apply_chat_template(
-        rendered,
-        chat_template=chat_template,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-        **({"tools": native_tools} if native_tools else {}),
-    )
-    mask = weighted_mask(list(encoded["assistant_masks"]), messages)
+    carry loss), rendered the way every stage renders it (`tool_calls.chat_inputs`: the template's own
+    tool support, else the fallback; a system turn folded where the template has none). A template
+    with {% generation %} markers marks the assistant's tokens itself; for any other the spans are
+    derived (`derived_assistant_mask`)."""
+    from trl.chat_template_utils import has_generation_markers
+
+    if not has_generation_markers(chat_template):
+        ids, mask = derived_assistant_mask(tokenizer, messages, tools, chat_template)
+    else:
+        rendered, native_tools = chat_inputs(tokenizer, messages, tools, chat_template)
+        encoded = tokenizer.apply_chat_template(
+            rendered,
+            chat_template=chat_template,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            **({"tools": native_tools} if native_tools else {}),
+        )
+        ids, mask = list(encoded["input_ids"]), weighted_mask(list(encoded["assistant_masks"]), messages)
     if 1 not in mask:
         raise ValueError(
             "An example has no assistant tokens to train on: the training template marks none "
             "(no {% generation %} markers?) or every assistant turn has weight 0."
         )
-    return {"input_ids": list(encoded["input_ids"]), "assistant_masks": mask}
+    return {"input_ids": ids, "assistant_masks": mask}
+
+
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None, chat_template: str) -> tuple[str, list]:
+    """The conversation's text as the template renders it, and the (start, end) character span of
+    each trained assistant turn in it (weight 0 turns left out): what the template writes for the turn
+    after the generation prompt, its end-of-turn token included, trailing whitespace not.
+
+    Found by rendering: the turns before the answer with the generation prompt are where the answer
+    starts, the turns up to and with the answer are where it ends. A template whose renderings are
+    not prefixes of each other (one that rewrites earlier turns) is refused with that reason."""
+    rendered, native_tools = chat_inputs(tokenizer, messages, tools, chat_template)
+    extra = {"chat_template": chat_template, "tokenize": False, **({"tools": native_tools} if native_tools else {})}
+    text = tokenizer.apply_chat_template(rendered, **extra)
+    weights = iter(m.get("weight", 1) for m in messages if m["role"] == "assistant")
+    spans = []
+    for i, turn in enumerate(rendered):
+        if turn["role"] != "assistant" or next(weights, 1) == 0:
+            continue
+        before = tokenizer.apply_chat_template(rendered[:i], add_generation_prompt=True, **extra)
+        through = tokenizer.apply_chat_template(rendered[: i + 1], **extra).rstrip()
+        if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
+            raise ValueError(
+                f"The base model's chat template renders assistant turn {i + 1} differently alone than in the "
+                "whole conversation, so the tokens of its answer cannot be told apart for the loss. Add "
+                "{% generation %} markers around the assistant's reply in the template (tokenizer_config.json)."
+            )
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def derived_assistant_mask(tokenizer, messages: list[dict], tools, chat_template: str) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation (as validation counts them: the text tokenized without
+    added special tokens) and a mask with 1 on each token inside an assistant span (`assistant_spans`),
+    for templates without {% generation %} markers."""
+    text, spans = assistant_spans(tokenizer, messages, tools, chat_template)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(a < end and b > start for start, end in spans)) for a, b in encoded["offset_mapping"]]
+    return list(encoded["input_ids"]), mask
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the chat template writes right after an assistant's answer (`<|im_end|>`,
+    `<|eot_id|>`, `<end_of_turn>`, `<|end|>`, `</s>`), or None when it writes none: the token a
+    trained model emits to end its turn, so generation must stop on it."""
+    probe = "END-PROBE-9b2e"
+    text = render_text(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": probe}])
+    tail = text[text.rindex(probe) + len(probe) :]
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()}
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    return next((t for t in tokenizer.convert_ids_to_tokens(ids) if t in special), None)
 
 
 def _runs(mask: list[int]) -> list[tuple[int, int]]:
@@ -157,3 +223,36 @@ def weighted_mask(mask: list[int], messages: list[dict]) -> list[int]:
         if weight == 0:
             mask[start:end] = [0] * (end - start)
     return mask
+
+
+def ready_for_chat(tokenizer, model) -> list[str]:
+    """Make a base model ready to train and serve chat, in place; returns what was changed.
+
+    A model without a chat template (a pretrained base as published) gets DEFAULT_CHAT_TEMPLATE,
+    ChatML: its `<|im_start|>`/`<|im_end|>` tokens are added where the vocabulary lacks them and the
+    embeddings resized. Every model's generation config then lists, besides its own end tokens, the
+    token its template ends an assistant turn with, so generation stops where training taught it to
+    stop (evaluation, serving): Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`, Phi-3's `<|end|>`."""
+    notes = []
+    if not tokenizer.chat_template:
+        missing = [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            model.resize_token_embeddings(len(tokenizer))
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        added = f"; tokens {', '.join(missing)} added and the embeddings resized to {len(tokenizer)}" if missing else ""
+        notes.append(f"The base model has no chat template: it was given the default ChatML template{added}.")
+    if tokenizer.pad_token is None:  # batches are padded; the pad token never carries loss
+        tokenizer.pad_token = tokenizer.eos_token or CHATML_TOKENS[1]
+    end = end_of_turn_token(tokenizer)
+    declared = model.generation_config.eos_token_id
+    ends = [t for t in (declared if isinstance(declared, list) else [declared]) if t is not None]
+    for token in (tokenizer.eos_token, end):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is not None and token_id not in ends:
+            ends.append(token_id)
+            if token == end:
+                notes.append(f"Generation also ends on {end!r}, the token its chat template ends a turn with.")
+    model.generation_config.eos_token_id = ends if len(ends) != 1 else ends[0]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return notes

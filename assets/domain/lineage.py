@@ -90,6 +90,8 @@ class RunLineage:
     """The base model as people name it (`base_model_name`); `base_model` is its prepared folder."""
     dagster_run_url: str = ""
     """The Dagster run in the Dagster UI, linked from MLflow."""
+    base_notes: tuple[str, ...] = ()
+    """What preparing the base model changed (a chat template given, end tokens added)."""
 
     @property
     def base_name(self) -> str:
@@ -204,6 +206,11 @@ def dagster_link(lineage: RunLineage) -> str:
     return f"\nMade by Dagster run [{short_run_id(lineage.dagster_run_id)}]({lineage.dagster_run_url})."
 
 
+def base_notes_line(lineage: RunLineage) -> str:
+    """The base model's preparation in the card: its chat template and end tokens, when changed."""
+    return "".join(f"{note}\n" for note in lineage.base_notes)
+
+
 def model_card(lineage: RunLineage, title: str) -> str:
     """The markdown card logged with each version: data, metrics against base, intended use, limits."""
     ev, data, gate = lineage.evaluation, lineage.data, lineage.gate
@@ -213,7 +220,7 @@ def model_card(lineage: RunLineage, title: str) -> str:
 
 Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, lineage.trained.method)}, adapter
 `{lineage.trained.adapter}`, preset `{lineage.trained.preset}`, by the fine-tuning pipeline.
-Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).{dagster_link(lineage)}
+{base_notes_line(lineage)}Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).{dagster_link(lineage)}
 
 ## Data
 - Drops: {",".join(data.drops)}

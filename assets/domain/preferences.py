@@ -9,7 +9,7 @@ generation prompt, when the reply is the assistant's turn (its text and end-of-t
 
 import pandas as pd
 
-from assets.domain.tool_calls import render_text
+from assets.domain.tool_calls import chat_inputs, render_text
 
 
 def assistant(reply: str) -> dict:
@@ -25,11 +25,12 @@ def chosen_conversations(pairs: pd.DataFrame) -> pd.DataFrame:
     return examples
 
 
-def dpo_rows(pairs: pd.DataFrame) -> list[dict]:
-    """Pairs in TRL's conversational preference shape: `prompt` (the turns before the reply),
-    `chosen` and `rejected` (each one assistant turn). TRL renders them with the chat template."""
+def dpo_rows(pairs: pd.DataFrame, tokenizer) -> list[dict]:
+    """Pairs in TRL's conversational preference shape: `prompt` (the turns before the reply, as every
+    stage gives them to this tokenizer's template: `chat_inputs`), `chosen` and `rejected` (each one
+    assistant turn). TRL renders them with the chat template."""
     return [
-        {"prompt": list(m), "chosen": [assistant(c)], "rejected": [assistant(r)]}
+        {"prompt": chat_inputs(tokenizer, list(m))[0], "chosen": [assistant(c)], "rejected": [assistant(r)]}
         for m, c, r in zip(pairs["messages"], pairs["chosen"], pairs["rejected"])
     ]
 

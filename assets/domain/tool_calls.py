@@ -4,7 +4,9 @@ chat template, and how a generated reply is read back into tool calls.
 Standalone on purpose: it imports nothing from this project (only the standard library), because
 the served model ships it beside its own code (`mlflow.pyfunc.log_model(code_paths=[...])`) and must
 render a request exactly as training rendered the examples. Validation, training, evaluation and
-serving all render through `template_inputs`, so an example has one form wherever it becomes tokens.
+serving all render through `chat_inputs`, so an example has one form wherever it becomes tokens. A
+template with no system turn (Mistral's, Phi-3's first) gets the system text folded into the first
+user turn, as templates that fold it themselves (Gemma's) do.
 
 Messages are in the OpenAI chat shape: an assistant turn may carry `tool_calls`
 (`[{"id", "type": "function", "function": {"name", "arguments": JSON text}}]`) and empty content,
@@ -118,11 +120,59 @@ def template_inputs(
     return render_messages(messages, tools), None
 
 
+# A system text no template writes on its own: finding it in a rendering shows the system turn was kept.
+_SYSTEM_PROBE = "SYSTEM-PROBE-4f1c"
+# Whether a chat template renders a system turn, by template text (templates are few, rows are many).
+_TAKES_SYSTEM: dict[str, bool] = {}
+
+
+def takes_system(tokenizer, chat_template: str | None = None) -> bool:
+    """Whether the chat template (`chat_template`, else the tokenizer's) renders a system turn: it
+    renders [system, user] without an error and with the system text in it. Gemma's folds the system
+    text into the first user turn itself (that counts); Mistral's v0.1 raises and Phi-3's original
+    drops it silently (neither does)."""
+    template = chat_template or getattr(tokenizer, "chat_template", None) or ""
+    if template not in _TAKES_SYSTEM:
+        probe = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "Hi"}]
+        try:
+            text = tokenizer.apply_chat_template(probe, chat_template=template or None, tokenize=False)
+            _TAKES_SYSTEM[template] = _SYSTEM_PROBE in text
+        except Exception:  # a template refuses roles with its own raise_exception: no system turn
+            _TAKES_SYSTEM[template] = False
+    return _TAKES_SYSTEM[template]
+
+
+def with_system_folded(messages: list[dict]) -> list[dict]:
+    """A leading system turn folded into the first user turn (its text, a blank line, the user's), as
+    the templates that fold it themselves do (Gemma's): for templates that have no system turn."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0], list(messages[1:])
+    first_user = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+    if first_user is None:
+        return rest
+    user = rest[first_user]
+    rest[first_user] = {**user, "content": f"{system['content']}\n\n{user['content']}"}
+    return rest
+
+
+def chat_inputs(
+    tokenizer, messages: list[dict], tools: list[dict] | None = None, chat_template: str | None = None
+) -> tuple[list[dict], list[dict] | None]:
+    """What to pass to `apply_chat_template` for a conversation with this tokenizer: `template_inputs`
+    (tools the template's way or the fallback's), and a system turn folded into the first user turn
+    when the template has none (`takes_system`). Every stage renders through this (or `render_text`)."""
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    rendered, native_tools = template_inputs(messages, tools, template)
+    if rendered and rendered[0]["role"] == "system" and not takes_system(tokenizer, template):
+        rendered = with_system_folded(rendered)
+    return rendered, native_tools
+
+
 def render_text(tokenizer, messages: list[dict], tools: list[dict] | None = None, chat_template=None, **kwargs) -> str:
     """A conversation as the text `tokenizer`'s chat template (or `chat_template`) makes of it, tools
     included; `kwargs` go to `apply_chat_template` (e.g. `add_generation_prompt=True` for a prompt)."""
-    template = chat_template or getattr(tokenizer, "chat_template", None)
-    rendered, native_tools = template_inputs(messages, tools, template)
+    rendered, native_tools = chat_inputs(tokenizer, messages, tools, chat_template)
     if native_tools:
         kwargs["tools"] = native_tools
     if chat_template:
