@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
-.PHONY: venv run test test-fast dev server mlflow-ui promote serve lint format bench bench-train sample-data clean-state
+.PHONY: venv run preview test test-fast dev server mlflow-ui promote serve lint format bench bench-train sample-data clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ venv: $(STAMP)
 
 run: venv  ## the whole pipeline on the current settings (FT_PRESET, FT_LANDING_DIR, ...)
 	$(PY) -m pipelines.run
+
+preview: venv  ## the first training examples as the model sees them, loss tokens marked, no training (EXAMPLES=n)
+	$(PY) -m pipelines.preview --examples $(or $(EXAMPLES),3)
 
 test: venv  ## the whole test suite: unit, integration (tiny model), end-to-end (bundled model)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -62,6 +62,12 @@ ingest_job = dg.define_asset_job(
     partitions_def=DROPS,
     description="One data drop: read, validate (Great Expectations), split into validated and rejected rows.",
 )
+training_data_job = dg.define_asset_job(
+    "training_data",
+    selection=dg.AssetSelection.assets(base_model, instruction_pairs),
+    description="The chat examples of every validated drop, split, with a preview of the first training examples "
+    "as the model will see them (make preview); no training.",
+)
 finetune_job = dg.define_asset_job(
     "finetune",
     selection=dg.AssetSelection.assets(
@@ -143,7 +149,7 @@ def build_definitions(settings: Settings, overrides: dict[str, dict] | None = No
     return dg.Definitions(
         assets=assets(settings),
         asset_checks=CHECKS,
-        jobs=[base_model_job, ingest_job, finetune_job],
+        jobs=[base_model_job, ingest_job, training_data_job, finetune_job],
         sensors=[build_landing_sensor(ingest_job, base_model_job), retrain_automation],
         schedules=[build_retrain_schedule(finetune_job, settings.retrain_cron)],
         resources=build_resources(settings, overrides),

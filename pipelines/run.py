@@ -25,12 +25,13 @@ from assets.domain.drops import DROPS
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel
 from data_checks.promotion_gate import GATE_CHECK
 from pipelines.code_location import CodeLocationError, CodeLocationRuns, code_location_runs
-from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job
+from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job, training_data_job
 from pipelines.retraining import show_automation_running
 from pipelines.settings import REPO_ROOT, Settings
 from pipelines.stale_runs import process_tags, release_dead_runs, wait_for_pool
 
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
+JOB_TITLES = {finetune_job.name: "Training on every validated drop", training_data_job.name: "Training examples"}
 # An asset check that fails blocks its step with this error: an outcome the check explains, not a crash.
 BLOCKING_CHECK_ERROR = "DagsterAssetCheckFailedError"
 
@@ -235,16 +236,24 @@ class LaunchedPipeline:
             problems += failed_checks(events, drop)
         return problems
 
-    def __call__(self) -> tuple[dg.DagsterRun | None, list, list[str]]:
-        """Base model, new drops, then the finetune job: (the finetune run or None, its events, problems)."""
+    def prepare(self) -> list[str] | None:
+        """Base model, then new drops: the problems seen, or None when the base model failed."""
         for line in release_dead_runs(self.instance):
             self.terminal.say(line)
         prepared, events = self.run(base_model_job.name, "Base model")
         if prepared.status != dg.DagsterRunStatus.SUCCESS:
-            return None, [], ["Preparing the base model failed:", *step_errors(events)]
-        problems = self.ingest_new_drops()
-        wait_for_pool(self.instance, say=self.terminal.say)
-        run, events = self.run(finetune_job.name, "Training on every validated drop")
+            self.terminal.say("\n".join(["Preparing the base model failed:", *step_errors(events)]))
+            return None
+        return self.ingest_new_drops()
+
+    def __call__(self, job: str = finetune_job.name) -> tuple[dg.DagsterRun | None, list, list[str]]:
+        """Base model, new drops, then the job named `job` (finetune): (its run or None, its events, problems)."""
+        problems = self.prepare()
+        if problems is None:
+            return None, [], ["Preparing the base model failed (above)."]
+        if job == finetune_job.name:
+            wait_for_pool(self.instance, say=self.terminal.say)
+        run, events = self.run(job, JOB_TITLES[job])
         return run, events, problems + step_errors(events) + failed_checks(events)
 
     def value(self, asset: str):

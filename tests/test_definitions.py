@@ -34,7 +34,7 @@ def test_definitions_module_loads_with_the_graph_checks_and_job(tmp_path, monkey
         ("instruction_pairs", "train_eval_disjoint"),
         ("registered_model", "promotion_gate"),
     }
-    assert {j.name for j in defs.jobs} == {"prepare_base_model", "ingest_drop", "finetune"}
+    assert {j.name for j in defs.jobs} == {"prepare_base_model", "ingest_drop", "training_data", "finetune"}
     assert {s.name: s.default_status for s in defs.sensors} == {
         "landing_sensor": dg.DefaultSensorStatus.RUNNING,
         "retrain_automation": dg.DefaultSensorStatus.RUNNING,
