@@ -25,6 +25,7 @@ from assets.model_evaluation import model_evaluation
 from assets.preference_tuned_model import preference_tuned_model
 from assets.raw_records import raw_records
 from assets.registered_model import registered_model
+from assets.training_preview import training_preview
 from assets.validated_records import validated_records
 from data_checks.pair_checks import train_eval_disjoint
 from pipelines.presets import stage_resources
@@ -45,6 +46,7 @@ ASSETS = [
     raw_records,
     validated_records,
     instruction_pairs,
+    training_preview,
     fine_tuned_model,
     preference_tuned_model,
     model_evaluation,
@@ -64,7 +66,7 @@ ingest_job = dg.define_asset_job(
 )
 training_data_job = dg.define_asset_job(
     "training_data",
-    selection=dg.AssetSelection.assets(base_model, instruction_pairs),
+    selection=dg.AssetSelection.assets(base_model, instruction_pairs, training_preview),
     description="The chat examples of every validated drop, split, with a preview of the first training examples "
     "as the model will see them (make preview); no training.",
 )
@@ -73,6 +75,7 @@ finetune_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(
         base_model,
         instruction_pairs,
+        training_preview,
         fine_tuned_model,
         preference_tuned_model,
         model_evaluation,

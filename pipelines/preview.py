@@ -1,10 +1,10 @@
 """`make preview`: what training will see, before any training.
 
 Takes `make run`'s first steps (prepare the base model, ingest the new drops), then the
-`training_data` job (the base model and `instruction_pairs`, no training), and prints the first
+`training_data` job (the base model, `instruction_pairs` and `training_preview`, no training), and prints the first
 training examples as the base model's chat template renders them, the tokens that carry loss
-marked: highlighted on a terminal, between ⟦ and ⟧ otherwise. The same preview is in
-`instruction_pairs`' metadata (`training_preview`) in the Dagster UI.
+marked: highlighted on a terminal, between ⟦ and ⟧ otherwise. The same preview is the
+`training_preview` asset's metadata in the Dagster UI.
 
     make preview                 # the first 3 training examples
     make preview EXAMPLES=10
@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.domain.preview import LOSS_CLOSE, LOSS_OPEN, PreviewedExample, first_training_rows, training_preview
+from assets.domain.preview import (
+    LOSS_CLOSE,
+    LOSS_OPEN,
+    PREVIEW_EXAMPLES,
+    PreviewedExample,
+    first_training_rows,
+    previewed_rows,
+)
 from pipelines.code_location import CodeLocationError, code_location_runs
 from pipelines.definitions import training_data_job
 from pipelines.run import WORKSPACE_FILE, LaunchedPipeline, output_to_log
@@ -34,7 +41,7 @@ def shown(example: PreviewedExample, colour: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=3, help="how many training examples to show")
+    parser.add_argument("--examples", type=int, default=PREVIEW_EXAMPLES, help="how many training examples to show")
     args = parser.parse_args(argv)
     settings = Settings.from_env().prepare()
     log_path = settings.home / "logs" / f"make-preview-{datetime.now(UTC):%Y%m%d-%H%M%S}.log"
@@ -52,14 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
             terminal.say("\n".join(["\nNo training examples to preview:", *problems]))
             return 1
-        from transformers import AutoTokenizer
+        if args.examples == PREVIEW_EXAMPLES:
+            preview = pipeline.value("training_preview").examples
+        else:  # more than the asset keeps: rendered here the same way
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(pipeline.value("base_model"))
-        pairs = pipeline.value("instruction_pairs")
-        rows = first_training_rows((r for batch in pairs.batches() for r in batch), args.examples)
+            tokenizer = AutoTokenizer.from_pretrained(pipeline.value("base_model"))
+            pairs = pipeline.value("instruction_pairs")
+            preview = previewed_rows(
+                tokenizer, first_training_rows((r for b in pairs.batches() for r in b), args.examples)
+            )
         where = "highlighted" if colour else f"between {LOSS_OPEN} and {LOSS_CLOSE}"
         terminal.say(f"\nThe first training examples as the model sees them; the tokens that carry loss {where}:\n")
-        for example in training_preview(tokenizer, rows):
+        for example in preview:
             terminal.say(shown(example, colour))
     return 0
 

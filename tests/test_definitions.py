@@ -9,6 +9,7 @@ ASSET_KEYS = {
     "validated_records",
     "rejected_records",
     "instruction_pairs",
+    "training_preview",
     "fine_tuned_model",
     "preference_tuned_model",
     "model_evaluation",
@@ -58,6 +59,7 @@ def test_lineage_runs_from_raw_data_to_the_registry(tmp_path):
     assert graph.get(dg.AssetKey("instruction_pairs")).partitions_def is None
     assert parents("instruction_pairs") == {"validated_records"}
     assert parents("fine_tuned_model") == {"base_model", "instruction_pairs"}
+    assert parents("training_preview") == {"base_model", "instruction_pairs"}
     assert parents("preference_tuned_model") == {"base_model", "fine_tuned_model", "instruction_pairs"}
     assert parents("model_evaluation") == {"base_model", "preference_tuned_model", "instruction_pairs"}
     assert {"preference_tuned_model", "model_evaluation", "rejected_records"} <= parents("registered_model")

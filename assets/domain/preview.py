@@ -46,6 +46,13 @@ def previewed(tokenizer, messages: list[dict], tools: list[dict] | None, source:
     return PreviewedExample(source, len(ids), sum(mask), tuple(segments))
 
 
+@dataclass(frozen=True)
+class TrainingPreview:
+    """`training_preview`'s value: the first training examples, previewed."""
+
+    examples: tuple[PreviewedExample, ...]
+
+
 def first_training_rows(rows: Iterable[dict], limit: int = PREVIEW_EXAMPLES) -> list[dict]:
     """The first `limit` rows SFT trains on, from `instruction_pairs` rows in order: the train split's
     conversations, or, when it holds only preference pairs, their prompts with the chosen replies (as
@@ -63,7 +70,7 @@ def first_training_rows(rows: Iterable[dict], limit: int = PREVIEW_EXAMPLES) -> 
     return conversations or pairs
 
 
-def training_preview(tokenizer, rows: list[dict]) -> list[PreviewedExample]:
+def previewed_rows(tokenizer, rows: list[dict]) -> list[PreviewedExample]:
     """`rows` (from `first_training_rows`) previewed, each named by its drop, file and line."""
     return [previewed(tokenizer, r["messages"], r.get("tools"), row_location(r)) for r in rows]
 
