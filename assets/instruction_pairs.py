@@ -2,7 +2,8 @@
 
 import hashlib
 import tempfile
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from assets.domain.pod_resources import CPU_POD
 from assets.domain.rows import row_location
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import EXAMPLE_ROWS, PairsSummary
+from data_checks.record_checks import IN_TRAINING
 from resources.records import MESSAGES, FirstSeen, RecordSet, RecordWriter
 from resources.state import StateStore
 
@@ -87,17 +89,22 @@ def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> 
     return pairs
 
 
-def drops_to_use(per_drop: dict, window: int = 0) -> list[tuple[str, RecordSet]]:
+def drops_to_use(
+    per_drop: dict, window: int = 0, statuses: dict[str, str] | None = None
+) -> list[tuple[str, RecordSet]]:
     """The validated rows of the drops that passed their gate (missing partitions are held-back
-    drops), oldest drop first, limited to the latest `window` drops when set."""
+    drops), oldest drop first, limited to the latest `window` drops when set. Fails when there are
+    none, with each held-back drop's status (`statuses`: drop -> its `drop_status`) as the cause."""
     drops = [(drop, records) for drop, records in sorted(per_drop.items()) if records is not None]
     if window:
         drops = drops[-window:]
     if not drops:
-        raise ValueError(
-            "No drop has passed validation yet, so there is nothing to train on. Land data and let the "
-            "landing sensor (or make run) ingest and validate it; a drop's failed checks say why it was held back."
+        held = "".join(f" Drop {drop}: {status}." for drop, status in sorted((statuses or {}).items()))
+        advice = (
+            " Land data and let the landing sensor (or make run) ingest and validate it; a drop's failed "
+            "checks say why it was held back."
         )
+        raise ValueError(f"No drop has passed validation yet, so there is nothing to train on.{held or advice}")
     return drops
 
 
@@ -132,6 +139,8 @@ class PairTally:
     train: int = 0
     eval: int = 0
     preference: int = 0
+    preference_train: int = 0
+    preference_eval: int = 0
     excluded: int = 0
     excluded_examples: list[str] = field(default_factory=list)
     drops: dict[str, set] = field(default_factory=dict)
@@ -139,15 +148,28 @@ class PairTally:
     train_hash: SetHash = field(default_factory=SetHash)
     eval_hash: SetHash = field(default_factory=SetHash)
     example: list[dict] | None = None
+    smallest_ids: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "eval": []})
+    """Per side, its two smallest distinct example ids (prompt hashes): whether it holds more than
+    one prompt, and which prompt moves when the hash left the other side empty (`prompt_to_move`)."""
 
     def add(self, pairs: list[dict]) -> None:
         for p in pairs:
             self.drops.setdefault(p["drop"], set()).update([p["gx_result"]] if p["gx_result"] else [])
             if self.example is None:
                 self.example = p["messages"]
+            if p["split"] in self.smallest_ids and p["example_id"] not in (ids := self.smallest_ids[p["split"]]):
+                ids.append(p["example_id"])
+                ids.sort()
+                del ids[2:]
             if p["kind"] == "preference":
                 self.preference += 1
-                if p["split"] == "eval":  # the eval set is what evaluation scores: its held-out pairs too
+                # Both sets name what they hold: the pairs DPO (or SFT on their chosen replies) trains
+                # on, and the held-out pairs evaluation scores.
+                if p["split"] == "train":
+                    self.preference_train += 1
+                    self.train_hash.add(p["example_id"], [p["messages"], p["chosen"], p["rejected"]])
+                elif p["split"] == "eval":
+                    self.preference_eval += 1
                     self.eval_hash.add(p["example_id"], [p["messages"], p["chosen"], p["rejected"]])
             elif p["split"] == "train":
                 self.train += 1
@@ -159,6 +181,19 @@ class PairTally:
                 self.excluded += 1
                 if len(self.excluded_examples) < EXAMPLE_ROWS:
                     self.excluded_examples.append(f"{row_location(p)}: {p['excluded_reason']}")
+
+    def examples(self, side: str) -> int:
+        """Examples of both kinds on one side of the split ('train' or 'eval')."""
+        return self.train + self.preference_train if side == "train" else self.eval + self.preference_eval
+
+    def prompt_to_move(self) -> tuple[str, str] | None:
+        """When the hash left one side without examples (a landing of a few rows): the prompt (its
+        example id, the smallest of the other side) whose rows move there, and that side; None when
+        both sides hold examples or the other side holds a single prompt (nothing to spare)."""
+        for empty, full in (("eval", "train"), ("train", "eval")):
+            if not self.examples(empty) and len(self.smallest_ids[full]) > 1:
+                return self.smallest_ids[full][0], empty
+        return None
 
     def summary(self) -> PairsSummary:
         return PairsSummary(
@@ -195,31 +230,30 @@ PAIRS_SCHEMA = pa.schema(
 REJECTED = dg.AssetKey("rejected_records")
 
 
-def quality_row(drop: str, metadata: dict | None) -> str:
-    if metadata is None:
-        return f"| {drop} | not validated: its ingestion failed (see its raw_records run) | | | | | |"
-    value = {k: v.value for k, v in metadata.items()}
+def quality_row(drop: str, value: dict | None) -> str:
+    if value is None:
+        return f"| {drop} | not validated: its ingestion failed (see its raw_records run) | | | | | | | |"
     reasons = "; ".join(f"{rule} ({n})" for rule, n in (value.get("top_reasons") or {}).items())
     pii = ", ".join(f"{kind} {n}" for kind, n in (value.get("pii_counts") or {}).items())
     share = value.get("rejected_share")
+    cuts = "; ".join(f"{cut} ({n})" for cut, n in (value.get("truncations") or {}).items())
+    left_out = value.get("rows_left_out") or 0
+    why = value.get("left_out_reason") if left_out else ""
     return (
         f"| {drop} | {value.get('drop_status', '')} | {value.get('rows_raw', '')} | {value.get('rows_rejected', '')} "
-        f"| {'' if share is None else f'{share:.1%}'} | {reasons or '-'} | {pii or '-'} |"
+        f"| {'' if share is None else f'{share:.1%}'} | {reasons or '-'} | {pii or '-'} "
+        f"| {value.get('rows_truncated', '')}{f' ({cuts})' if cuts else ''} | {left_out}{f' ({why})' if why else ''} |"
     )
 
 
-def quality_table(instance: dg.DagsterInstance, drops: list[str]) -> str:
-    """Each drop's data quality in one table, from its latest validation (the metadata of its
-    rejected_records partition, written whether the drop passed or was held back)."""
+def quality_table(metadata: dict[str, dict | None]) -> str:
+    """Each drop's data quality in one table (`drop_metadata`)."""
     lines = [
-        "| drop | status | rows | rejected | rejected share (bad data) | top reasons | possible personal data |",
-        "|---|---|---|---|---|---|---|",
+        "| drop | status | rows | rejected | rejected share (bad data) | top reasons | possible personal data "
+        "| cut to fit max_tokens | left out for length |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for drop in drops:
-        found = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=REJECTED, asset_partitions=[drop]), limit=1
-        ).records
-        lines.append(quality_row(drop, found[0].asset_materialization.metadata if found else None))
+    lines += [quality_row(drop, value) for drop, value in metadata.items()]
     return "\n".join(lines)
 
 
@@ -227,11 +261,47 @@ def show_example(messages: list[dict]) -> str:
     return "\n\n".join(f"**{m['role']}**: {reply_text(m)}" for m in messages)  # tool calls as blocks
 
 
+def unusable_split(tally: PairTally, rows: int) -> str | None:
+    """Why the split gives nothing to train and evaluate on, or None when it does (after
+    `prompt_to_move`): no example at all, or a single prompt, which cannot be on both sides."""
+    if not tally.examples("train") and not tally.examples("eval"):
+        if rows:
+            return f"Nothing to train on: all {rows} validated rows repeat rows of earlier drops."
+        return "Nothing to train on: the drops that passed validation hold no rows."
+    if tally.prompt_to_move() is None and not (tally.examples("train") and tally.examples("eval")):
+        n = tally.examples("train") + tally.examples("eval")
+        return (
+            f"Only one prompt to learn from ({n} example{'s' if n > 1 else ''}): nothing can be held out for "
+            "evaluation, which needs a prompt of its own. Add data: at least two examples with different prompts."
+        )
+    return None
+
+
+def moved(pairs: RecordSet, example_id: str, side: str) -> tuple[RecordWriter, PairTally]:
+    """`pairs` rewritten in place with every row of prompt `example_id` on `side`, and their tally."""
+    tally = PairTally()
+    with RecordWriter(Path(pairs.path), PAIRS_SCHEMA, ("tools",)) as out:
+        for batch in pairs.batches():
+            for p in batch:
+                if p["example_id"] == example_id and p["split"] != "excluded":
+                    p["split"] = side
+            out.write(batch)
+            tally.add(batch)
+    return out, tally
+
+
 def write_pairs(
-    drops: list[tuple[str, RecordSet]], config: SplitConfig, path: Path, scratch: Path
-) -> tuple[RecordWriter, PairTally]:
+    drops: list[tuple[str, RecordSet]], config: SplitConfig, path: Path, scratch: Path, cause: str = ""
+) -> tuple[RecordWriter, PairTally, str]:
     """Write the pairs of `drops` to `path`, drop by drop and batch by batch, repeats of an
-    earlier drop's row excluded. Fails when the split leaves no train or no eval example."""
+    earlier drop's row excluded; returns them, their tally and a note when the split was evened.
+    Preference pairs are split like every row, by their prompt's hash.
+
+    A landing of a few rows may hash every prompt to one side: then the prompt with the smallest
+    hash of that side moves to the other, so there is an example to train on and one to evaluate on
+    (until the data grows, the split then depends on the whole set, not each prompt alone). Fails,
+    naming the cause (`unusable_split`, then `cause`: what the drops' validation left out), when there
+    is nothing to train on or a single prompt."""
     tally = PairTally()
     with tempfile.TemporaryDirectory(dir=scratch) as tmp, RecordWriter(path, PAIRS_SCHEMA, ("tools",)) as out:
         seen = FirstSeen(Path(tmp) / "seen.sqlite")
@@ -242,12 +312,58 @@ def write_pairs(
                 out.write(pairs)
                 tally.add(pairs)
         seen.close()
-        if tally.train == 0 or tally.eval == 0:
-            raise ValueError(
-                f"The split left {tally.train} train and {tally.eval} eval SFT examples from {out.rows} rows; "
-                "both need at least one. Add data or change eval_fraction."
-            )
-    return out, tally
+        if problem := unusable_split(tally, out.rows):
+            raise ValueError(f"{problem} {cause}".strip())
+    if (move := tally.prompt_to_move()) is None:
+        return out, tally, ""
+    example_id, side = move
+    other = "eval" if side == "train" else "train"
+    out, tally = moved(out.record_set(), example_id, side)
+    note = f"the prompt hash put every example in {other}; the prompt with the smallest hash moved to {side}"
+    return out, tally, note
+
+
+def drop_metadata(instance: dg.DagsterInstance, drops: list[str]) -> dict[str, dict | None]:
+    """Each drop's data quality from its latest validation (the metadata of its rejected_records
+    partition, written whether the drop passed or was held back), as plain values; None for a drop
+    never validated."""
+    found = {}
+    for drop in drops:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=REJECTED, asset_partitions=[drop]), limit=1
+        ).records
+        metadata = records[0].asset_materialization.metadata if records else None
+        found[drop] = None if metadata is None else {k: v.value for k, v in metadata.items()}
+    return found
+
+
+@dataclass(frozen=True)
+class LengthTally:
+    """What the length budget did to the rows of the drops a run used: rows cut to fit and rows
+    left out, each by its reason (from each drop's validation)."""
+
+    truncated: int
+    left_out: int
+    reasons: dict[str, int]
+
+    @classmethod
+    def of(cls, metadata: dict[str, dict | None], drops: list[str]) -> "LengthTally":
+        reasons: Counter = Counter()
+        truncated = left_out = 0
+        for value in (metadata.get(d) or {} for d in drops):
+            truncated += value.get("rows_truncated") or 0
+            left_out += value.get("rows_left_out") or 0
+            reasons.update({f"cut to fit: {cut}": n for cut, n in (value.get("truncations") or {}).items()})
+            if value.get("rows_left_out"):
+                reasons[f"left out: {value.get('left_out_reason')}"] += value["rows_left_out"]
+        return cls(truncated, left_out, dict(reasons.most_common()))
+
+
+def cause_of(metadata: dict[str, dict | None]) -> str:
+    """Why drops give no rows to train on (each drop's status, unless it is in training), for an
+    error that finds nothing to train on."""
+    statuses = {d: (value or {}).get("drop_status") for d, value in metadata.items()}
+    return " ".join(f"Drop {d}: {s}." for d, s in statuses.items() if s and s != IN_TRAINING)
 
 
 @dg.asset(
@@ -277,18 +393,31 @@ def instruction_pairs(
     passed = {d for d, records in per_drop.items() if records is not None}
     drops = sorted(context.instance.get_dynamic_partitions(DROPS.name))
     held_back = sorted(set(drops) - passed)
+    quality = drop_metadata(context.instance, drops)
+    statuses = {d: quality[d]["drop_status"] for d in held_back if quality.get(d) and "drop_status" in quality[d]}
+    used = drops_to_use(per_drop, split.drops_window, statuses)
+    used_drops = [drop for drop, _ in used]
     path = state.dataset_path("instruction_pairs", None, context.run.run_id)
-    out, tally = write_pairs(drops_to_use(per_drop, split.drops_window), split, path, state.scratch_dir())
-    summary = tally.summary()
+    out, tally, split_note = write_pairs(used, split, path, state.scratch_dir(), cause_of(quality))
+    if split_note:
+        context.log.warning(f"Split evened: {split_note}")
+    lengths = LengthTally.of(quality, used_drops)
+    summary = replace(tally.summary(), rows_truncated=lengths.truncated, rows_left_out=lengths.left_out)
     context.add_output_metadata(
         {
             "train_rows": summary.train_rows,
             "eval_rows": summary.eval_rows,
             "preference_pairs": summary.preference_pairs,
+            "preference_pairs_train": tally.preference_train,
+            "preference_pairs_eval": tally.preference_eval,
             "excluded_duplicates": summary.excluded_duplicates,
+            "rows_truncated": lengths.truncated,
+            "rows_left_out": lengths.left_out,
+            "length_reasons": dg.MetadataValue.json(lengths.reasons),
+            "split_note": split_note or "-",
             "drops": dg.MetadataValue.json(list(summary.drops)),
             "drops_held_back": dg.MetadataValue.json(held_back),
-            "drop_quality": dg.MetadataValue.md(quality_table(context.instance, drops)),
+            "drop_quality": dg.MetadataValue.md(quality_table(quality)),
             "excluded_examples": dg.MetadataValue.json(tally.excluded_examples),
             "train_set_hash": summary.train_set_hash,
             "eval_set_hash": summary.eval_set_hash,

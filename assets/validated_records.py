@@ -5,19 +5,20 @@ expectations over them); the features file and the Great Expectations runs in `r
 module wires them into the two outputs and the checks.
 """
 
+import json
 import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from assets.domain.chat import DEFAULT_SYSTEM_PROMPT
 from assets.domain.drops import DROPS
@@ -29,6 +30,7 @@ from data_checks.record_checks import (
     PiiTally,
     Rejections,
     drop_quality,
+    drop_status,
     share_check_result,
     suite_check_result,
 )
@@ -45,6 +47,7 @@ from data_checks.record_suite import (
     NOT_BAD_DATA,
     failure_detail,
     record_suite,
+    too_long_rule,
 )
 from resources.expectations import GreatExpectations, ValidationReport
 from resources.features_file import FeaturesFile
@@ -59,6 +62,12 @@ ALL_ROWS, PASSED_ROWS = "records", "validated_records"
 
 # From this many rows a drop's features are computed in worker processes (validation.workers: 0).
 PARALLEL_MIN_ROWS = 50_000
+# A tokenizer's model_max_length above this is transformers' placeholder for "not set" (about 1e30),
+# not a context length.
+SANE_MODEL_MAX_LENGTH = 10_000_000
+# Where a model's config.json states its context length, in the order they are read (the first
+# is the usual one; the others are older or other architectures' names for it).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 class ValidationConfig(dg.ConfigurableResource):
@@ -66,17 +75,27 @@ class ValidationConfig(dg.ConfigurableResource):
     have before it is held back, the default system prompt and what to do with personal data. The
     `validation` section of the preset."""
 
-    max_tokens: int = Field(
-        default=256,
-        description="Longest formatted example (chat template applied, base tokenizer) a row may have. "
-        "Longer rows are kept out of training (in rejected_records, reason 'over-long') unless "
-        "truncate_over_long; they are good data, so they do not count against max_rejected_fraction. "
+    # `Any`: Dagster's config types have no "int or 'auto'"; the validator below allows just those.
+    max_tokens: Any = Field(
+        default="auto",
+        description="Longest formatted example (chat template applied, base tokenizer) a row may have, in "
+        "tokens: 'auto' (the base model's context length, at most max_tokens_ceiling) or a number. Longer rows "
+        "are cut to fit (truncate_over_long); a row that cannot fit is left out of training (in "
+        "rejected_records, with its reason), good data not counted against max_rejected_fraction. "
         "Training uses the longest kept row as max_length.",
     )
+    max_tokens_ceiling: int = Field(
+        default=2048,
+        gt=0,
+        description="The most max_tokens 'auto' allows, whatever the base model's context: what this "
+        "preset's hardware trains in reasonable time and memory.",
+    )
     truncate_over_long: bool = Field(
-        default=False,
-        description="Cut the last user turn of over-long rows to fit max_tokens instead of rejecting them "
-        "(the answer is never cut). Truncated rows are counted.",
+        default=True,
+        description="Cut an over-long row to fit max_tokens, as the mature trainers do: the earliest whole "
+        "exchanges after the system turn first, then the text of the last user turn (of a preference pair: "
+        "its prompt); the final answer is never cut. A row whose answer alone does not fit is left out. "
+        "False: every over-long row is left out. Cut and left-out rows are counted, each with its reason.",
     )
     workers: int = Field(
         default=0,
@@ -98,6 +117,57 @@ class ValidationConfig(dg.ConfigurableResource):
         "it; 'redact' replaces it with placeholders such as [EMAIL] before training.",
     )
 
+    @field_validator("max_tokens")
+    @classmethod
+    def _auto_or_positive(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"validation.max_tokens must be 'auto' or a positive number of tokens, not {value!r}")
+
+
+@dataclass(frozen=True)
+class LengthBudget:
+    """The max_tokens a drop is validated against, and where it came from (shown in the metadata)."""
+
+    max_tokens: int
+    source: str
+
+
+def model_context(config: dict, tokenizer_max: int | None) -> tuple[int, str] | None:
+    """The base model's context length and where it is stated: its config.json (or the text
+    model's part of a multimodal config), or the tokenizer's `model_max_length` when that is a real
+    number and smaller. None when neither states one."""
+    found = None
+    for section, prefix in ((config, ""), (config.get("text_config") or {}, "text_config.")):
+        key = next((k for k in CONTEXT_KEYS if isinstance(section.get(k), int) and section[k] > 0), None)
+        if key is not None:
+            found = (section[key], f"config.json {prefix}{key}")
+            break
+    if tokenizer_max and 0 < tokenizer_max < SANE_MODEL_MAX_LENGTH and (found is None or tokenizer_max < found[0]):
+        found = (int(tokenizer_max), "the tokenizer's model_max_length")
+    return found
+
+
+def length_budget(setting: int | str, ceiling: int, config: dict, tokenizer_max: int | None) -> LengthBudget:
+    """validation.max_tokens resolved: a number as it is; 'auto' as the base model's context length
+    (`model_context`) capped by `ceiling` (max_tokens_ceiling), or the ceiling when the model states none."""
+    if setting != "auto":
+        return LengthBudget(int(setting), "validation.max_tokens")
+    context = model_context(config, tokenizer_max)
+    if context is None:
+        return LengthBudget(ceiling, f"auto: max_tokens_ceiling ({ceiling}); the base model states no context length")
+    length, where = context
+    return LengthBudget(
+        min(length, ceiling),
+        f"auto: the smaller of the base model's context ({length}, {where}) and max_tokens_ceiling ({ceiling})",
+    )
+
+
+def base_model_config(base_model: str) -> dict:
+    """The base model folder's config.json (empty when it has none)."""
+    path = Path(base_model) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
 
 SOURCE_FIELDS = [
     ("row_id", pa.int64()),
@@ -116,6 +186,7 @@ VALIDATED_SCHEMA = pa.schema(
         ("rejected", pa.string()),
         *FEATURE_FIELDS,
         ("truncated", pa.bool_()),
+        ("truncation", pa.string()),  # what was cut to fit max_tokens (record_rules.fit_to_budget)
         ("pii", pa.string()),  # JSON: kind -> count
         ("warnings", pa.string()),
         ("gx_result", pa.string()),
@@ -139,12 +210,15 @@ class Tally:
 
     rows: int = 0
     truncated: int = 0
+    truncations: Counter = field(default_factory=Counter)
+    """what was cut -> rows cut so"""
     longest: int = 0
     kinds: Counter = field(default_factory=Counter)
 
     def add(self, rows: pa.Table) -> None:
         self.rows += rows.num_rows
         self.truncated += pc.sum(rows.column("truncated")).as_py() or 0
+        self.truncations.update(cut for cut in rows.column("truncation").to_pylist() if cut)
         self.longest = max(self.longest, pc.max(rows.column("n_tokens")).as_py() or 0)
         self.kinds.update(rows.column("kind").to_pylist())
 
@@ -168,20 +242,21 @@ def feature_workers(setting: int, rows: int) -> int:
     return (os.cpu_count() or 1) if rows >= PARALLEL_MIN_ROWS else 1
 
 
-def featured_batches(raw: RecordSet, tokenizer, config: "ValidationConfig") -> Iterator[tuple[list[dict], list[dict]]]:
+def featured_batches(
+    raw: RecordSet, tokenizer, rules: RuleValues, workers_setting: int = 0
+) -> Iterator[tuple[list[dict], list[dict]]]:
     """Each raw batch (with its file's format) and its rows with every feature but `duplicate_of`,
-    computed in worker processes for a large drop (`config.workers`), in landing order."""
+    computed in worker processes for a large drop (`workers_setting`, validation.workers), in landing order."""
     batches = (with_format(batch, raw.summary.files) for batch in raw.batches())
-    workers = feature_workers(config.workers, raw.rows)
+    workers = feature_workers(workers_setting, raw.rows)
     if workers <= 1:
-        yield from ((batch, rows_with_features(batch, tokenizer, config)) for batch in batches)
+        yield from ((batch, rows_with_features(batch, tokenizer, rules)) for batch in batches)
         return
-    setup = (tokenizer, RuleValues.of(config))
-    yield from ordered_map(features_in_worker, batches, workers, start_feature_worker, setup)
+    yield from ordered_map(features_in_worker, batches, workers, start_feature_worker, (tokenizer, rules))
 
 
 def features_pass(
-    raw: RecordSet, tokenizer, config: ValidationConfig, features: FeaturesFile, scratch: Path
+    raw: RecordSet, tokenizer, rules: RuleValues, workers: int, features: FeaturesFile, scratch: Path
 ) -> tuple[RecordSet, PiiTally, Counter]:
     """First pass: every raw row as a conversation with its features and its raw `record`, written
     to a candidates file in `scratch`; the feature columns also go to the features file for Great
@@ -189,7 +264,7 @@ def features_pass(
     pii, warnings = PiiTally(), Counter()
     seen = FirstSeen(scratch / "seen.sqlite")
     with RecordWriter(scratch / "candidates.parquet", CANDIDATE_SCHEMA, ("pii", "tools", "mapping", "record")) as out:
-        for batch, rows in featured_batches(raw, tokenizer, config):
+        for batch, rows in featured_batches(raw, tokenizer, rules, workers):
             mark_duplicates(rows, seen)  # here, in landing order: a row repeats an earlier one
             for row, source in zip(rows, batch):  # kept for the rows that will be rejected
                 row["record"], row["mapping"] = source["record"], source["mapping"]
@@ -251,17 +326,13 @@ def rejected_output(rejected: RecordSet, quality: dict) -> dg.Output:
     )
 
 
-def validated_output(
-    split: Split, config: ValidationConfig, quality: dict, warnings: Counter, report: ValidationReport
-) -> dg.Output:
+def validated_output(split: Split, quality: dict, warnings: Counter, report: ValidationReport) -> dg.Output:
     return dg.Output(
         split.validated,
         output_name="validated_records",
         metadata={
             **quality,
             "rows": split.tally.rows,
-            "rows_truncated": split.tally.truncated,
-            "max_tokens": config.max_tokens,
             "longest_example_tokens": split.tally.longest,
             "kinds": dg.MetadataValue.json(dict(split.tally.kinds)),
             "conversion_warnings": dg.MetadataValue.json(dict(warnings)),
@@ -279,7 +350,8 @@ def validated_output(
             description="Raw rows that pass every expectation of the record suite, as conversations: "
             "`kind` (sft or preference), `messages` (system prompt filled in; tool calls, tool replies and "
             "turn weights kept), `tools` (the functions a row may call), `chosen`/`rejected` for "
-            "preference pairs, the measured `n_tokens`, `truncated`, `pii` counts, and their source.",
+            "preference pairs, the measured `n_tokens`, `truncated` (cut to fit max_tokens) and `truncation` "
+            "(what was cut), `pii` counts, and their source.",
             kinds={"parquet"},
         ),
         "rejected_records": dg.AssetOut(
@@ -315,34 +387,60 @@ def validated_records(
     """
     drop, run_id = context.partition_key, context.run.run_id
     tokenizer = models.load_tokenizer(base_model)
+    budget = length_budget(
+        validation.max_tokens,
+        validation.max_tokens_ceiling,
+        base_model_config(base_model),
+        getattr(tokenizer, "model_max_length", None),
+    )
+    context.log.info(f"max_tokens={budget.max_tokens} ({budget.source})")
+    rules = RuleValues(budget.max_tokens, validation.truncate_over_long, validation.system_prompt, validation.pii)
+    cut = validation.truncate_over_long
     features = gx.features_file(f"{drop}-{short_run_id(run_id)}", FEATURE_SQL_COLUMNS)
     with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp:
-        candidates, pii, warnings = features_pass(raw_records, tokenizer, validation, features, Path(tmp))
-        report = gx.validate_features(features, ALL_ROWS, record_suite(validation.max_tokens))
+        candidates, pii, warnings = features_pass(
+            raw_records, tokenizer, rules, validation.workers, features, Path(tmp)
+        )
+        report = gx.validate_features(features, ALL_ROWS, record_suite(budget.max_tokens, cut_to_fit=cut))
         rejected = Rejections(
-            features.record_reasons(report, failure_detail), features.rows_breaking_only(NOT_BAD_DATA)
+            features.record_reasons(report, failure_detail),
+            features.rows_breaking_only(NOT_BAD_DATA),
+            too_long_rule(budget.max_tokens, cut),
         )
         split = split_pass(candidates, features, report.result_path, state, drop, run_id)
     features.keep_passing(ALL_ROWS, PASSED_ROWS)
     features.close()
-    recheck = gx.validate_features(features, PASSED_ROWS, record_suite(validation.max_tokens, name=PASSED_ROWS))
+    recheck = gx.validate_features(features, PASSED_ROWS, record_suite(budget.max_tokens, PASSED_ROWS, cut))
     suite_result = suite_check_result(recheck)
     rows_raw = len(raw_records)
     share_result = share_check_result(rows_raw, rejected, split.examples, validation.max_rejected_fraction, report)
     passed = suite_result.passed and share_result.passed
-    quality = gate_outcome(
-        gx, drop, report, share_result, drop_quality(rows_raw, rejected, report, pii, passed), passed
-    )
+    status = drop_status(rows_raw, split.tally.rows, rejected, report, passed)
+    figures = drop_quality(rows_raw, rejected, report, pii, status) | length_figures(budget, split.tally)
+    quality = gate_outcome(gx, drop, report, share_result, figures, passed)
     yield rejected_output(split.rejected, quality)
     # A drop that fails the gate is held back: training never sees its rows; the failed checks say why.
     if passed:
-        yield validated_output(split, validation, quality, warnings, report)
+        if not split.tally.rows:
+            context.log.warning(f"Drop {drop} {status}")
+        yield validated_output(split, quality, warnings, report)
     else:
         Path(split.validated.path).unlink(missing_ok=True)
         context.log.error(f"Drop {drop} held back from training: {share_result.description}")
     yield suite_result
     yield share_result
     yield pii.result(validation.pii)
+
+
+def length_figures(budget: LengthBudget, tally: Tally) -> dict:
+    """How the drop's rows met the length budget, for the metadata: the budget and where it came
+    from, and the rows cut to fit it, by what was cut (the rows left out are in `drop_quality`)."""
+    return {
+        "max_tokens": budget.max_tokens,
+        "max_tokens_source": budget.source,
+        "rows_truncated": tally.truncated,
+        "truncations": dg.MetadataValue.json(dict(tally.truncations)),
+    }
 
 
 def gate_outcome(

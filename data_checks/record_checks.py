@@ -16,6 +16,7 @@ from assets.domain.drops import DROPS
 from assets.domain.figures import significant
 from assets.domain.rows import row_location
 from assets.domain.values import EXAMPLE_ROWS
+from data_checks.record_suite import NOT_BAD_DATA
 from resources.expectations import ValidationReport
 
 SUITE_CHECK = "rows_pass_record_suite"
@@ -23,6 +24,8 @@ SHARE_CHECK = "rejected_share_within_limit"
 PII_CHECK = "personal_data_scan"
 # How many of the most frequent rules the share check lists.
 TOP_REASONS = 5
+# A drop's status when its rows reach training (`drop_status`).
+IN_TRAINING = "passed: in training"
 
 # Partitioned checks (one verdict per drop) are a preview API in Dagster 1.13, used on purpose.
 with warnings.catch_warnings():
@@ -78,18 +81,18 @@ def share_check_result(
     rows_raw: int, rejected: "Rejections", examples: list[str], max_fraction: float, report: ValidationReport
 ) -> dg.AssetCheckResult:
     """The share of rows rejected as bad data against its limit; the metadata shows both, the
-    over-long rows (kept out of training but not counted: they are not bad data), the top rules and
-    example rows."""
+    over-long rows (left out of training but not counted: they are not bad data), the top rules and
+    example rows. A failing check's description names the top rules."""
     share = rejected.bad / rows_raw if rows_raw else 0.0
+    passed = share <= max_fraction
     description = f"{rejected.bad} of {rows_raw} rows rejected as bad data ({share:.1%}); limit {max_fraction:.1%}"
+    if not passed:
+        description += f"; top reasons: {reasons_line(top_reasons(report, bad_only=True))}"
     if rejected.over_long:
-        description += (
-            f". {rejected.over_long} over-long rows kept out of training and not counted: raise "
-            "validation.max_tokens or set truncate_over_long to train on them"
-        )
+        description += f". {rejected.over_long} rows left out of training and not counted: {rejected.over_long_rule}"
     return dg.AssetCheckResult(
         check_name=SHARE_CHECK,
-        passed=share <= max_fraction,
+        passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=description,
         metadata={
@@ -107,24 +110,52 @@ def share_check_result(
     )
 
 
-def top_reasons(report: ValidationReport) -> dict[str, int]:
-    """The rules most rows broke, with how many rows broke each."""
+def top_reasons(report: ValidationReport, bad_only: bool = False) -> dict[str, int]:
+    """The rules most rows broke, with how many rows broke each (`bad_only`: the rules that make a
+    row bad data, not the length budget's)."""
     rules = Counter()
-    for outcome in report.outcomes:
-        rules[outcome.rule] += outcome.unexpected_count
+    for index, outcome in enumerate(report.outcomes):
+        if not (bad_only and index in NOT_BAD_DATA):
+            rules[outcome.rule] += outcome.unexpected_count
     return {rule: n for rule, n in rules.most_common(TOP_REASONS) if n}
 
 
-def drop_quality(
-    rows_raw: int, rejected: "Rejections", report: ValidationReport, pii: "PiiTally", passed: bool
-) -> dict:
-    """One drop's data quality as metadata of its partitions: whether it passed the gate, its rows,
-    the share rejected as bad data, the top reasons, and the possible personal data found."""
+def reasons_line(reasons: dict[str, int]) -> str:
+    return "; ".join(f"{rule} ({n})" for rule, n in reasons.items()) or "-"
+
+
+def drop_status(rows_raw: int, rows_valid: int, rejected: "Rejections", report: ValidationReport, passed: bool) -> str:
+    """One drop's verdict in words, naming the cause when none of its rows reaches training: all
+    rejected as bad data (with the top rules), or all left out for length (with the rule)."""
+    if not passed:
+        if rejected.bad:
+            return (
+                f"held back: failed the quality gate: {rejected.bad} of {rows_raw} rows rejected as bad data "
+                f"({reasons_line(top_reasons(report, bad_only=True))})"
+            )
+        return "held back: failed the quality gate"
+    if rows_valid or not rows_raw:
+        return IN_TRAINING
+    if rejected.over_long == rows_raw:
+        return f"passed, nothing to train on: all {rows_raw} rows left out: {rejected.over_long_rule}"
+    bad = reasons_line(top_reasons(report, bad_only=True))
+    return (
+        f"passed, nothing to train on: {rejected.bad} rows rejected as bad data ({bad}), "
+        f"{rejected.over_long} left out: {rejected.over_long_rule}"
+    )
+
+
+def drop_quality(rows_raw: int, rejected: "Rejections", report: ValidationReport, pii: "PiiTally", status: str) -> dict:
+    """One drop's data quality as metadata of its partitions: its status (`drop_status`), its rows,
+    the share rejected as bad data, the rows left out for length and why, the top reasons, and the
+    possible personal data found."""
     share = rejected.bad / rows_raw if rows_raw else 0.0
     return {
-        "drop_status": "passed: in training" if passed else "held back: failed the quality gate",
+        "drop_status": status,
         "rows_raw": rows_raw,
         "rows_rejected": rejected.total,
+        "rows_left_out": rejected.over_long,
+        "left_out_reason": rejected.over_long_rule if rejected.over_long else "",
         "rejected_share": significant(share),
         "top_reasons": dg.MetadataValue.json(top_reasons(report)),
         "pii_rows": pii.flagged,
@@ -134,11 +165,13 @@ def drop_quality(
 
 @dataclass(frozen=True)
 class Rejections:
-    """A drop's rejected rows: all of them, and those rejected only for being over-long (good
-    data over the length budget), which do not count against `max_rejected_fraction`."""
+    """A drop's rejected rows: all of them, and those left out only for being over-long (good
+    data over the length budget), which do not count against `max_rejected_fraction`, with the
+    rule they broke (`record_suite.too_long_rule`)."""
 
     total: int
     over_long: int = 0
+    over_long_rule: str = "longer than max_tokens"
 
     @property
     def bad(self) -> int:

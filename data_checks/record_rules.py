@@ -2,8 +2,9 @@
 
 Each raw row becomes a conversation plus the feature columns of `data_checks.record_suite.FEATURES`:
 what is missing (`missing_fields`), what is wrong with the chat's shape (`structure_error`), its
-tool calls (`tool_call_error`) or its text (`hygiene_error`), the token length of the formatted
-example (`n_tokens`, with `truncated` when it was cut to fit) and which earlier row it repeats
+tool calls (`tool_call_error`) or its text (`hygiene_error`), whether the base model's chat template
+refuses it (`template_error`), the token length of the formatted example (`n_tokens`; an over-long
+row is cut to fit, `truncated`, with what was cut in `truncation`) and which earlier row it repeats
 (`duplicate_of`). A feature is None when the row keeps the rule. The tokenizer and the memory of
 rows seen so far are passed in.
 """
@@ -24,10 +25,13 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 NORMALIZED_KEY = "\x00normalized\x00"
 # Re-tokenizing at a cut can add a token or two, so each retry cuts this many tokens more.
 CUT_STEP = 4
+# Characters of a chat template's refusal kept as a rejected row's reason.
+REFUSAL_CHARS = 300
 
 
 class RuleSettings(Protocol):
-    """What the rules read from the validation config (`ValidationConfig` has these fields)."""
+    """What the rules read from the validation config (`RuleValues`; `ValidationConfig` has these
+    fields too, with max_tokens a number rather than 'auto')."""
 
     @property
     def max_tokens(self) -> int: ...
@@ -155,20 +159,89 @@ def render_lengths(
     return token_lengths(tokenizer).of(conversations, tools, chunk)
 
 
-def truncate_last_user_turn(messages, tokenizer, max_tokens: int, n_tokens: int, tools: list | None = None):
-    """`messages` with the last user turn cut so the example fits, or None when it cannot fit."""
-    index = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    if index is None:
-        return None
+# What was cut from a row to fit max_tokens (its `truncation`), counted per drop and per run.
+DROPPED_TURNS = "earlier turns dropped"
+CUT_USER_TURN = "last user turn cut"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """An over-long conversation cut to the budget: the cut `messages` and their length, with what
+    was cut; or, when even its shortest form is over the budget, `messages` None and the length of
+    that shortest form (its system turn, a minimal prompt and its final answer)."""
+
+    messages: list[dict] | None
+    n_tokens: int
+    cut: str | None = None
+
+
+def exchanges(turns: list[dict]) -> list[list[dict]]:
+    """`turns` as exchanges, each from a user turn up to the next one (the assistant's reply, with
+    any tool calls and tool replies): what can be dropped whole without breaking the alternation."""
+    groups: list[list[dict]] = []
+    for m in turns:
+        if m["role"] == "user" or not groups:
+            groups.append([])
+        groups[-1].append(m)
+    return groups
+
+
+def fit_to_budget(messages: list[dict], lengths, tokenizer, max_tokens: int) -> Fit:
+    """`messages` cut to at most `max_tokens`, as the mature trainers cut: context goes first, the
+    answer never. The earliest whole exchanges after the system turn are dropped (as few as fit);
+    if even none of them is too many, the text of the last user turn is cut from its end. The system
+    turn and everything from the last user turn on (the final answer, with its tool calls and
+    replies) are kept whole. `lengths(conversations)` measures candidates as `measure` does (a
+    preference prompt by its longer answer); only over-long rows pay for these renders."""
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None or last_user < len(head):  # nothing to cut (a broken row: its rule says so)
+        return Fit(None, lengths([messages])[0])
+    earlier, tail = exchanges(messages[len(head) : last_user]), messages[last_user:]
+    measured: dict[int, int] = {}
+
+    def without(k: int) -> list[dict]:
+        return head + [m for group in earlier[k:] for m in group] + tail
+
+    def length(k: int) -> int:
+        if k not in measured:
+            measured[k] = lengths([without(k)])[0]
+        return measured[k]
+
+    if earlier and length(len(earlier)) <= max_tokens:
+        low, high = 1, len(earlier)  # the fewest exchanges to drop: lengths shrink as more go
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if length(mid) <= max_tokens else (mid + 1, high)
+        return Fit(without(low), length(low), DROPPED_TURNS)
+    fit = cut_user_turn(head + tail, len(head), lengths, tokenizer, max_tokens)
+    if fit.messages is not None and earlier:
+        return Fit(fit.messages, fit.n_tokens, f"{DROPPED_TURNS}, {CUT_USER_TURN}")
+    return fit
+
+
+def cut_user_turn(messages: list[dict], index: int, lengths, tokenizer, max_tokens: int) -> Fit:
+    """`messages` with the text of turn `index` (a user turn) cut from its end to fit `max_tokens`,
+    keeping at least one of its tokens; a Fit without messages when even that is too long."""
+
+    def with_text(text: str) -> list[dict]:
+        return [*messages[:index], {**messages[index], "content": text}, *messages[index + 1 :]]
+
+    floor = lengths([with_text("")])[0]
+    if floor > max_tokens:
+        return Fit(None, floor)
     ids = tokenizer(messages[index]["content"], add_special_tokens=False)["input_ids"]
-    keep = len(ids) - (n_tokens - max_tokens)
-    while keep > 0:
-        cut = [dict(m) for m in messages]
-        cut[index]["content"] = tokenizer.decode(ids[:keep]).strip()
-        if render_lengths(tokenizer, [cut], tools=[tools])[0] <= max_tokens:
-            return cut
-        keep -= CUT_STEP
-    return None
+    # Lengths add up across turns (to a token or two at the seams), so the first guess usually fits.
+    keep = max(1, min(len(ids) - 1, max_tokens - floor))
+    while True:
+        # A cut inside a multi-byte character decodes to U+FFFD: not kept in training text.
+        candidate = with_text(tokenizer.decode(ids[:keep]).rstrip("\ufffd").strip())
+        n = lengths([candidate])[0]
+        if n <= max_tokens:
+            return Fit(candidate, n, CUT_USER_TURN)
+        if keep == 1:
+            return Fit(None, n)
+        keep = max(1, keep - CUT_STEP)
 
 
 def conversation_row(raw: dict, settings: RuleSettings) -> dict:
@@ -236,16 +309,13 @@ def rows_with_features(raw: list[dict], tokenizer, settings: RuleSettings) -> li
 
 @dataclass(frozen=True)
 class RuleValues:
-    """The settings the rules read, as plain values a worker process receives."""
+    """The settings the rules read, as plain values (a worker process receives them): the
+    validation config's, `max_tokens` resolved to a number (`validated_records.length_budget`)."""
 
     max_tokens: int
     truncate_over_long: bool
     system_prompt: str
     pii: str
-
-    @classmethod
-    def of(cls, settings: RuleSettings) -> "RuleValues":
-        return cls(settings.max_tokens, settings.truncate_over_long, settings.system_prompt, settings.pii)
 
 
 # A worker process's tokenizer and settings, set once by `start_feature_worker`.
@@ -261,36 +331,81 @@ def features_in_worker(raw: list[dict]) -> list[dict]:
     return rows_with_features(raw, _WORKER["tokenizer"], _WORKER["settings"])
 
 
+def row_conversations(row: dict) -> list[list[dict]]:
+    """What a row's length is measured on: its conversation, or a preference prompt with each answer."""
+    if row["kind"] == "preference":
+        return [row["messages"] + [{"role": "assistant", "content": a or ""}] for a in (row["chosen"], row["rejected"])]
+    return [row["messages"]]
+
+
+def row_lengths(row: dict, tokenizer):
+    """How `row`'s candidate conversations are measured when it is cut: `lengths(conversations)`,
+    each rendered with the row's tools, a preference prompt by its longer answer."""
+    tools = row.get("tools")
+    if row["kind"] != "preference":
+        return lambda conversations: render_lengths(tokenizer, conversations, tools=[tools] * len(conversations))
+    answers = [{"role": "assistant", "content": a or ""} for a in (row["chosen"], row["rejected"])]
+
+    def lengths(prompts: list[list[dict]]) -> list[int]:
+        both = render_lengths(tokenizer, [p + [a] for p in prompts for a in answers], tools=[tools] * 2 * len(prompts))
+        return [max(both[i], both[i + 1]) for i in range(0, len(both), 2)]
+
+    return lengths
+
+
+def template_refusal(error: Exception) -> str:
+    """A chat template's refusal as a rejected row shows it: its message's first line."""
+    message = str(error).strip().splitlines()
+    return (message[0] if message else type(error).__name__)[:REFUSAL_CHARS]
+
+
+def lengths_or_refusals(rows: list[dict], tokenizer) -> list[tuple[int | None, str | None]]:
+    """(length, None) for each row (its longer answer for a preference pair), or (None, the
+    template's message) for a row the base model's chat template refuses to render (some families'
+    templates raise on a system turn, a tool turn or turns that do not alternate). The batch is
+    rendered at once; only when it fails is it rendered row by row, to find the refusing rows."""
+    conversations = [(c, r.get("tools")) for r in rows for c in row_conversations(r)]
+    try:
+        flat = render_lengths(tokenizer, [c for c, _ in conversations], tools=[t for _, t in conversations])
+    except Exception:  # noqa: BLE001 - any error of the template's own: told apart row by row below
+        found = []
+        for r in rows:
+            conversations = row_conversations(r)
+            try:
+                lengths = render_lengths(tokenizer, conversations, tools=[r.get("tools")] * len(conversations))
+                found.append((max(lengths), None))
+            except Exception as error:  # noqa: BLE001 - the template's message is the row's reason
+                found.append((None, template_refusal(error)))
+        return found
+    found, i = [], 0
+    for r in rows:
+        k = 2 if r["kind"] == "preference" else 1
+        found.append((max(flat[i : i + k]), None))
+        i += k
+    return found
+
+
 def measure(rows: list[dict], tokenizer, settings: RuleSettings) -> None:
     """Set `n_tokens`, the token length of each formatted example (the longer answer for preference
-    pairs), and `truncated`: over-long rows are cut to fit when settings say so (`messages` replaced)."""
-    conversations, owners = [], []
+    pairs), or `template_error` for a row the base model's chat template refuses; and, when settings
+    say so (`truncate_over_long`), cut each over-long row to fit (`fit_to_budget`: `messages`
+    replaced, `truncated` set and `truncation` saying what was cut). A row that cannot fit keeps its
+    messages and, as `n_tokens`, the length of its shortest form: the max_tokens rule leaves it out."""
     for r in rows:
-        r["n_tokens"], r["truncated"] = None, False
-        if not r["messages"]:
-            continue
-        if r["kind"] == "preference":
-            for answer in (r["chosen"], r["rejected"]):
-                conversations.append(r["messages"] + [{"role": "assistant", "content": answer or ""}])
-                owners.append(r)
-        else:
-            conversations.append(r["messages"])
-            owners.append(r)
-    tools = [r.get("tools") for r in owners]
-    for r, n in zip(owners, render_lengths(tokenizer, conversations, tools=tools)):
-        r["n_tokens"] = max(r["n_tokens"] or 0, n)
-    if settings.truncate_over_long:
-        for r in rows:
-            if r["n_tokens"] is not None and r["n_tokens"] > settings.max_tokens and r["kind"] == "sft":
-                _truncate(r, tokenizer, settings.max_tokens)
-
-
-def _truncate(row: dict, tokenizer, max_tokens: int) -> None:
-    tools = row.get("tools")
-    cut = truncate_last_user_turn(row["messages"], tokenizer, max_tokens, row["n_tokens"], tools)
-    if cut is not None:
-        row["messages"], row["truncated"] = cut, True
-        row["n_tokens"] = render_lengths(tokenizer, [cut], tools=[tools])[0]
+        r["n_tokens"], r["truncated"], r["truncation"], r["template_error"] = None, False, None, None
+    measured = [r for r in rows if r["messages"]]
+    for r, (n, refusal) in zip(measured, lengths_or_refusals(measured, tokenizer)):
+        r["n_tokens"] = n
+        # A row already broken by another rule is blamed once, for that rule.
+        r["template_error"] = refusal if not (r.get("structure_error") or r.get("missing_fields")) else None
+    if not settings.truncate_over_long:
+        return
+    for r in measured:
+        if r["n_tokens"] is not None and r["n_tokens"] > settings.max_tokens:
+            fit = fit_to_budget(r["messages"], row_lengths(r, tokenizer), tokenizer, settings.max_tokens)
+            r["n_tokens"] = fit.n_tokens
+            if fit.messages is not None:
+                r["messages"], r["truncated"], r["truncation"] = fit.messages, True, fit.cut
 
 
 def duplicate_note(exact: str | None, similar: str | None) -> str | None:

@@ -1,8 +1,9 @@
 """The Great Expectations suite every raw record must pass before it may be trained on.
 
 The rules read feature columns that `validated_records` computes per row (what is missing, what is
-wrong with the chat structure, the tool calls or the text, the token length of the formatted example, which earlier
-row it duplicates); Great Expectations decides which rows break which rule and keeps the record.
+wrong with the chat structure, the tool calls or the text, whether the base model's chat template
+refuses it, the token length of the formatted example, which earlier row it duplicates); Great
+Expectations decides which rows break which rule and keeps the record.
 Each expectation's `meta["rule"]` is the wording a user sees beside a rejected row, followed by the
 row's value in that column.
 
@@ -34,8 +35,11 @@ class Feature:
     """Word after the row's value in its rejection reason ('300 tokens')."""
     bad_data: bool = True
     """Whether breaking the rule makes a row bad data, counted against `max_rejected_fraction`.
-    An over-long row is good data that does not fit the length budget: it is kept out of training
+    An over-long row is good data that does not fit the length budget: it is left out of training
     with its reason and counted on its own, so a drop of long real data is never held back for it."""
+    rule_when_cut: str = ""
+    """The wording instead of `rule` when over-long rows are cut to fit first (validation's
+    truncate_over_long): then only rows whose shortest form is over the budget break the rule."""
 
 
 # In the order of the features table's columns and of the suite's expectations.
@@ -44,6 +48,7 @@ FEATURES = (
     Feature("structure_error", "TEXT", pa.string(), "chat structure broken", "null"),
     Feature("tool_call_error", "TEXT", pa.string(), "tool call invalid", "null"),
     Feature("hygiene_error", "TEXT", pa.string(), "text hygiene", "null"),
+    Feature("template_error", "TEXT", pa.string(), "the base model's chat template refuses this conversation", "null"),
     Feature(
         "n_tokens",
         "INTEGER",
@@ -52,6 +57,7 @@ FEATURES = (
         "at_most_max_tokens",
         unit="tokens",
         bad_data=False,
+        rule_when_cut="the final answer alone is longer than max_tokens={max_tokens}",
     ),
     Feature("duplicate_of", "TEXT", pa.string(), "duplicate of an earlier row", "null"),
 )
@@ -64,8 +70,15 @@ _UNITS = {f.column: f.unit for f in FEATURES if f.unit}
 NOT_BAD_DATA = frozenset(i for i, f in enumerate(FEATURES) if not f.bad_data)
 
 
-def too_long_rule(max_tokens: int) -> str:
-    return next(f.rule for f in FEATURES if f.expectation == "at_most_max_tokens").format(max_tokens=max_tokens)
+def rule_of(feature: Feature, max_tokens: int, cut_to_fit: bool = False) -> str:
+    """The feature's rule as a rejected row shows it, for a suite of this limit."""
+    rule = feature.rule_when_cut if cut_to_fit and feature.rule_when_cut else feature.rule
+    return rule.format(max_tokens=max_tokens)
+
+
+def too_long_rule(max_tokens: int, cut_to_fit: bool = False) -> str:
+    """Why an over-long row is left out: over the budget, or, rows being cut to fit, over it even cut."""
+    return rule_of(next(f for f in FEATURES if f.expectation == "at_most_max_tokens"), max_tokens, cut_to_fit)
 
 
 def failure_detail(outcome: ExpectationOutcome, value: Any) -> str:
@@ -74,18 +87,20 @@ def failure_detail(outcome: ExpectationOutcome, value: Any) -> str:
     return f"{outcome.rule}: {value} {unit}" if unit else f"{outcome.rule}: {value}"
 
 
-def _expectation(feature: Feature, max_tokens: int):
+def _expectation(feature: Feature, max_tokens: int, cut_to_fit: bool):
     import great_expectations.expectations as gxe
 
-    meta = {"rule": feature.rule.format(max_tokens=max_tokens)}
+    meta = {"rule": rule_of(feature, max_tokens, cut_to_fit)}
     if feature.expectation == "null":
         return gxe.ExpectColumnValuesToBeNull(column=feature.column, meta=meta)
     return gxe.ExpectColumnValuesToBeBetween(column=feature.column, max_value=max_tokens, meta=meta)
 
 
-def record_suite(max_tokens: int, name: str = "records"):
-    """The suite over the features table: one expectation per feature, in `FEATURES` order."""
+def record_suite(max_tokens: int, name: str = "records", cut_to_fit: bool = False):
+    """The suite over the features table: one expectation per feature, in `FEATURES` order.
+    `cut_to_fit`: over-long rows were cut to fit first, so the length rule says why one still is not."""
     import great_expectations as gx
 
     # Built unbound (expectations passed to the constructor): the resource adds it to its context.
-    return gx.ExpectationSuite(name=name, expectations=[_expectation(f, max_tokens) for f in FEATURES])
+    expectations = [_expectation(f, max_tokens, cut_to_fit) for f in FEATURES]
+    return gx.ExpectationSuite(name=name, expectations=expectations)

@@ -172,7 +172,8 @@ def outcome_of(result) -> ExpectationOutcome:
         column=config.kwargs.get("column"),
         rule=(config.meta or {}).get("rule", config.type),
         success=bool(result.success),
-        element_count=int(res.get("element_count", 0)),
-        unexpected_count=int(res.get("unexpected_count", 0)),
+        # Great Expectations reports None for both on an empty table: no row, none broke the rule.
+        element_count=int(res.get("element_count") or 0),
+        unexpected_count=int(res.get("unexpected_count") or 0),
         unexpected_query=res.get("unexpected_index_query"),
     )

@@ -1,17 +1,26 @@
 import random
+import re
+from collections import Counter
 
 import pandas as pd
+import pyarrow as pa
+import pytest
 
+from assets.domain.chat import prompt_hash
 from assets.instruction_pairs import (
     PAIRS_SCHEMA,
+    LengthTally,
     PairTally,
     SetHash,
+    SplitConfig,
     build_pairs,
+    drops_to_use,
     mark_cross_drop_duplicates,
     split_of,
+    write_pairs,
 )
 from data_checks.pair_checks import train_eval_disjoint
-from resources.records import FirstSeen, RecordWriter
+from resources.records import MESSAGES, FirstSeen, RecordWriter
 from resources.state import StateStore
 
 
@@ -134,3 +143,135 @@ def test_disjoint_check_passes_on_a_real_split_and_fails_on_a_leak(tmp_path):
     assert not result.passed
     assert result.metadata["shared_normalized"].value == 1
     assert result.metadata["shared_exact"].value == 0
+
+
+# ---- preference pairs, tiny landings, and why there is nothing to train on -----------------------
+
+
+def preference_rows(prompts, drop="d1"):
+    return [
+        {
+            "kind": "preference",
+            "messages": [{"role": "system", "content": "Be precise."}, {"role": "user", "content": prompt}],
+            "chosen": f"right {i}",
+            "rejected": f"wrong {i}",
+            "tools": None,
+            "n_tokens": 20,
+            "drop": drop,
+            "source_file": f"{drop}/p.jsonl",
+            "source_line": i + 1,
+            "gx_result": None,
+        }
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+VALIDATED_COLUMNS = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("messages", MESSAGES),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("tools", pa.string()),
+        ("n_tokens", pa.int64()),
+        ("drop", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+        ("gx_result", pa.string()),
+    ]
+)
+
+
+def validated_set(folder, rows, name="d1"):
+    with RecordWriter(folder / f"{name}.parquet", VALIDATED_COLUMNS, ("tools",)) as out:
+        out.write(rows)
+    return out.record_set(partition=name)
+
+
+def written(tmp_path, rows, eval_fraction=0.15, cause=""):
+    drops = [("d1", validated_set(tmp_path, rows))]
+    out, tally, note = write_pairs(
+        drops, SplitConfig(eval_fraction=eval_fraction), tmp_path / "pairs.parquet", tmp_path, cause
+    )
+    return out.record_set(), tally, note
+
+
+def test_preference_pairs_are_split_by_prompt_and_named_in_both_set_hashes():
+    pairs = build_pairs(preference_rows([f"Pick {i}" for i in range(200)]), 0.2)
+    tally = PairTally()
+    tally.add(pairs)
+    sides = Counter(p["split"] for p in pairs)
+    assert (tally.preference_train, tally.preference_eval) == (sides["train"], sides["eval"])
+    assert 0 < sides["eval"] < sides["train"] and tally.train == tally.eval == 0
+    assert tally.train_hash.hexdigest() != PairTally().train_hash.hexdigest(), "the pairs trained on are named"
+
+
+def test_a_landing_of_three_pairs_keeps_one_to_train_on_and_holds_one_out(tmp_path):
+    # these three prompts all hash to train at 15%: the smallest hash moves to eval
+    prompts = ["Which is right, 1 or 2?", "Pick the better answer.", "Choose one."]
+    assert {split_of(p["example_id"], 0.15) for p in build_pairs(preference_rows(prompts), 0.15)} == {"train"}
+    pairs, tally, note = written(tmp_path, preference_rows(prompts))
+    frame = pairs.frame()
+    assert sorted(frame["split"]) == ["eval", "train", "train"]
+    assert (tally.preference_train, tally.preference_eval) == (2, 1)
+    moved_id = frame.loc[frame["split"] == "eval", "example_id"].item()
+    assert moved_id == min(frame["example_id"]), "the prompt with the smallest hash"
+    assert note == "the prompt hash put every example in train; the prompt with the smallest hash moved to eval"
+    assert train_eval_disjoint(pairs, StateStore(home=str(tmp_path))).passed
+
+
+def test_rows_sharing_a_prompt_move_together(tmp_path):
+    prompts = ["Which is right, 1 or 2?", "Pick the better answer.", "Choose one."]
+    first = min(prompts, key=lambda p: prompt_hash(preference_rows([p])[0]["messages"]))
+    pairs = written(tmp_path, preference_rows([*prompts, first]))[0]
+    frame = pairs.frame()
+    assert frame.loc[frame["split"] == "eval", "source_line"].tolist() == [prompts.index(first) + 1, 4]
+    assert train_eval_disjoint(pairs, StateStore(home=str(tmp_path))).passed
+
+
+def test_a_split_with_sft_examples_on_both_sides_is_left_as_the_hash_made_it(tmp_path):
+    pairs, tally, note = written(tmp_path, [{**r, "tools": None, "gx_result": None} for r in validated(100)])
+    assert note == "" and tally.eval and tally.train
+
+
+def test_a_single_prompt_cannot_be_split_and_says_why(tmp_path):
+    with pytest.raises(ValueError, match=r"^Only one prompt to learn from \(1 example\): nothing can be held out"):
+        written(tmp_path, preference_rows(["Pick one."]))
+
+
+def test_nothing_to_train_on_names_what_validation_left_out(tmp_path):
+    cause = (
+        "Drop d1: passed, nothing to train on: all 86 rows left out: the final answer alone is longer than "
+        "max_tokens=64."
+    )
+    with pytest.raises(ValueError) as raised:
+        written(tmp_path, [], cause=cause)
+    assert str(raised.value) == f"Nothing to train on: the drops that passed validation hold no rows. {cause}"
+    assert "SFT examples" not in str(raised.value)
+
+
+def test_no_drop_passed_names_each_held_back_drop():
+    status = "held back: failed the quality gate: 4 of 4 rows rejected as bad data (chat structure broken (4))"
+    with pytest.raises(ValueError, match=f"nothing to train on. Drop d2: {re.escape(status)}."):
+        drops_to_use({"d2": None}, statuses={"d2": status})
+
+
+def test_length_figures_of_the_drops_used_add_up_with_their_reasons():
+    metadata = {
+        "d1": {"rows_truncated": 2, "truncations": {"last user turn cut": 2}, "rows_left_out": 0},
+        "d2": {
+            "rows_truncated": 1,
+            "truncations": {"earlier turns dropped": 1},
+            "rows_left_out": 3,
+            "left_out_reason": "the final answer alone is longer than max_tokens=2048",
+        },
+        "d3": None,
+        "d4": {"rows_truncated": 9},
+    }
+    lengths = LengthTally.of(metadata, ["d1", "d2", "d3"])
+    assert (lengths.truncated, lengths.left_out) == (3, 3)
+    assert lengths.reasons == {
+        "left out: the final answer alone is longer than max_tokens=2048": 3,
+        "cut to fit: last user turn cut": 2,
+        "cut to fit: earlier turns dropped": 1,
+    }

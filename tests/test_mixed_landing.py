@@ -65,9 +65,14 @@ def write_landing(root):
     (root / "2026-02-04").mkdir()
     junk = [{"prompt": f"Junk {i}", "completion": "" if i % 2 else "ok"} for i in range(6)]  # half rejected
     (root / "2026-02-04/junk.jsonl").write_text("".join(json.dumps(r) + "\n" for r in junk))
-    # good data, but 6 of 10 rows longer than max_tokens: kept out of training, the drop is not held back
+    # good data longer than the smoke preset's 512 tokens: 3 answers too long alone (left out, the drop not
+    # held back for them), 3 prompts too long (cut to fit), 4 rows that fit
+    story = "Once upon a time. " * 150
     long = [
-        {"prompt": f"Tell story {i}.", "completion": ("Once upon a time. " * 80) if i < 6 else "The end."}
+        {
+            "prompt": f"Tell story {i}." + (f" {story}" if 3 <= i < 6 else ""),
+            "completion": story if i < 3 else "The end.",
+        }
         for i in range(10)
     ]
     (root / "2026-02-05").mkdir()
@@ -138,20 +143,24 @@ def test_bad_rows_are_rejected_or_excluded_with_reasons_and_counted_in_mlflow(mi
     run_id = result.output_for_node("registered_model").mlflow_run_id
     params = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(run_id).data.params
     counts = [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")]
-    assert counts == ["120", "112", "8", "1"]
+    assert counts == ["120", "115", "5", "1"]
+    assert (params["data.rows_truncated"], params["data.rows_left_out"]) == ("3", "3")
 
 
-def test_over_long_rows_are_kept_out_of_training_without_holding_the_drop_back(mixed):
+def test_over_long_rows_are_cut_or_left_out_without_holding_the_drop_back(mixed):
     settings, result, instance, _ = mixed
     rejected = stored(settings, "rejected_records", "2026-02-05").frame()
-    assert sorted(rejected["source_line"]) == [1, 2, 3, 4, 5, 6]
-    assert all(r.startswith("formatted example is longer than max_tokens=256: ") for r in rejected["reason"])
+    assert sorted(rejected["source_line"]) == [1, 2, 3]
+    assert all(r.startswith("the final answer alone is longer than max_tokens=512: ") for r in rejected["reason"])
     share = latest_check(instance, "rejected_share_within_limit", "2026-02-05")
     assert share.passed
-    assert share.metadata["rows_over_long"].value == 6 and share.metadata["rows_bad_data"].value == 0
-    assert "6 over-long rows kept out of training and not counted" in share.description
+    assert share.metadata["rows_over_long"].value == 3 and share.metadata["rows_bad_data"].value == 0
+    assert "3 rows left out of training and not counted: the final answer alone is longer" in share.description
     pairs = result.output_for_node("instruction_pairs").frame()
-    assert sorted(pairs.loc[pairs["drop"] == "2026-02-05", "source_line"]) == [7, 8, 9, 10]
+    stories = pairs[pairs["drop"] == "2026-02-05"].sort_values("source_line")
+    assert stories["source_line"].tolist() == [4, 5, 6, 7, 8, 9, 10]
+    cut = stories[stories["source_line"] <= 6]
+    assert (cut["n_tokens"] <= 512).all() and all(m[-1]["content"] == "The end." for m in cut["messages"])
 
 
 def test_multi_turn_and_preference_examples_keep_their_shape(mixed):

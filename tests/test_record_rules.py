@@ -9,16 +9,19 @@ from types import SimpleNamespace
 import pytest
 
 from data_checks.record_rules import (
+    CUT_USER_TURN,
+    DROPPED_TURNS,
     NORMALIZED_KEY,
     conversation_row,
     duplicate_note,
+    exchanges,
+    fit_to_budget,
     hygiene_problem,
     mark_duplicates,
     measure,
     render_lengths,
     structure_problem,
     tool_call_problem,
-    truncate_last_user_turn,
     with_features,
 )
 
@@ -31,7 +34,7 @@ def m(role, content):
 
 def settings(**overrides):
     return SimpleNamespace(
-        **{"max_tokens": 64, "truncate_over_long": False, "system_prompt": "Be precise.", "pii": "warn", **overrides}
+        **{"max_tokens": 64, "truncate_over_long": True, "system_prompt": "Be precise.", "pii": "warn", **overrides}
     )
 
 
@@ -45,6 +48,8 @@ def raw(records, fmt="alpaca", file="d/t.jsonl"):
 class WordTokenizer:
     """One token per whitespace-separated word; the chat template adds one role token per turn."""
 
+    chat_template = "words"
+
     def __init__(self):
         self.words: list[str] = []
         self.ids: dict[str, int] = {}
@@ -55,7 +60,7 @@ class WordTokenizer:
             self.words.append(word)
         return self.ids[word]
 
-    def apply_chat_template(self, messages, tokenize=False):
+    def apply_chat_template(self, messages, tokenize=False, **kwargs):
         return " ".join(f"<{t['role']}> {t['content']}" for t in messages)
 
     def __call__(self, texts, add_special_tokens=False):
@@ -65,6 +70,17 @@ class WordTokenizer:
 
     def decode(self, ids):
         return " ".join(self.words[i] for i in ids)
+
+
+class RefusingTokenizer(WordTokenizer):
+    """A word tokenizer whose chat template refuses tool turns, as some families' templates do."""
+
+    chat_template = "words, no tools"
+
+    def apply_chat_template(self, messages, tokenize=False, **kwargs):
+        if any(t["role"] == "tool" for t in messages):
+            raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...\n(more detail)")
+        return super().apply_chat_template(messages, tokenize, **kwargs)
 
 
 class MemorySeen:
@@ -195,34 +211,121 @@ def test_rows_without_messages_are_not_measured():
     assert row["n_tokens"] is None and row["truncated"] is False
 
 
-def test_over_long_rows_are_cut_in_the_last_user_turn_only_when_asked():
-    long_input = " ".join(f"w{i}" for i in range(100))
+def words(n: int, word: str = "w") -> str:
+    return " ".join(f"{word}{i}" for i in range(n))
+
+
+def measured(records, fmt="alpaca", tokenizer=None, **overrides):
+    rows = [conversation_row(r, settings()) for r in raw(records, fmt)]
+    measure(rows, tokenizer or WordTokenizer(), settings(**overrides))
+    return rows
+
+
+def test_an_over_long_row_is_cut_in_its_last_user_turn_by_default_and_kept_whole_when_asked():
+    long_input = words(100)
     tokenizer = WordTokenizer()
-    kept = [conversation_row(r, settings()) for r in raw([{**GOOD, "input": long_input}])]
-    measure(kept, tokenizer, settings(max_tokens=40))
-    assert kept[0]["n_tokens"] > 40 and kept[0]["truncated"] is False
+    (kept,) = measured([{**GOOD, "input": long_input}], max_tokens=40, truncate_over_long=False)
+    assert kept["n_tokens"] > 40 and kept["truncated"] is False and kept["truncation"] is None
 
-    cut = [conversation_row(r, settings()) for r in raw([{**GOOD, "input": long_input}])]
-    measure(cut, tokenizer, settings(max_tokens=40, truncate_over_long=True))
-    assert cut[0]["truncated"] is True
-    assert cut[0]["n_tokens"] == render_lengths(tokenizer, [cut[0]["messages"]])[0] <= 40
-    assert cut[0]["messages"][-1] == m("assistant", "RouterX"), "the answer is never cut"
-    assert cut[0]["messages"][1]["content"].startswith("Triage the ticket.")
-
-
-def test_preference_rows_are_never_truncated():
-    record = {"prompt": " ".join(["w"] * 80), "chosen": "a", "rejected": "b"}
-    rows = [conversation_row(r, settings()) for r in raw([record], "preference")]
-    measure(rows, WordTokenizer(), settings(max_tokens=20, truncate_over_long=True))
-    assert rows[0]["n_tokens"] > 20 and rows[0]["truncated"] is False
+    (cut,) = measured([{**GOOD, "input": long_input}], tokenizer=tokenizer, max_tokens=40)
+    assert cut["truncated"] is True and cut["truncation"] == CUT_USER_TURN
+    assert cut["n_tokens"] == render_lengths(tokenizer, [cut["messages"]])[0] <= 40
+    assert cut["n_tokens"] >= 40 - 4, "cut no more than a retry step beyond what fits"
+    assert cut["messages"][-1] == m("assistant", "RouterX"), "the answer is never cut"
+    assert cut["messages"][0] == m("system", "Be precise."), "nor the system turn"
+    assert cut["messages"][1]["content"].startswith("Triage the ticket."), "the text is cut from its end"
 
 
-def test_truncation_gives_up_when_nothing_can_fit():
+def test_the_earliest_exchanges_go_first_and_no_more_of_them_than_needed():
+    turns = [m("system", "s")]
+    for i in range(4):
+        turns += [m("user", words(10, f"q{i}-")), m("assistant", words(10, f"a{i}-"))]
+    (row,) = measured([{"messages": turns}], "openai_chat", max_tokens=50)
+    # 2 + 4 exchanges of 22 tokens: 90; dropping two leaves 46
+    assert row["truncation"] == DROPPED_TURNS and row["n_tokens"] == 46
+    assert row["messages"] == [turns[0], *turns[5:]], "whole exchanges dropped, the latest kept, alternation intact"
+
+
+def test_when_dropping_every_earlier_exchange_is_not_enough_the_last_user_turn_is_cut_too():
+    turns = [m("user", words(30, "q")), m("assistant", "a"), m("user", words(60, "p")), m("assistant", words(5))]
+    (row,) = measured([{"messages": turns}], "openai_chat", max_tokens=30)
+    assert row["truncation"] == f"{DROPPED_TURNS}, {CUT_USER_TURN}" and row["n_tokens"] <= 30
+    system, user, answer = row["messages"]
+    assert system == m("system", "Be precise.") and answer == turns[-1]
+    assert user["role"] == "user" and user["content"].startswith("p0 p1") and len(user["content"].split()) < 60
+
+
+def test_a_row_whose_answer_alone_does_not_fit_is_left_whole_with_the_length_of_its_shortest_form():
+    (row,) = measured([{**GOOD, "input": words(50), "output": words(80, "a")}], max_tokens=60)
+    assert row["truncated"] is False and row["truncation"] is None
+    assert row["messages"][1]["content"].endswith("w49"), "left whole: rejected_records keeps the raw row anyway"
+    # system 3, an empty user turn 1, assistant role + 80 words: the shortest form is 85 tokens
+    assert row["n_tokens"] == 85 > 60
+
+
+def test_a_preference_prompt_is_cut_and_both_answers_kept():
+    record = {"prompt": words(80), "chosen": "short", "rejected": words(6, "r")}
+    (row,) = measured([record], "preference", max_tokens=20)
+    assert row["truncated"] is True and row["truncation"] == CUT_USER_TURN
+    assert (row["chosen"], row["rejected"]) == ("short", words(6, "r"))
+    # measured by the longer answer: system 3, user 1 + kept words, assistant 1 + 6
+    assert row["n_tokens"] == 11 + len(row["messages"][1]["content"].split()) <= 20
+
+
+def test_fit_gives_up_on_a_conversation_without_a_user_turn():
     tokenizer = WordTokenizer()
-    no_user = [m("system", "s"), m("assistant", "a b c")]
-    assert truncate_last_user_turn(no_user, tokenizer, 2, 6) is None
-    answer_too_long = [m("user", "q r"), m("assistant", " ".join(["a"] * 30))]
-    assert truncate_last_user_turn(answer_too_long, tokenizer, 10, 34) is None
+    fit = fit_to_budget(
+        [m("system", "s"), m("assistant", "a b c")], lambda cs: render_lengths(tokenizer, cs), tokenizer, 2
+    )
+    assert fit.messages is None and fit.n_tokens == 6
+
+
+def test_exchanges_start_at_each_user_turn_and_keep_tool_calls_with_their_replies():
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}
+    turns = [m("user", "1"), call, m("tool", "r"), m("assistant", "2"), m("user", "3"), m("assistant", "4")]
+    assert exchanges(turns) == [turns[:4], turns[4:]]
+
+
+class CountingTokenizer(WordTokenizer):
+    def __init__(self):
+        super().__init__()
+        self.renders = 0
+
+    def apply_chat_template(self, messages, tokenize=False, **kwargs):
+        self.renders += 1
+        return super().apply_chat_template(messages, tokenize, **kwargs)
+
+
+def test_only_over_long_rows_pay_for_the_cut():
+    tokenizer = CountingTokenizer()
+    records = [{**GOOD, "input": f"ticket {i}"} for i in range(200)] + [{**GOOD, "input": words(100)}]
+    rows = measured(records, tokenizer=tokenizer, max_tokens=40)
+    assert [r["truncated"] for r in rows].count(True) == 1
+    assert tokenizer.renders <= 201 + 4, "one render per row, then a few for the one over-long row"
+
+
+def chat(*turns):
+    return {"messages": [m(role, content) for role, content in turns]}
+
+
+def test_rows_the_chat_template_refuses_are_marked_one_by_one_and_the_rest_measured():
+    records = [
+        chat(("user", "Hi"), ("assistant", "Hello.")),
+        tool_record(),
+        chat(("user", "Yo"), ("assistant", "Hey.")),
+    ]
+    good, refused, other = measured(records, "openai_chat", tokenizer=RefusingTokenizer())
+    assert refused["template_error"] == "Conversation roles must alternate user/assistant/user/assistant/..."
+    assert refused["n_tokens"] is None
+    assert good["template_error"] is other["template_error"] is None
+    assert (good["n_tokens"], other["n_tokens"]) == (7, 7)
+
+
+def test_a_row_broken_otherwise_is_not_also_blamed_on_the_template():
+    record = tool_record()
+    record["messages"] = [*record["messages"], m("user", "dangling")]
+    (row,) = measured([record], "openai_chat", tokenizer=RefusingTokenizer())
+    assert row["structure_error"] and row["template_error"] is None
 
 
 # ---- duplicates ---------------------------------------------------------------------------------

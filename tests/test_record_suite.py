@@ -25,10 +25,24 @@ def test_the_suite_checks_every_feature_in_order_with_its_rule():
         ("expect_column_values_to_be_null", "structure_error", "chat structure broken", None),
         ("expect_column_values_to_be_null", "tool_call_error", "tool call invalid", None),
         ("expect_column_values_to_be_null", "hygiene_error", "text hygiene", None),
+        (
+            "expect_column_values_to_be_null",
+            "template_error",
+            "the base model's chat template refuses this conversation",
+            None,
+        ),
         ("expect_column_values_to_be_between", "n_tokens", "formatted example is longer than max_tokens=128", 128),
         ("expect_column_values_to_be_null", "duplicate_of", "duplicate of an earlier row", None),
     ]
     assert too_long_rule(300) == "formatted example is longer than max_tokens=300"
+
+
+def test_rows_cut_to_fit_first_are_left_out_only_when_their_answer_alone_is_too_long():
+    suite = record_suite(128, cut_to_fit=True)
+    rules = {e.column: e.meta["rule"] for e in suite.expectations}
+    assert rules["n_tokens"] == too_long_rule(128, cut_to_fit=True)
+    assert rules["n_tokens"] == "the final answer alone is longer than max_tokens=128"
+    assert rules["missing_fields"] == "required field missing or blank", "only the length rule reads otherwise"
 
 
 def test_the_parquet_schemas_carry_the_feature_fields():
@@ -37,6 +51,7 @@ def test_the_parquet_schemas_carry_the_feature_fields():
         "structure_error",
         "tool_call_error",
         "hygiene_error",
+        "template_error",
         "n_tokens",
         "duplicate_of",
     )
@@ -122,3 +137,13 @@ def test_a_report_without_failing_rows_rejects_nothing(features):
     report = ValidationReport(suite="records", success=True, outcomes=[outcome("n_tokens", too_long_rule(8), 0)])
     assert features.record_reasons(report, failure_detail) == 0
     assert features.reasons_of([0]) == {}
+
+
+def test_an_empty_table_is_a_passing_validation_not_an_error(features):
+    """Great Expectations reports no counts (None) for a table without rows: a drop whose every row
+    was rejected leaves its table of passing rows empty, and re-validating it must not fail."""
+    gx = GreatExpectations(project_dir=str(features.path.parents[2]))
+    features.store("records", [])
+    report = gx.validate_features(features, "records", record_suite(8))
+    assert report.success
+    assert {(o.element_count, o.unexpected_count, o.success) for o in report.outcomes} == {(0, 0, True)}

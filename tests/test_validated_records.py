@@ -35,13 +35,17 @@ def validate(bundled_tokenizer, tmp_path_factory):
     gx = GreatExpectations(project_dir=str(folder / "gx"))
     runs = itertools.count()
 
-    def run(rows, fmt="alpaca", **config):
+    def run(rows, fmt="alpaca", tokenizer=bundled_tokenizer, **config):
         n = next(runs)
-        config = ValidationConfig(**{"max_tokens": 128, "system_prompt": "Be precise.", **config})
-        rows = with_features(raw(rows, fmt), bundled_tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
+        # Over-long rows left whole unless a test asks for the cut (the default), so each rule shows alone.
+        values = {"max_tokens": 128, "system_prompt": "Be precise.", "truncate_over_long": False, **config}
+        config = ValidationConfig(**values)
+        rows = with_features(raw(rows, fmt), tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
         features = gx.features_file(f"test-{n}", FEATURE_SQL_COLUMNS)
         features.store("records", rows)
-        report = gx.validate_features(features, "records", record_suite(config.max_tokens))
+        report = gx.validate_features(
+            features, "records", record_suite(config.max_tokens, "records", values["truncate_over_long"])
+        )
         features.record_reasons(report, failure_detail)
         reasons = features.reasons_of([r["row_id"] for r in rows])
         features.close()
@@ -146,14 +150,51 @@ def test_preference_pairs_are_measured_by_their_longer_answer(validate):
     assert reasons[0].startswith("formatted example is longer than max_tokens=128")
 
 
-def test_over_long_rows_are_truncated_only_when_asked_and_keep_their_answer(validate):
+def test_over_long_rows_are_cut_to_fit_by_default_and_keep_their_answer(validate, bundled_tokenizer):
+    assert ValidationConfig().truncate_over_long, "cut to fit is the default"
     rows = [{**GOOD, "input": "word " * 300}]
     frame, _, reasons = validate(rows, truncate_over_long=True)
-    assert reasons == {} and frame.loc[0, "truncated"]
-    assert frame.loc[0, "n_tokens"] <= 128
+    assert reasons == {} and frame.loc[0, "truncated"] and frame.loc[0, "truncation"] == "last user turn cut"
+    ids = bundled_tokenizer.apply_chat_template(frame.loc[0, "messages"])["input_ids"]
+    assert frame.loc[0, "n_tokens"] == len(ids) <= 128, "measured exactly as the tokenizer counts the cut row"
     assert frame.loc[0, "messages"][-1] == m("assistant", GOOD["output"])
     frame, _, reasons = validate(rows)
-    assert not frame.loc[0, "truncated"] and 0 in reasons
+    assert not frame.loc[0, "truncated"] and reasons[0].startswith("formatted example is longer than max_tokens=128")
+
+
+def test_a_row_whose_answer_alone_is_too_long_is_left_out_with_that_reason(validate):
+    rows = [GOOD, {**GOOD, "output": "word " * 300}, {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "no " * 300}]
+    frame, report, reasons = validate(rows[:2], truncate_over_long=True)
+    assert reasons == {1: f"the final answer alone is longer than max_tokens=128: {frame.loc[1, 'n_tokens']} tokens"}
+    assert frame.loc[1, "n_tokens"] > 300 and not frame.loc[1, "truncated"]
+    _, _, reasons = validate(rows[2:], fmt="preference", truncate_over_long=True)
+    assert reasons[0].startswith("the final answer alone is longer than max_tokens=128: "), "never an answer cut"
+
+
+def test_rows_the_chat_template_refuses_are_rejected_as_bad_data_with_its_message(validate, bundled_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% if message['role'] == 'tool' %}"
+        "{{ raise_exception('Tool role not supported') }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    )
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    tool_row = {
+        "messages": [
+            m("user", "Weather in Oslo?"),
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+            m("assistant", "Rain."),
+        ]
+    }
+    plain = {"messages": [m("user", "Hi"), m("assistant", "Hello.")]}
+    frame, report, reasons = validate([plain, tool_row], fmt="openai_chat", tokenizer=tokenizer)
+    assert reasons == {1: "the base model's chat template refuses this conversation: Tool role not supported"}
+    assert frame.loc[0, "n_tokens"] > 0
+    (refusals,) = [o for o in report.outcomes if o.column == "template_error"]
+    assert refusals.unexpected_count == 1 and not refusals.success
 
 
 def test_personal_data_is_flagged_or_redacted(validate):
@@ -192,7 +233,8 @@ def test_check_results_show_values_beside_thresholds(validate):
     # over-long rows are good data kept out of training: counted apart, never against the limit
     long = share_check_result(10, Rejections(total=6, over_long=5), [], 0.1, report)
     assert long.passed and long.metadata["rows_over_long"].value == 5 and long.metadata["rows_bad_data"].value == 1
-    assert "1 of 10 rows rejected as bad data" in long.description and "5 over-long rows" in long.description
+    assert "1 of 10 rows rejected as bad data" in long.description
+    assert "5 rows left out of training and not counted: longer than max_tokens" in long.description
 
 
 def test_validation_is_kept_as_json_and_a_data_docs_page(validate):

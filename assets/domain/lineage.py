@@ -60,6 +60,10 @@ class DataCounts:
     train_rows: int
     train_set_hash: str
     validations: dict[str, list[str]]
+    rows_truncated: int = 0
+    """Rows cut to fit max_tokens (they trained, cut)."""
+    rows_left_out: int = 0
+    """Rows left out for length (counted among the rejected)."""
 
     @classmethod
     def of(cls, pairs: PairsSummary, rows_raw: int, rows_valid: int, rows_rejected: int) -> "DataCounts":
@@ -72,6 +76,8 @@ class DataCounts:
             train_rows=pairs.train_rows,
             train_set_hash=pairs.train_set_hash,
             validations=pairs.validations,
+            rows_truncated=pairs.rows_truncated,
+            rows_left_out=pairs.rows_left_out,
         )
 
 
@@ -104,6 +110,8 @@ class RunLineage:
             "data.rows_valid": data.rows_valid,
             "data.rows_rejected": data.rows_rejected,
             "data.rows_excluded": data.rows_excluded,
+            "data.rows_truncated": data.rows_truncated,
+            "data.rows_left_out": data.rows_left_out,
             "data.train_rows": data.train_rows,
             "data.eval_rows": ev.eval_examples,
             "data.train_set_hash": data.train_set_hash,
@@ -224,8 +232,9 @@ Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, line
 
 ## Data
 - Drops: {",".join(data.drops)}
-- Rows: {data.rows_raw} raw, {data.rows_valid} valid, {data.rows_rejected} rejected,
-  {data.rows_excluded} excluded as repeats of earlier drops
+- Rows: {data.rows_raw} raw, {data.rows_valid} valid, {data.rows_rejected} rejected
+  ({data.rows_left_out} of them left out for length), {data.rows_excluded} excluded as repeats of earlier
+  drops; {data.rows_truncated} cut to fit the length budget
 - Train / eval examples: {data.train_rows} / {ev.eval_examples}
   (split by a hash of the normalized prompt; train set hash `{data.train_set_hash}`,
   eval set hash `{ev.eval_set_hash}`)

@@ -43,7 +43,8 @@ class RawSummary:
 @dataclass(frozen=True)
 class PairsSummary:
     """The summary of `instruction_pairs`, computed while its rows were written: counts, which drops
-    and validations the rows came from, and order-independent hashes naming the train and eval sets."""
+    and validations the rows came from, and order-independent hashes naming the train and eval sets
+    (each holds its preference pairs too), and what the length budget did to the drops' rows."""
 
     train_rows: int
     eval_rows: int
@@ -54,6 +55,10 @@ class PairsSummary:
     """drop -> the Great Expectations result files its rows passed"""
     train_set_hash: str
     eval_set_hash: str
+    rows_truncated: int = 0
+    """Rows of those drops cut to fit validation's max_tokens (they train, cut)."""
+    rows_left_out: int = 0
+    """Rows of those drops left out for length: too long even when cut (among their rejected rows)."""
 
 
 # ---- model stages -------------------------------------------------------------------------------
