@@ -106,9 +106,11 @@ def train_adapter(
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
     setup = trainer_configs(training, checkpoints.folder, max_length, models.resolved_device() == "cpu")
     tokenizer = models.load_tokenizer(base_model)  # saved with the model: serving renders as the base did
-    trainer = sft_trainer_class()(  # SFTTrainer; batches of similar length in random order when grouping
+    # SFTTrainer; batches bounded by max_batch_tokens where it binds, of similar length in random order when grouping
+    trainer = sft_trainer_class()(
         model=models.load_model(base_model, **setup.model_kwargs),
         args=setup.sft,
+        max_batch_tokens=setup.max_batch_tokens,
         train_dataset=training_dataset(tokenizer, train),
         processing_class=tokenizer,
         peft_config=setup.peft,

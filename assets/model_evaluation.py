@@ -20,6 +20,7 @@ from assets.domain.preferences import chosen_conversations, margin_summary, repl
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import ChampionScores, Evaluation, TrainedModel
 from data_checks.pii import scan
+from resources.batch_order import length_sorted_batches
 from resources.generation import greedy_answers
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
 from resources.models import ModelLoader
@@ -52,7 +53,18 @@ class EvaluationConfig(dg.ConfigurableResource):
         "what it extracts (its first group, or the whole match; the last match in the text) from the "
         "generation and the reference.",
     )
-    batch_size: int = Field(default=16, description="Examples scored together (eval loss, preference pairs).")
+    batch_size: int = Field(
+        default=16, description="Examples scored together (eval loss, preference pairs), at most (max_batch_tokens)."
+    )
+    max_batch_tokens: int = Field(
+        default=4096,
+        ge=0,
+        description="Padded tokens scored together (eval loss, preference pairs), at most: the rows times the "
+        "longest row. Examples are scored shortest first, each batch holding as many as fit this and batch_size; "
+        "one longer than this is scored alone. Scoring holds the full-vocabulary logits of every token of a batch "
+        "(SmolLM2: 0.8 GB per 4,096 tokens), so a few long examples would otherwise decide the memory a batch "
+        "takes. 0: batch_size alone.",
+    )
     generation_batch_size: int = Field(
         default=32,
         description="Prompts answered together, batched by length. Decoding a step reads every weight once for "
@@ -90,14 +102,16 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return [t.strip() for t in texts], [a.stopped for a in answers], new_tokens / max(time.time() - started, 1e-9)
 
 
-def eval_loss(model, tokenizer, examples: list[dict], batch_size: int) -> float:
+def eval_loss(model, tokenizer, examples: list[dict], batch_size: int, max_batch_tokens: int = 0) -> float:
     """Mean cross-entropy on the tokens training puts loss on (`chat.training_tokens`: the
-    assistant's, weight-0 turns excluded), over the eval examples, right-padded batches."""
+    assistant's, weight-0 turns excluded), over the eval examples, in right-padded batches of similar
+    length, at most `batch_size` rows and `max_batch_tokens` padded tokens each (`length_sorted_batches`)."""
     import torch
 
     total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = examples[i : i + batch_size]
+    lengths = [len(e["input_ids"]) for e in examples]
+    for indices in length_sorted_batches(lengths, batch_size, max_batch_tokens):
+        batch = [examples[i] for i in indices]
         width = max(len(e["input_ids"]) for e in batch)
         pad = [width - len(e["input_ids"]) for e in batch]
         ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * n for e, n in zip(batch, pad)])
@@ -129,30 +143,36 @@ def probe_perplexity(model, tokenizer, text: str, window: int = 512) -> float:
     return math.exp(total / count)
 
 
-def reply_logprobs(model, pad_id: int, replies: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+def reply_logprobs(
+    model, pad_id: int, replies: list[tuple[list[int], list[int]]], batch_size: int, max_batch_tokens: int = 0
+) -> list[float]:
     """Each reply's summed log-probability after its prompt, from (prompt ids, reply ids): the
-    sequence log-probability DPO compares. Right-padded batches."""
+    sequence log-probability DPO compares. Right-padded batches of similar length, at most
+    `batch_size` rows and `max_batch_tokens` padded tokens each (`length_sorted_batches`)."""
     import torch
 
-    sums = []
-    for i in range(0, len(replies), batch_size):
-        batch = [p + r for p, r in replies[i : i + batch_size]]
+    sums = [0.0] * len(replies)
+    for indices in length_sorted_batches([len(p) + len(r) for p, r in replies], batch_size, max_batch_tokens):
+        batch = [replies[i][0] + replies[i][1] for i in indices]
         width = max(len(ids) for ids in batch)
         ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in batch], device=model.device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=model.device)
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
         token_logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        for row, (prompt, reply) in enumerate(replies[i : i + batch_size]):
-            sums.append(float(token_logps[row, len(prompt) - 1 : len(prompt) - 1 + len(reply)].sum()))
+        for row, i in enumerate(indices):
+            prompt, reply = replies[i]
+            sums[i] = float(token_logps[row, len(prompt) - 1 : len(prompt) - 1 + len(reply)].sum())
     return sums
 
 
-def preference_metrics(model, pad_id: int, pairs: list[tuple], batch_size: int) -> dict[str, float]:
+def preference_metrics(
+    model, pad_id: int, pairs: list[tuple], batch_size: int, max_batch_tokens: int = 0
+) -> dict[str, float]:
     """On (prompt, chosen, rejected) token ids: how often the model finds the chosen reply likelier
     than the rejected one (`preference_accuracy`), and by how much on average (`preference_margin`)."""
-    chosen = reply_logprobs(model, pad_id, [(p, c) for p, c, _ in pairs], batch_size)
-    rejected = reply_logprobs(model, pad_id, [(p, r) for p, _, r in pairs], batch_size)
+    chosen = reply_logprobs(model, pad_id, [(p, c) for p, c, _ in pairs], batch_size, max_batch_tokens)
+    rejected = reply_logprobs(model, pad_id, [(p, r) for p, _, r in pairs], batch_size, max_batch_tokens)
     return margin_summary(chosen, rejected)
 
 
@@ -178,11 +198,13 @@ class Scorer:
         pattern = config.answer_pattern
         metrics = mean_scores([score_answer(a, e, ex.task, pattern) for a, e in zip(answers, ex.expected)])
         metrics["end_of_turn_rate"] = sum(stopped) / len(stopped)
-        metrics["eval_loss"] = eval_loss(model, tokenizer, ex.tokens, config.batch_size)
+        metrics["eval_loss"] = eval_loss(model, tokenizer, ex.tokens, config.batch_size, config.max_batch_tokens)
         metrics["perplexity"] = math.exp(metrics["eval_loss"])
         metrics["probe_perplexity"] = probe_perplexity(model, tokenizer, self.probe)
         if ex.preferences:
-            metrics |= preference_metrics(model, tokenizer.pad_token_id, ex.preferences, config.batch_size)
+            metrics |= preference_metrics(
+                model, tokenizer.pad_token_id, ex.preferences, config.batch_size, config.max_batch_tokens
+            )
         return metrics, answers
 
 

@@ -14,6 +14,7 @@ from assets.domain.pod_resources import GPU_POD
 from assets.domain.preferences import dpo_rows
 from assets.domain.training import TrainingConfig, resolve_method, trainer_configs, trains_dpo, trains_sft
 from assets.domain.values import PreferenceStage, TrainedModel, short_run_id
+from resources.batch_order import dpo_trainer_class
 from resources.mlflow_registry import MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
@@ -48,14 +49,14 @@ def train_preferences(
     reference model is those weights with the adapter switched off; with 'full', TRL loads a frozen
     copy of them. `callback` (`live_tracking`) reports each logged step as it comes."""
     from datasets import Dataset
-    from trl import DPOTrainer
 
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
     setup = trainer_configs(training, out_dir / "trainer", 0, models.resolved_device() == "cpu")
     tokenizer = models.load_tokenizer(starts_from)
-    trainer = DPOTrainer(
+    trainer = dpo_trainer_class()(  # DPOTrainer; batches bounded by max_batch_tokens where it binds
         model=models.load_model(starts_from, **setup.model_kwargs),
         args=setup.dpo,
+        max_batch_tokens=setup.max_batch_tokens,
         train_dataset=Dataset.from_list(dpo_rows(pairs, tokenizer)),
         processing_class=tokenizer,
         peft_config=setup.peft,

@@ -1,11 +1,13 @@
 """`fine_tuned_model` trains in its own process(es) through Dagster Pipes: one process, or two under
 torchrun (DDP over gloo on the CPU) with the per-device batch halved, so the batch per step is the
 same. Both ranks train on their own half of each batch (the loss and tokens of every step match the
-single process), rank 0 alone saves the adapter, MLflow records the world size, and a job that fails
-fails the Dagster step with its own error. A job whose launching process dies stops too. Real
-processes, a real Dagster materialization, the tiny Llama."""
+single process; with batches bounded by tokens, each rank trains whole batches of its own), rank 0
+alone saves the adapter, MLflow records the world size, and a job that fails fails the Dagster step
+with its own error. A job whose launching process dies stops too. Real processes, a real Dagster
+materialization, the tiny Llama."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,11 +20,13 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
+from assets.domain.chat import training_chat_template, training_tokens
 from assets.domain.values import PairsSummary
 from assets.fine_tuned_model import JOB_ERROR_FILE, fine_tuned_model
 from assets.instruction_pairs import PAIRS_SCHEMA
 from pipelines.definitions import build_resources
 from pipelines.settings import REPO_ROOT
+from resources.models import ModelLoader
 from resources.records import RecordWriter
 from resources.training_job import job_command
 from tests.conftest import make_settings
@@ -51,15 +55,26 @@ TRAINING = {
 }
 
 
-def write_pairs(folder: Path) -> dg.AssetsDefinition:
-    """An `instruction_pairs` stand-in: the tickets as the train split (two epochs' worth a run)."""
-    rows = []
-    for i, (text, category, product) in enumerate(TICKETS * 2):
-        messages = [
-            {"role": "user", "content": f"Triage: {text}"},
-            {"role": "assistant", "content": f'{{"category": "{category}", "product": "{product}"}}'},
-        ]
-        rows.append({"example_id": str(i), "kind": "sft", "messages": messages, "split": "train", "n_tokens": 64})
+def ticket_examples() -> list[tuple[list[dict], int]]:
+    """The tickets (two epochs' worth a run), each with a bound on its tokens."""
+    return [
+        (
+            [
+                {"role": "user", "content": f"Triage: {text}"},
+                {"role": "assistant", "content": f'{{"category": "{category}", "product": "{product}"}}'},
+            ],
+            64,
+        )
+        for text, category, product in TICKETS * 2
+    ]
+
+
+def write_pairs(folder: Path, examples: list[tuple[list[dict], int]] | None = None) -> dg.AssetsDefinition:
+    """An `instruction_pairs` stand-in: the examples, (messages, tokens), as the train split (default: the tickets)."""
+    rows = [
+        {"example_id": str(i), "kind": "sft", "messages": messages, "split": "train", "n_tokens": n_tokens}
+        for i, (messages, n_tokens) in enumerate(examples or ticket_examples())
+    ]
     with RecordWriter(folder / "pairs.parquet", PAIRS_SCHEMA, ("tools",)) as out:
         out.write([{f.name: row.get(f.name) for f in PAIRS_SCHEMA} for row in rows])
     summary = PairsSummary(len(rows), 0, 0, 0, ("d1",), {}, "train-hash", "eval-hash")
@@ -72,7 +87,7 @@ def write_pairs(folder: Path) -> dg.AssetsDefinition:
     return pairs
 
 
-def materialize(home: Path, base: Path, training: dict):
+def materialize(home: Path, base: Path, training: dict, examples: list[tuple[list[dict], int]] | None = None):
     settings = make_settings(home, str(base)).prepare()
 
     @dg.asset(name="base_model")
@@ -80,7 +95,7 @@ def materialize(home: Path, base: Path, training: dict):
         return str(base)
 
     resources = build_resources(settings, {"training": {**TRAINING, **training}})
-    assets = [base_model, write_pairs(home), fine_tuned_model]
+    assets = [base_model, write_pairs(home, examples), fine_tuned_model]
     return settings, dg.materialize(assets, resources=resources, raise_on_error=False)
 
 
@@ -109,6 +124,34 @@ def test_two_processes_train_the_same_batches_as_one(runs):
     metadata = result.asset_materializations_for_node("fine_tuned_model")[0].metadata
     assert metadata["world_size"].value == 2 and metadata["steps"].value == 4
     assert single.settings["num_processes"] == 1 and double.settings["num_processes"] == 2
+
+
+def mixed_examples(model_dir: Path) -> list[tuple[list[dict], int]]:
+    """14 short conversations and 2 of about 900 tokens, with their true token counts."""
+    tokenizer = ModelLoader().load_tokenizer(str(model_dir))
+    template = training_chat_template(tokenizer) or tokenizer.chat_template
+    words = [5 + i for i in range(14)] + [870, 880]
+    random.Random(0).shuffle(words)
+    conversations = [
+        [{"role": "user", "content": f"ticket {i}"}, {"role": "assistant", "content": "word " * w}]
+        for i, w in enumerate(words)
+    ]
+    return [(m, len(training_tokens(tokenizer, m, None, template)["input_ids"])) for m in conversations]
+
+
+def test_two_processes_deal_out_batches_bounded_by_tokens(tmp_path, tiny_model_dir):
+    """Batches bounded by tokens (8 rows or 1,024 padded tokens; the short rows in batches of 8 and 6,
+    each long one alone: 4 batches an epoch) under torchrun: accelerate deals whole batches to the
+    processes in turn, so two processes train, per step, the two batches one process accumulates
+    (gradient_accumulation_steps 2), epoch after epoch: the same losses."""
+    examples = mixed_examples(tiny_model_dir)
+    bounded = {"per_device_train_batch_size": 8, "max_batch_tokens": 1024, "group_by_length_min_padding": 0.0}
+    one = materialize(tmp_path / "one", tiny_model_dir, {**bounded, "gradient_accumulation_steps": 2}, examples)
+    two = materialize(tmp_path / "two", tiny_model_dir, {**bounded, "num_processes": 2}, examples)
+    (_, single, _), (_, double, _) = trained(one), trained(two)
+    assert [s for s, _ in double.loss_curve] == [1, 2, 3, 4] == [s for s, _ in single.loss_curve], "two epochs"
+    for (_, a), (_, b) in zip(single.loss_curve, double.loss_curve):
+        assert b == pytest.approx(a, rel=2e-3), (single.loss_curve, double.loss_curve)
 
 
 def test_rank_zero_saves_one_adapter_close_to_the_single_process_one(runs):

@@ -43,7 +43,20 @@ class TrainingConfig(dg.ConfigurableResource):
         "near 1e-5), or 'qlora' (LoRA on a 4-bit base through bitsandbytes; needs a CUDA GPU).",
     )
     max_steps: int = Field(default=50, description="Optimizer steps to train for.")
-    per_device_train_batch_size: int = Field(default=8, description="Examples per step and device.")
+    per_device_train_batch_size: int = Field(
+        default=8, description="Examples per batch and device, at most (max_batch_tokens may allow fewer)."
+    )
+    max_batch_tokens: int = Field(
+        default=2048,
+        ge=0,
+        description="Padded tokens per batch and device, at most: the rows times the longest row. A batch holds as "
+        "many examples as fit this and per_device_train_batch_size, so a few long examples neither exhaust memory "
+        "nor make a whole batch as wide as they are, while short examples still fill their batches; an example "
+        "longer than this trains alone. Only where it binds (per_device_train_batch_size x the longest example is "
+        "over it) do batches differ from batches of rows alone, grouped by length when group_by_length holds "
+        "(resources/batch_order.py). The loss stays the mean over the step's assistant tokens, however many rows "
+        "its batches hold. DPO's batches too (dpo_batch_size pairs at most, each pair two rows). 0: rows alone.",
+    )
     gradient_accumulation_steps: int = Field(default=1, description="Steps whose gradients are summed.")
     learning_rate: float = Field(default=5e-4, description="Peak learning rate.")
     lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name.")
@@ -91,8 +104,8 @@ class TrainingConfig(dg.ConfigurableResource):
         default=1,
         ge=1,
         description="Training processes, one per device: above 1 the SFT job runs under torchrun as data-parallel "
-        "DDP (one process per GPU; gloo on a CPU), each process on its own shard of every batch. The batch per "
-        "step is per_device_train_batch_size x num_processes x gradient_accumulation_steps.",
+        "DDP (one process per GPU; gloo on a CPU), each process on its own shard of every batch. The examples per "
+        "step are at most per_device_train_batch_size x num_processes x gradient_accumulation_steps.",
     )
     logging_steps: int = Field(default=5, description="Log the training loss every N steps.")
     save_steps: int = Field(
@@ -105,7 +118,11 @@ class TrainingConfig(dg.ConfigurableResource):
     dpo_max_steps: int = Field(
         default=4, description="DPO optimizer steps (methods dpo and sft+dpo), each on dpo_batch_size pairs."
     )
-    dpo_batch_size: int = Field(default=4, description="Preference pairs per DPO step and device.")
+    dpo_batch_size: int = Field(
+        default=4,
+        description="Preference pairs per DPO step and device, at most (max_batch_tokens may allow fewer; a pair "
+        "is two rows, prompt + chosen and prompt + rejected).",
+    )
     dpo_learning_rate: float = Field(
         default=5e-5, description="Peak DPO learning rate (LoRA; use ~5e-7 to 5e-6 with adapter 'full')."
     )
@@ -223,17 +240,22 @@ class TrainerSetup:
     model_kwargs: dict[str, Any]
     """Extra arguments for loading the model trained on (`ModelLoader.load_model`): qlora's 4-bit
     quantization; empty otherwise."""
+    max_batch_tokens: int
+    """Padded tokens per batch and device, for SFT's and DPO's batch samplers
+    (`resources.batch_order.BatchOrder`): TRL has no such setting."""
 
 
 def trainer_configs(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool) -> TrainerSetup:
-    """The one mapping from our TrainingConfig to TRL's SFTConfig and DPOConfig, PEFT's LoraConfig
-    and the base model's load arguments. Refuses settings this device cannot run (qlora on a CPU)."""
+    """The one mapping from our TrainingConfig to TRL's SFTConfig and DPOConfig, PEFT's LoraConfig,
+    the base model's load arguments and the token budget per batch. Refuses settings this device
+    cannot run (qlora on a CPU)."""
     refuse_unsupported(config, use_cpu)
     return TrainerSetup(
         sft=sft_config(config, output_dir, max_length, use_cpu),
         dpo=dpo_config(config, output_dir, use_cpu),
         peft=peft_config(config),
         model_kwargs=model_kwargs(config),
+        max_batch_tokens=config.max_batch_tokens,
     )
 
 

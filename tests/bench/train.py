@@ -267,10 +267,11 @@ def in_subprocess(args: list[str], plain: bool = False) -> dict:
 
 
 def prepared_base(folder: Path) -> str:
+    from assets.domain.chat import ready_for_chat
     from resources.models import ModelLoader
 
     if not (folder / "config.json").is_file():
-        ModelLoader().materialize_base(folder)
+        ModelLoader().materialize_base(folder, prepare=ready_for_chat)
     return str(folder)
 
 

@@ -72,11 +72,12 @@ def run(name: str, base: str, tokenizer, data, overrides: dict) -> None:
 def main() -> int:
     import tempfile
 
+    from assets.domain.chat import ready_for_chat
     from resources.models import ModelLoader
 
     with tempfile.TemporaryDirectory() as tmp:
         base = str(Path(tmp) / "base")
-        ModelLoader().materialize_base(Path(base))
+        ModelLoader().materialize_base(Path(base), prepare=ready_for_chat)
         tokenizer, data = dataset(base)
         for spec in sys.argv[1:]:
             name, _, rest = spec.partition(":")
