@@ -104,7 +104,8 @@ def train_adapter(
     # stage has decided it already (the same answer again); callers of this function alone have not.
     training = with_length_grouping(training, [int(n) for n in train["n_tokens"]])
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
-    setup = trainer_configs(training, checkpoints.folder, max_length, models.resolved_device() == "cpu")
+    use_cpu, new_tokens = models.resolved_device() == "cpu", models.new_tokens(base_model)
+    setup = trainer_configs(training, checkpoints.folder, max_length, use_cpu, new_tokens)
     tokenizer = models.load_tokenizer(base_model)  # saved with the model: serving renders as the base did
     # SFTTrainer; batches bounded by max_batch_tokens where it binds, of similar length in random order when grouping
     trainer = sft_trainer_class()(

@@ -51,7 +51,10 @@ def train_preferences(
     from datasets import Dataset
 
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
-    setup = trainer_configs(training, out_dir / "trainer", 0, models.resolved_device() == "cpu")
+    # Tokens the base model was given are trained here when DPO starts from the base (method dpo).
+    setup = trainer_configs(
+        training, out_dir / "trainer", 0, models.resolved_device() == "cpu", models.new_tokens(starts_from)
+    )
     tokenizer = models.load_tokenizer(starts_from)
     trainer = dpo_trainer_class()(  # DPOTrainer; batches bounded by max_batch_tokens where it binds
         model=models.load_model(starts_from, **setup.model_kwargs),

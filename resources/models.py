@@ -108,25 +108,34 @@ class ModelLoader(dg.ConfigurableResource):
             return dequantized(source)
         return self._pretrained(str(source) if source.is_dir() else self.base_model)
 
-    def save_base(self, tokenizer, model, dest: Path, notes: list[str]) -> None:
+    def save_base(self, tokenizer, model, dest: Path, notes: list[str], new_tokens: list[int]) -> None:
         """Write the prepared base model as a plain safetensors folder (weights, config, tokenizer,
-        generation config), with `notes` (what preparing it changed) in its BASE_NOTES_FILE."""
+        generation config), with what preparing it changed in its BASE_NOTES_FILE: `notes` (sentences)
+        and `new_tokens` (ids of tokens added to its vocabulary, whose embeddings are untrained)."""
         model.save_pretrained(dest)
         tokenizer.save_pretrained(dest)
-        (dest / BASE_NOTES_FILE).write_text(json.dumps({"notes": notes}, indent=1))
+        (dest / BASE_NOTES_FILE).write_text(json.dumps({"notes": notes, "new_tokens": new_tokens}, indent=1))
 
-    def materialize_base(self, dest: Path, prepare=None) -> list[str]:
+    def materialize_base(self, dest: Path, prepare=None) -> None:
         """Load FT_BASE_MODEL (`load_base`), let `prepare(tokenizer, model)` make it ready for chat (it
-        returns what it changed: `assets.domain.chat.ready_for_chat`), and save it into `dest` (`save_base`)."""
+        returns what it changed, with `notes` and `new_tokens`: `assets.domain.chat.ready_for_chat`),
+        and save it into `dest` (`save_base`)."""
         tokenizer, model = self.load_base()
-        notes = prepare(tokenizer, model) if prepare is not None else []
-        self.save_base(tokenizer, model, dest, notes)
-        return notes
+        changed = prepare(tokenizer, model) if prepare is not None else None
+        notes, new_tokens = (list(changed.notes), list(changed.new_tokens)) if changed else ([], [])
+        self.save_base(tokenizer, model, dest, notes, new_tokens)
+
+    def _preparation(self, folder: str) -> dict:
+        notes = Path(folder) / BASE_NOTES_FILE
+        return json.loads(notes.read_text()) if notes.is_file() else {}
 
     def base_notes(self, folder: str) -> list[str]:
         """What preparing the base model in `folder` changed (`materialize_base`), for logs and model cards."""
-        notes = Path(folder) / BASE_NOTES_FILE
-        return json.loads(notes.read_text())["notes"] if notes.is_file() else []
+        return self._preparation(folder).get("notes", [])
+
+    def new_tokens(self, folder: str) -> list[int]:
+        """Ids of the tokens preparing the base model in `folder` added (their embeddings start untrained)."""
+        return self._preparation(folder).get("new_tokens", [])
 
     def load_tokenizer(self, path: str, padding_side: str = "right"):
         from transformers import AutoTokenizer

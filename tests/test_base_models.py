@@ -136,7 +136,9 @@ def test_base_without_chat_template_gets_chatml_saved_with_it(tmp_path):
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     published_vocab = len(tokenizer)
-    notes = ready_for_chat(tokenizer, model)
+    changed = ready_for_chat(tokenizer, model)
+    notes = changed.notes
+    assert changed.new_tokens == tuple(tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
     assert "no chat template" in notes[0] and "<|im_start|>, <|im_end|> added" in notes[0]
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -151,6 +153,46 @@ def test_base_without_chat_template_gets_chatml_saved_with_it(tmp_path):
     encoded = training_tokens(saved, CHAT, None, training_chat_template(saved))
     assert marked(saved, encoded)[-1] == "<|im_end|>"
     assert "<|im_start|>assistant\n" in render_text(saved, CHAT[:2], add_generation_prompt=True)
+
+
+def test_added_chat_tokens_are_trained_by_the_adapter(tmp_path):
+    """The embedding rows of the tokens a base model without a template was given start untrained:
+    a LoRA training trains exactly those rows (PEFT trainable tokens) and no other embedding."""
+    import pandas as pd
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from assets.domain.training import TrainingConfig
+    from assets.fine_tuned_model import Checkpoints, train_adapter
+    from resources.models import ModelLoader
+
+    tokenizer = tiny_bpe_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=4, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    loader = ModelLoader(base_model=str(tmp_path / "base"))
+    changed = ready_for_chat(tokenizer, model)
+    loader.save_base(tokenizer, model, tmp_path / "base", list(changed.notes), list(changed.new_tokens))
+    assert loader.new_tokens(str(tmp_path / "base")) == list(changed.new_tokens)
+    before = model.get_input_embeddings().weight.detach().clone()
+
+    train = pd.DataFrame({"messages": [CHAT[1:]] * 4, "tools": [None] * 4})
+    train["n_tokens"] = [
+        len(training_tokens(tokenizer, m, None, training_chat_template(tokenizer))["input_ids"])
+        for m in train["messages"]
+    ]
+    settings = TrainingConfig(
+        max_steps=3, per_device_train_batch_size=2, warmup_steps=0, learning_rate=0.05, save_steps=0
+    )
+    run = train_adapter(
+        settings, str(tmp_path / "base"), train, loader, Checkpoints(tmp_path / "ckpt", None, None, None)
+    )
+    after = run.trainer.model.merge_and_unload().get_input_embeddings().weight.detach()
+    moved = {i for i in range(len(after)) if not torch.equal(before[i], after[i])}
+    assert moved == set(changed.new_tokens)
 
 
 def test_served_model_stops_on_every_declared_end_token():

@@ -5,6 +5,7 @@ rendered for training must be identical wherever it is measured, trained on or s
 """
 
 import hashlib
+from dataclasses import dataclass
 
 from assets.domain.token_lengths import SMOLLM2_CHAT_TEMPLATE
 from assets.domain.tool_calls import chat_inputs, render_text
@@ -225,7 +226,16 @@ def weighted_mask(mask: list[int], messages: list[dict]) -> list[int]:
     return mask
 
 
-def ready_for_chat(tokenizer, model) -> list[str]:
+@dataclass(frozen=True)
+class ChatReadiness:
+    """What `ready_for_chat` changed in a base model: sentences for the log and the model card, and
+    the ids of the tokens it added (untrained rows of the embeddings, which training must train)."""
+
+    notes: tuple[str, ...] = ()
+    new_tokens: tuple[int, ...] = ()
+
+
+def ready_for_chat(tokenizer, model) -> "ChatReadiness":
     """Make a base model ready to train and serve chat, in place; returns what was changed.
 
     A model without a chat template (a pretrained base as published) gets DEFAULT_CHAT_TEMPLATE,
@@ -233,12 +243,13 @@ def ready_for_chat(tokenizer, model) -> list[str]:
     embeddings resized. Every model's generation config then lists, besides its own end tokens, the
     token its template ends an assistant turn with, so generation stops where training taught it to
     stop (evaluation, serving): Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`, Phi-3's `<|end|>`."""
-    notes = []
+    notes, new_tokens = [], []
     if not tokenizer.chat_template:
         missing = [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
             model.resize_token_embeddings(len(tokenizer))
+            new_tokens = tokenizer.convert_tokens_to_ids(missing)
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         added = f"; tokens {', '.join(missing)} added and the embeddings resized to {len(tokenizer)}" if missing else ""
         notes.append(f"The base model has no chat template: it was given the default ChatML template{added}.")
@@ -255,4 +266,4 @@ def ready_for_chat(tokenizer, model) -> list[str]:
                 notes.append(f"Generation also ends on {end!r}, the token its chat template ends a turn with.")
     model.generation_config.eos_token_id = ends if len(ends) != 1 else ends[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return notes
+    return ChatReadiness(tuple(notes), tuple(new_tokens))

@@ -245,15 +245,18 @@ class TrainerSetup:
     (`resources.batch_order.BatchOrder`): TRL has no such setting."""
 
 
-def trainer_configs(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool) -> TrainerSetup:
+def trainer_configs(
+    config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool, new_tokens: list[int] | None = None
+) -> TrainerSetup:
     """The one mapping from our TrainingConfig to TRL's SFTConfig and DPOConfig, PEFT's LoraConfig,
     the base model's load arguments and the token budget per batch. Refuses settings this device
-    cannot run (qlora on a CPU)."""
+    cannot run (qlora on a CPU). `new_tokens`: ids the base model's preparation added to its
+    vocabulary (a chat template's tokens), whose embedding rows an adapter trains too."""
     refuse_unsupported(config, use_cpu)
     return TrainerSetup(
         sft=sft_config(config, output_dir, max_length, use_cpu),
         dpo=dpo_config(config, output_dir, use_cpu),
-        peft=peft_config(config),
+        peft=peft_config(config, new_tokens),
         model_kwargs=model_kwargs(config),
         max_batch_tokens=config.max_batch_tokens,
     )
@@ -318,9 +321,12 @@ def dpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool):
     )
 
 
-def peft_config(config: TrainingConfig):
+def peft_config(config: TrainingConfig, new_tokens: list[int] | None = None):
     """The LoRA adapter for every adapter kind but 'full': DoRA and rsLoRA are LoRA switches, and
-    QLoRA is plain LoRA over a 4-bit base (the quantization is in `model_kwargs`)."""
+    QLoRA is plain LoRA over a 4-bit base (the quantization is in `model_kwargs`). Tokens the base
+    model was given (`new_tokens`: ChatML's for a model without a chat template) start as untrained
+    embedding rows: PEFT trains those rows alone (`trainable_token_indices`), so the model can learn
+    to read and write its new end-of-turn token while every other embedding stays frozen."""
     if config.adapter == "full":
         return None
     from peft import LoraConfig
@@ -333,6 +339,7 @@ def peft_config(config: TrainingConfig):
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
         use_dora=config.adapter == "dora",
         use_rslora=config.adapter == "rslora",
+        trainable_token_indices=list(new_tokens) if new_tokens else None,
         task_type="CAUSAL_LM",
     )
 
