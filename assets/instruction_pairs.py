@@ -366,6 +366,39 @@ def cause_of(metadata: dict[str, dict | None]) -> str:
     return " ".join(f"Drop {d}: {s}." for d, s in statuses.items() if s and s != IN_TRAINING)
 
 
+def pairs_metadata(
+    summary: PairsSummary,
+    tally: PairTally,
+    lengths: LengthTally,
+    split_note: str | None,
+    held_back: list[str],
+    quality: dict,
+    path: Path,
+) -> dict:
+    """instruction_pairs' metadata: the split's counts, what the length budget cut or left out, the
+    drops used and held back with each drop's quality, the set hashes, an example, the dataset."""
+    return {
+        "train_rows": summary.train_rows,
+        "eval_rows": summary.eval_rows,
+        "preference_pairs": summary.preference_pairs,
+        "preference_pairs_train": tally.preference_train,
+        "preference_pairs_eval": tally.preference_eval,
+        "excluded_duplicates": summary.excluded_duplicates,
+        "rows_truncated": lengths.truncated,
+        "rows_left_out": lengths.left_out,
+        "length_reasons": dg.MetadataValue.json(lengths.reasons),
+        "split_note": split_note or "-",
+        "drops": dg.MetadataValue.json(list(summary.drops)),
+        "drops_held_back": dg.MetadataValue.json(held_back),
+        "drop_quality": dg.MetadataValue.md(quality_table(quality)),
+        "excluded_examples": dg.MetadataValue.json(tally.excluded_examples),
+        "train_set_hash": summary.train_set_hash,
+        "eval_set_hash": summary.eval_set_hash,
+        "example": dg.MetadataValue.md(show_example(tally.example or [])),
+        "dataset": dg.MetadataValue.path(str(path)),
+    }
+
+
 @dg.asset(
     group_name="data",
     kinds={"parquet"},
@@ -403,26 +436,5 @@ def instruction_pairs(
         context.log.warning(f"Split evened: {split_note}")
     lengths = LengthTally.of(quality, used_drops)
     summary = replace(tally.summary(), rows_truncated=lengths.truncated, rows_left_out=lengths.left_out)
-    context.add_output_metadata(
-        {
-            "train_rows": summary.train_rows,
-            "eval_rows": summary.eval_rows,
-            "preference_pairs": summary.preference_pairs,
-            "preference_pairs_train": tally.preference_train,
-            "preference_pairs_eval": tally.preference_eval,
-            "excluded_duplicates": summary.excluded_duplicates,
-            "rows_truncated": lengths.truncated,
-            "rows_left_out": lengths.left_out,
-            "length_reasons": dg.MetadataValue.json(lengths.reasons),
-            "split_note": split_note or "-",
-            "drops": dg.MetadataValue.json(list(summary.drops)),
-            "drops_held_back": dg.MetadataValue.json(held_back),
-            "drop_quality": dg.MetadataValue.md(quality_table(quality)),
-            "excluded_examples": dg.MetadataValue.json(tally.excluded_examples),
-            "train_set_hash": summary.train_set_hash,
-            "eval_set_hash": summary.eval_set_hash,
-            "example": dg.MetadataValue.md(show_example(tally.example or [])),
-            "dataset": dg.MetadataValue.path(str(path)),
-        }
-    )
+    context.add_output_metadata(pairs_metadata(summary, tally, lengths, split_note, held_back, quality, path))
     return out.record_set(summary=summary)

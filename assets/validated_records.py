@@ -5,7 +5,6 @@ expectations over them); the features file and the Great Expectations runs in `r
 module wires them into the two outputs and the checks.
 """
 
-import json
 import os
 import tempfile
 from collections import Counter
@@ -163,10 +162,40 @@ def length_budget(setting: int | str, ceiling: int, config: dict, tokenizer_max:
     )
 
 
-def base_model_config(base_model: str) -> dict:
-    """The base model folder's config.json (empty when it has none)."""
-    path = Path(base_model) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def drop_rules(validation: ValidationConfig, model_config: dict, tokenizer) -> tuple[LengthBudget, RuleValues]:
+    """The length budget a drop is validated against (`length_budget`, from the base model's
+    config.json and tokenizer) and the settings the rules read, with that budget."""
+    budget = length_budget(
+        validation.max_tokens,
+        validation.max_tokens_ceiling,
+        model_config,
+        getattr(tokenizer, "model_max_length", None),
+    )
+    rules = RuleValues(budget.max_tokens, validation.truncate_over_long, validation.system_prompt, validation.pii)
+    return budget, rules
+
+
+def suite_for(rules: RuleValues, table: str):
+    """The record suite over `table` of the features file, for the drop's length budget and cutting."""
+    return record_suite(rules.max_tokens, table, rules.truncate_over_long)
+
+
+def recheck_passing(gx: GreatExpectations, features: FeaturesFile, rules: RuleValues) -> dg.AssetCheckResult:
+    """The blocking suite check: the rows that passed, validated again on their own (its result shows
+    whether the validated output holds only rows that keep every rule)."""
+    features.keep_passing(ALL_ROWS, PASSED_ROWS)
+    features.close()
+    return suite_check_result(gx.validate_features(features, PASSED_ROWS, suite_for(rules, PASSED_ROWS)))
+
+
+def rejections(features: FeaturesFile, report: ValidationReport, rules: RuleValues) -> Rejections:
+    """A drop's rejected rows from the suite's result: every rule each broke, and those that only
+    failed the length budget (not bad data)."""
+    return Rejections(
+        features.record_reasons(report, failure_detail),
+        features.rows_breaking_only(NOT_BAD_DATA),
+        too_long_rule(rules.max_tokens, rules.truncate_over_long),
+    )
 
 
 SOURCE_FIELDS = [
@@ -387,31 +416,15 @@ def validated_records(
     """
     drop, run_id = context.partition_key, context.run.run_id
     tokenizer = models.load_tokenizer(base_model)
-    budget = length_budget(
-        validation.max_tokens,
-        validation.max_tokens_ceiling,
-        base_model_config(base_model),
-        getattr(tokenizer, "model_max_length", None),
-    )
+    budget, rules = drop_rules(validation, models.config_of(base_model), tokenizer)
     context.log.info(f"max_tokens={budget.max_tokens} ({budget.source})")
-    rules = RuleValues(budget.max_tokens, validation.truncate_over_long, validation.system_prompt, validation.pii)
-    cut = validation.truncate_over_long
     features = gx.features_file(f"{drop}-{short_run_id(run_id)}", FEATURE_SQL_COLUMNS)
     with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp:
-        candidates, pii, warnings = features_pass(
-            raw_records, tokenizer, rules, validation.workers, features, Path(tmp)
-        )
-        report = gx.validate_features(features, ALL_ROWS, record_suite(budget.max_tokens, cut_to_fit=cut))
-        rejected = Rejections(
-            features.record_reasons(report, failure_detail),
-            features.rows_breaking_only(NOT_BAD_DATA),
-            too_long_rule(budget.max_tokens, cut),
-        )
-        split = split_pass(candidates, features, report.result_path, state, drop, run_id)
-    features.keep_passing(ALL_ROWS, PASSED_ROWS)
-    features.close()
-    recheck = gx.validate_features(features, PASSED_ROWS, record_suite(budget.max_tokens, PASSED_ROWS, cut))
-    suite_result = suite_check_result(recheck)
+        converted, pii, warnings = features_pass(raw_records, tokenizer, rules, validation.workers, features, Path(tmp))
+        report = gx.validate_features(features, ALL_ROWS, suite_for(rules, ALL_ROWS))
+        rejected = rejections(features, report, rules)
+        split = split_pass(converted, features, report.result_path, state, drop, run_id)
+    suite_result = recheck_passing(gx, features, rules)
     rows_raw = len(raw_records)
     share_result = share_check_result(rows_raw, rejected, split.examples, validation.max_rejected_fraction, report)
     passed = suite_result.passed and share_result.passed

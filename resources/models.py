@@ -125,6 +125,11 @@ class ModelLoader(dg.ConfigurableResource):
         notes, new_tokens = (list(changed.notes), list(changed.new_tokens)) if changed else ([], [])
         self.save_base(tokenizer, model, dest, notes, new_tokens)
 
+    def config_of(self, folder: str) -> dict:
+        """A model folder's config.json as a dict (empty when it has none)."""
+        path = Path(folder) / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def _preparation(self, folder: str) -> dict:
         notes = Path(folder) / BASE_NOTES_FILE
         return json.loads(notes.read_text()) if notes.is_file() else {}

@@ -70,4 +70,4 @@ print(len(list(defs.resolve_asset_graph().get_all_asset_keys())))
     env = {"PATH": "/usr/bin:/bin", "FT_HOME": str(home), "HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-1] == "10"
+    assert result.stdout.split()[-1] == "11"
