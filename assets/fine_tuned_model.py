@@ -21,10 +21,9 @@ from assets.domain.training import (
     resolve_method,
     trainer_configs,
     trains_sft,
-    with_length_grouping,
 )
 from assets.domain.values import TrainedModel, short_run_id
-from resources.batch_order import sft_trainer_class
+from resources.batch_order import sft_trainer_class, with_length_grouping
 from resources.checkpoints import CheckpointStore
 from resources.mlflow_registry import MlflowRegistry
 from resources.models import ModelLoader

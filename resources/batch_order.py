@@ -157,6 +157,25 @@ class TokenBoundedBatches:
         return batches
 
 
+def random_batch_padding(lengths: Sequence[int], max_rows: int, max_tokens: int, seed: int) -> float:
+    """The share of padding in one random pass over examples of these lengths, cut into batches as
+    training would cut them without grouping (both caps: `token_bounded_pass`), each batch padded to
+    its longest example. A long example the token budget puts in a batch of its own pads nothing."""
+    batches = token_bounded_pass(lengths, max_rows, max_tokens, seed, grouped=False)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - sum(lengths) / padded if padded else 0.0
+
+
+def with_length_grouping(config, lengths: Sequence[int]):
+    """`config` (the training settings) with `group_by_length` decided for these examples: kept on
+    only where random batches would be more than `group_by_length_min_padding` padding."""
+    if not config.group_by_length:
+        return config
+    rows, budget = config.per_device_train_batch_size, config.max_batch_tokens
+    padding = random_batch_padding(lengths, rows, budget, config.seed)
+    return config.model_copy(update={"group_by_length": padding > config.group_by_length_min_padding})
+
+
 def budget_binds(lengths: Sequence[int], max_rows: int, max_tokens: int) -> bool:
     """Whether a batch of `max_rows` examples could exceed `max_tokens` (0: no token cap): only then
     do batches bounded by tokens differ from batches of rows alone."""

@@ -6,9 +6,15 @@ import statistics
 import pandas as pd
 import pytest
 
-from assets.domain.training import TrainingConfig, random_batch_padding, with_length_grouping
+from assets.domain.training import TrainingConfig
 from assets.fine_tuned_model import Checkpoints, train_adapter
-from resources.batch_order import GROUP_BATCHES, LengthGroupedBatches, length_grouped_order
+from resources.batch_order import (
+    GROUP_BATCHES,
+    LengthGroupedBatches,
+    length_grouped_order,
+    random_batch_padding,
+    with_length_grouping,
+)
 from resources.models import ModelLoader
 
 
@@ -98,11 +104,23 @@ def test_grouping_only_where_random_batches_hold_much_padding(lengths):
     lengths (like the sample tickets, 77-117 tokens): a few percent, so grouping is not worth its
     less varied batches; and off stays off."""
     uneven, even = lengths, [77 + (i * 7) % 41 for i in range(400)]
-    assert random_batch_padding(uneven, 8, seed=0) > 0.4
-    assert random_batch_padding(even, 8, seed=0) < 0.15
+    assert random_batch_padding(uneven, 8, 0, seed=0) > 0.4
+    assert random_batch_padding(even, 8, 0, seed=0) < 0.15
     config = TrainingConfig(group_by_length=True, group_by_length_min_padding=0.25)
     assert with_length_grouping(config, uneven).group_by_length
     assert not with_length_grouping(config, even).group_by_length
     assert with_length_grouping(TrainingConfig(group_by_length_min_padding=0.0), even).group_by_length
     assert not with_length_grouping(TrainingConfig(group_by_length=False), uneven).group_by_length
     assert with_length_grouping(config, uneven).learning_rate == config.learning_rate
+
+
+def test_a_long_row_in_a_batch_of_its_own_does_not_turn_grouping_on():
+    """One 2,048-token row among short tickets (the sample's cut log ticket): counted in 8-row random
+    batches it would make a third of them padding and switch grouping on; the token budget puts it in
+    a batch of its own, so the batches that train hold little padding and stay ungrouped."""
+    tickets = [77 + (i * 7) % 41 for i in range(338)] + [2048]
+    config = TrainingConfig(group_by_length=True, group_by_length_min_padding=0.25, max_batch_tokens=2048)
+    assert random_batch_padding(tickets, 8, 0, seed=0) > 0.25
+    assert random_batch_padding(tickets, 8, 2048, seed=0) < 0.15
+    assert not with_length_grouping(config, tickets).group_by_length
+    assert with_length_grouping(config.model_copy(update={"max_batch_tokens": 0}), tickets).group_by_length

@@ -195,27 +195,6 @@ def uses_bf16(precision: str, use_cpu: bool) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def random_batch_padding(lengths: list[int], batch_size: int, seed: int) -> float:
-    """The share of padding in the batches of one random order of examples of these lengths, each
-    batch padded to its longest example."""
-    import random
-
-    order = list(lengths)
-    random.Random(seed).shuffle(order)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    padded = sum(len(b) * max(b) for b in batches)
-    return 1 - sum(order) / padded if padded else 0.0
-
-
-def with_length_grouping(config: TrainingConfig, lengths: list[int]) -> TrainingConfig:
-    """`config` with `group_by_length` decided for these examples: kept on only where random batches
-    would be more than `group_by_length_min_padding` padding."""
-    if not config.group_by_length:
-        return config
-    padding = random_batch_padding(lengths, config.per_device_train_batch_size, config.seed)
-    return TrainingConfig(**{**config.model_dump(), "group_by_length": padding > config.group_by_length_min_padding})
-
-
 def refuse_unsupported(config: TrainingConfig, use_cpu: bool) -> None:
     """Stop before any model loads when the settings cannot run on this device."""
     if config.adapter == "qlora" and use_cpu:

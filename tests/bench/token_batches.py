@@ -97,9 +97,10 @@ def planned_batches(config, lengths: list[int]) -> list[list[int]]:
 
 def run_side(side: str, base: str, examples: int) -> dict:
     """One pass over the examples with this side's max_batch_tokens: the figures, or how far it got."""
-    from assets.domain.training import TrainingConfig, with_length_grouping
+    from assets.domain.training import TrainingConfig
     from assets.fine_tuned_model import Checkpoints, train_adapter
     from pipelines.presets import load_preset
+    from resources.batch_order import with_length_grouping
     from resources.models import ModelLoader
 
     train = dolly_rows(base, examples)
