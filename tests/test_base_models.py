@@ -121,20 +121,27 @@ def tiny_bpe_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
-def test_base_without_chat_template_gets_chatml_saved_with_it(tmp_path):
-    """No chat template: ChatML with its two tokens added, the embeddings resized, `<|im_end|>` an end
-    token of generation, all saved with the model, and said in the notes (log and model card)."""
+def tiny_llama(tokenizer):
+    """A randomly initialised one-layer Llama sized to `tokenizer`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tiny_bpe_tokenizer()
-    assert tokenizer.chat_template is None and "<|im_end|>" not in tokenizer.get_vocab()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=2, head_dim=4, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    return LlamaForCausalLM(config)
+
+
+def test_base_without_chat_template_gets_chatml_saved_with_it(tmp_path):
+    """No chat template: ChatML with its two tokens added, the embeddings resized, `<|im_end|>` an end
+    token of generation, all saved with the model, and said in the notes (log and model card)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = tiny_bpe_tokenizer()
+    assert tokenizer.chat_template is None and "<|im_end|>" not in tokenizer.get_vocab()
+    model = tiny_llama(tokenizer)
     published_vocab = len(tokenizer)
     changed = ready_for_chat(tokenizer, model)
     notes = changed.notes
@@ -160,19 +167,13 @@ def test_added_chat_tokens_are_trained_by_the_adapter(tmp_path):
     a LoRA training trains exactly those rows (PEFT trainable tokens) and no other embedding."""
     import pandas as pd
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from assets.domain.training import TrainingConfig
     from assets.fine_tuned_model import Checkpoints, train_adapter
     from resources.models import ModelLoader
 
     tokenizer = tiny_bpe_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=4, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tokenizer)
     loader = ModelLoader(base_model=str(tmp_path / "base"))
     changed = ready_for_chat(tokenizer, model)
     loader.save_base(tokenizer, model, tmp_path / "base", list(changed.notes), list(changed.new_tokens))

@@ -12,38 +12,28 @@ from assets.domain.tool_calls import chat_inputs, render_text
 
 DEFAULT_SYSTEM_PROMPT = "You are a precise assistant. Follow the instruction exactly."
 
-# SmolLM2's ChatML template (`SMOLLM2_CHAT_TEMPLATE`) rendered exactly as it renders, plus the {% generation %} markers
-# TRL needs to train on the assistant's tokens only. The end-of-turn token sits inside the markers
-# so the model learns to stop. An assistant turn with weight 0 is context: same text, no markers.
-CHATML_TRAINING_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if loop.first and messages[0]['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
-    "{%- endif %}"
+# One ChatML turn with the {% generation %} markers TRL needs to train on the assistant's tokens only
+# (they render as nothing). The end-of-turn token sits inside the markers so the model learns to
+# stop. An assistant turn with weight 0 is context: same text, no markers.
+CHATML_TURN = (
     "{%- if message['role'] == 'assistant' and (message['weight'] is not defined or message['weight'] != 0) %}"
     "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
     "{{- '\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-
-# The chat template a base model without one gets: ChatML, with {% generation %} markers (rendered as
-# nothing; they mark the assistant's reply and its end token for the loss), no default system turn.
-CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
-DEFAULT_CHAT_TEMPLATE = (
+CHATML_GENERATION_PROMPT = "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+# SmolLM2's ChatML template (`SMOLLM2_CHAT_TEMPLATE`) rendered exactly as it renders, with the markers.
+CHATML_TRAINING_TEMPLATE = (
     "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{%- if loop.first and messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{%- endif %}" + CHATML_TURN + "{%- endfor %}" + CHATML_GENERATION_PROMPT
 )
+# The chat template a base model without one gets: the same ChatML, with no default system turn.
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+DEFAULT_CHAT_TEMPLATE = "{%- for message in messages %}" + CHATML_TURN + "{%- endfor %}" + CHATML_GENERATION_PROMPT
 
 
 def normalize(value: str) -> str:
