@@ -97,7 +97,7 @@ def train_adapter(
     """Train `training.adapter` (or all weights) on `train`'s conversations with TRL's SFTTrainer, loss on the
     assistant's tokens only, checkpointing into `checkpoints.folder` and resuming from
     `checkpoints.resume` when a killed training left one."""
-    # Validation already rejected every example longer than its max_tokens, so nothing is truncated.
+    # Validation cut or left out every example longer than its max_tokens, so nothing is truncated here.
     max_length = int(train["n_tokens"].max())
     # Batches of similar length only where random ones would hold much padding (training.py). The
     # stage has decided it already (the same answer again); callers of this function alone have not.
