@@ -99,7 +99,7 @@ def train_adapter(
     `checkpoints.resume` when a killed training left one."""
     # Validation cut or left out every example longer than its max_tokens, so nothing is truncated here.
     max_length = int(train["n_tokens"].max())
-    # Batches of similar length only where random ones would hold much padding (training.py). The
+    # Batches of similar length only where random ones would hold much padding (resources/batch_order.py). The
     # stage has decided it already (the same answer again); callers of this function alone have not.
     training = with_length_grouping(training, [int(n) for n in train["n_tokens"]])
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
