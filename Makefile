@@ -32,6 +32,7 @@ preview: venv  ## the first training examples as the model sees them, loss token
 	$(PY) -m pipelines.preview --examples $(or $(EXAMPLES),3)
 
 test: venv  ## the whole test suite: unit, integration (tiny model), end-to-end (bundled model)
+	bash tests/provision.sh $(PY)  # chromium and PostgreSQL's server binaries, when missing
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: venv  ## unit tests only

@@ -11,6 +11,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -18,8 +19,6 @@ from pydantic import Field
 
 from assets.domain.drops import DROPS
 from assets.domain.formats import MAPPED, REQUIRED_FIELDS, detect_format
-from assets.domain.pod_resources import CPU_POD
-from assets.domain.rows import with_format
 from assets.domain.values import FileSummary, RawSummary
 from resources.landing import DATA_SUFFIXES, LandingFile, LandingZone
 from resources.records import BATCH_ROWS, RecordSet, RecordWriter, row_groups
@@ -340,14 +339,6 @@ def stream_drop(
     return per_file
 
 
-def read_drop(landing: LandingZone, drop: str, ingest: IngestConfig) -> tuple[list[dict], dict[str, FileSummary]]:
-    """All rows of one drop in memory, each with its file's format, and the per-file summary. For
-    tests and small tools; the asset streams the same rows to disk."""
-    rows: list[dict] = []
-    per_file = stream_drop(landing, drop, ingest, rows.extend)
-    return with_format(rows, per_file), per_file
-
-
 RAW_SCHEMA = pa.schema(
     [
         ("row_id", pa.int64()),
@@ -359,7 +350,7 @@ RAW_SCHEMA = pa.schema(
 )
 
 
-@dg.asset(group_name="data", kinds={"parquet"}, partitions_def=DROPS, op_tags=CPU_POD)  # no GPU on Kubernetes
+@dg.asset(group_name="data", kinds={"parquet"}, partitions_def=DROPS)
 def raw_records(
     context: dg.AssetExecutionContext, ingest: IngestConfig, landing: LandingZone, state: StateStore
 ) -> RecordSet:
@@ -375,18 +366,26 @@ def raw_records(
     drop, and other drops are separate partitions and go on. Raw files are only read.
     """
     drop = context.partition_key
-    with RecordWriter(state.dataset_path("raw_records", drop, context.run.run_id), RAW_SCHEMA, ("record",)) as out:
-        per_file = stream_drop(landing, drop, ingest, out.write)
+    records = write_drop(landing, drop, ingest, state.dataset_path("raw_records", drop, context.run.run_id))
+    per_file = records.summary.files
     formats = Counter()
     for summary in per_file.values():
         formats[summary.format] += summary.rows
     context.add_output_metadata(
         {
-            "rows": out.rows,
+            "rows": len(records),
             "files": dg.MetadataValue.json({name: asdict(summary) for name, summary in per_file.items()}),
             "formats": dg.MetadataValue.json(dict(formats)),
             "landing": landing.path,
-            "dataset": dg.MetadataValue.path(str(out.path)),
+            "dataset": dg.MetadataValue.path(records.path),
         }
     )
+    return records
+
+
+def write_drop(landing: LandingZone, drop: str, ingest: IngestConfig, path: Path) -> RecordSet:
+    """One drop's rows streamed (`stream_drop`) into the Parquet file at `path`, as the record set
+    later stages read, with each file's format in its `RawSummary`."""
+    with RecordWriter(path, RAW_SCHEMA, ("record",)) as out:
+        per_file = stream_drop(landing, drop, ingest, out.write)
     return out.record_set(partition=drop, summary=RawSummary(files=per_file))

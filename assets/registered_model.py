@@ -222,7 +222,7 @@ def register(lineage: RunLineage, pairs: RecordSet, registry: MlflowRegistry) ->
     """Log the run, register its chat model as a new version with alias `challenger`; returns the
     version and its model card."""
     card = model_card(lineage, f"(run {short_run_id(lineage.dagster_run_id)})")
-    run_name = f"{lineage.model_name}-{short_run_id(lineage.dagster_run_id)}"
+    run_name = registry.training_run_name(lineage.dagster_run_id)
     # The training's own run, where its curves already are (a new run only for a model trained
     # before training reported live).
     with registry.start_run(run_name=run_name, tags=lineage.run_tags(), run_id=lineage.trained.mlflow_run_id) as run:

@@ -21,7 +21,6 @@ from pydantic import Field, field_validator
 
 from assets.domain.chat import DEFAULT_SYSTEM_PROMPT
 from assets.domain.drops import DROPS
-from assets.domain.pod_resources import CPU_POD
 from assets.domain.rows import row_location, with_format
 from assets.domain.values import EXAMPLE_ROWS, short_run_id
 from data_checks.record_checks import (
@@ -391,7 +390,6 @@ def validated_output(split: Split, quality: dict, warnings: Counter, report: Val
     },
     group_name="data",
     partitions_def=DROPS,
-    op_tags=CPU_POD,  # its pod on Kubernetes (FT_EXECUTOR=k8s): CPU only
     check_specs=CHECK_SPECS,
 )
 def validated_records(
@@ -421,7 +419,8 @@ def validated_records(
     features = gx.features_file(f"{drop}-{short_run_id(run_id)}", FEATURE_SQL_COLUMNS)
     with tempfile.TemporaryDirectory(dir=state.scratch_dir()) as tmp:
         converted, pii, warnings = features_pass(raw_records, tokenizer, rules, validation.workers, features, Path(tmp))
-        report = gx.validate_features(features, ALL_ROWS, suite_for(rules, ALL_ROWS))
+        # Its page is written once the gate's verdict is known (gate_outcome).
+        report = gx.validate_features(features, ALL_ROWS, suite_for(rules, ALL_ROWS), publish=False)
         rejected = rejections(features, report, rules)
         split = split_pass(converted, features, report.result_path, state, drop, run_id)
     suite_result = recheck_passing(gx, features, rules)
@@ -459,7 +458,7 @@ def length_figures(budget: LengthBudget, tally: Tally) -> dict:
 def gate_outcome(
     gx: GreatExpectations, drop: str, report: ValidationReport, share: dg.AssetCheckResult, quality: dict, passed: bool
 ) -> dict:
-    """The drop's Data Docs page rewritten with the gate's verdict (a drop with a few rejected rows
+    """The drop's Data Docs page, written with the gate's verdict (a drop with a few rejected rows
     within the limit passes); returns the drop's quality metadata with the page's link."""
     verdict = f"{'passed the quality gate' if passed else 'held back from training'}: {share.description}"
     gx.publish_verdict(report, f"Drop {drop}: record suite", passed, verdict)

@@ -290,18 +290,11 @@ def conversation_row(raw: dict, settings: RuleSettings) -> dict:
     }
 
 
-def with_features(raw: list[dict], tokenizer, settings: RuleSettings, seen: Seen) -> list[dict]:
-    """One row per raw row (with its file's `format`): the conversation and every feature column
-    the suite checks, plus `pii` counts and conversion `warnings`. `seen` remembers earlier rows
-    (earlier batches too) for duplicate detection."""
-    rows = rows_with_features(raw, tokenizer, settings)
-    mark_duplicates(rows, seen)
-    return rows
-
-
 def rows_with_features(raw: list[dict], tokenizer, settings: RuleSettings) -> list[dict]:
-    """`with_features` but for `duplicate_of`, which needs every earlier row: what a worker
-    process can compute for a batch on its own."""
+    """One row per raw row (with its file's `format`): the conversation and every feature column
+    the suite checks but `duplicate_of`, plus `pii` counts and conversion `warnings`: what a worker
+    process can compute for a batch on its own. `duplicate_of` needs every earlier row (earlier
+    batches too): `mark_duplicates` sets it, batch after batch in landing order."""
     rows = [conversation_row(r, settings) for r in raw]
     measure(rows, tokenizer, settings)
     return rows

@@ -16,6 +16,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from pipelines.settings import Settings
+from resources.processes import alive
 
 # Seconds between two looks at whether the process that started this one is still there.
 PARENT_POLL_SECONDS = 2.0
@@ -44,7 +45,7 @@ def main() -> int:
     server = serve(str(folder), settings.docs_url)
     print(f"Data Docs on {settings.docs_url}/index.html (from {folder})", flush=True)
     parent = os.getppid()
-    while os.getppid() == parent:  # the starting shell is gone: make dev has ended
+    while alive(parent):  # the starting shell is gone (or a zombie): make dev has ended
         time.sleep(PARENT_POLL_SECONDS)
     server.shutdown()
     return 0

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from resources.processes import alive
+
 PID_TAG = "ft/pid"
 HOST_TAG = "ft/host"
 TRAINING_POOL = "training"
@@ -26,25 +28,11 @@ def process_tags() -> dict[str, str]:
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     """Active runs started by a `make run` process on this host that no longer exists."""
     host = socket.gethostname()
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE))
-    return [
-        r
-        for r in runs
-        if r.tags.get(HOST_TAG) == host and r.tags.get(PID_TAG) and not process_alive(int(r.tags[PID_TAG]))
-    ]
+    return [r for r in runs if r.tags.get(HOST_TAG) == host and r.tags.get(PID_TAG) and not alive(int(r.tags[PID_TAG]))]
 
 
 def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:

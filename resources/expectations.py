@@ -80,7 +80,8 @@ class GreatExpectations(dg.ConfigurableResource):
         return f"{self.docs_url.rstrip('/')}/{name}" if self.docs_url else (self.docs_dir / name).resolve().as_uri()
 
     def publish_verdict(self, report: "ValidationReport", title: str, passed: bool, verdict: str) -> None:
-        """Rewrite the validation's page with the verdict that decides (the quality gate's)."""
+        """Write the page of a validation run with `publish=False`, once, with the verdict that decides
+        (the quality gate's: a drop with a few rejected rows within the limit passes)."""
         write_page(self.docs_dir, report.page, title, (passed, verdict), report)
 
     def _context(self):
@@ -103,14 +104,18 @@ class GreatExpectations(dg.ConfigurableResource):
         path.unlink(missing_ok=True)
         return FeaturesFile(path, columns, run_name, self.id_column)
 
-    def validate_features(self, features: FeaturesFile, table: str, suite) -> ValidationReport:
+    def validate_features(self, features: FeaturesFile, table: str, suite, publish: bool = True) -> ValidationReport:
         """Validate a table of a run's features file, the result kept under the same run."""
-        return self.validate_table(features.path, table, suite, features.run_name)
+        return self.validate_table(features.path, table, suite, features.run_name, publish)
 
-    def validate_table(self, database: Path, table: str, suite, run_name: str = "adhoc") -> ValidationReport:
+    def validate_table(
+        self, database: Path, table: str, suite, run_name: str = "adhoc", publish: bool = True
+    ) -> ValidationReport:
         """Validate a table of a SQLite file against `suite`. Great Expectations runs each
         expectation as a query, so the rows never have to fit in memory together; the file stays
-        where it is, as the batch the result and its Data Docs page refer to."""
+        where it is, as the batch the result and its Data Docs page refer to. The page is written
+        with the suite's verdict, or, with `publish=False`, left to the caller, who writes it once
+        with the verdict that decides (`publish_verdict`); the report links it either way."""
         context = self._context()
         source = context.data_sources.add_or_update_sqlite(
             "records-sqlite", connection_string=f"sqlite:///{Path(database).resolve()}"
@@ -119,7 +124,7 @@ class GreatExpectations(dg.ConfigurableResource):
         asset = asset or source.add_table_asset(table, table_name=table)
         batch = next((b for b in asset.batch_definitions if b.name == "all rows"), None)
         batch = batch or asset.add_batch_definition_whole_table("all rows")
-        return self._run(context, batch, suite, run_name, None)
+        return self._run(context, batch, suite, run_name, publish)
 
     def _checkpoint(self, context, batch, suite):
         import great_expectations as gx
@@ -139,12 +144,12 @@ class GreatExpectations(dg.ConfigurableResource):
             )
         )
 
-    def _run(self, context, batch, suite, run_name: str, batch_parameters) -> ValidationReport:
+    def _run(self, context, batch, suite, run_name: str, publish: bool) -> ValidationReport:
         import great_expectations as gx
 
         suite = context.suites.add_or_update(suite)
         checkpoint = self._checkpoint(context, batch, suite)
-        run = checkpoint.run(batch_parameters=batch_parameters, run_id=gx.RunIdentifier(run_name=run_name))
+        run = checkpoint.run(run_id=gx.RunIdentifier(run_name=run_name))
         result = next(iter(run.run_results.values()))
         result_path = self.results_dir(run_name) / f"{suite.name}.json"
         result_path.write_text(json.dumps(result.to_json_dict(), indent=1, default=str))
@@ -157,9 +162,10 @@ class GreatExpectations(dg.ConfigurableResource):
             docs_url=self.page_url(page),
             page=page,
         )
-        broken = sum(not o.success for o in report.outcomes)
-        verdict = "passed: every row met every expectation" if report.success else f"{broken} expectations broken"
-        write_page(self.docs_dir, page, f"{run_name}: suite {suite.name}", (report.success, verdict), report)
+        if publish:
+            broken = sum(not o.success for o in report.outcomes)
+            verdict = "passed: every row met every expectation" if report.success else f"{broken} expectations broken"
+            write_page(self.docs_dir, page, f"{run_name}: suite {suite.name}", (report.success, verdict), report)
         return report
 
 

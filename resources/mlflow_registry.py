@@ -23,6 +23,9 @@ DEFAULT_MAX_NEW_TOKENS = 256
 # the experiment's kind tag says which, and the UI's own switch follows `workflowType` in its links.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 TRAINING_VIEW = "workflowType=machine_learning"
+# How many characters of a Dagster run id name its MLflow run: the rule of
+# `assets.domain.values.short_run_id` (resources import no assets; a test keeps the two equal).
+SHORT_RUN_ID = 8
 # The run tag naming the Dagster run, and the one linking to it in the Dagster UI.
 DAGSTER_RUN_TAG, DAGSTER_RUN_URL_TAG = "dagster.run_id", "dagster.run_url"
 
@@ -214,10 +217,10 @@ class MlflowRegistry(dg.ConfigurableResource):
     def dagster_run_url(self, dagster_run_id: str) -> str:
         return f"{self.dagster_ui_url.rstrip('/')}/runs/{dagster_run_id}"
 
-    def experiment_url(self) -> str:
-        """The experiment in the MLflow UI, in its training view."""
-        experiment = self._connect().get_experiment_by_name(self.experiment)
-        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment.experiment_id}?{TRAINING_VIEW}"
+    def training_run_name(self, dagster_run_id: str) -> str:
+        """The name of the MLflow run that a Dagster run trains, evaluates and registers a model in:
+        the model's name and the Dagster run's short id, so the two runs are found from each other."""
+        return f"{self.model_name}-{dagster_run_id[:SHORT_RUN_ID]}"
 
     def run_url(self, run_id: str) -> str:
         experiment_id = self.client().get_run(run_id).info.experiment_id

@@ -3,8 +3,8 @@ loopback ports over the state of one pipeline run on the tiny model, driven by P
 Debian's chromium. Screenshots go to a temporary folder (printed); the two the README shows are
 written to tests/screenshots/.
 
-Chromium is a system package (`apt-get install -y chromium`, done by .ci/run); Playwright's own
-browser download is never used.
+Chromium is a system package (`apt-get install -y chromium`, done by `make test` when missing:
+tests/provision.sh); Playwright's own browser download is never used.
 """
 
 import os
@@ -127,7 +127,7 @@ def ui_state(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does).")
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; make test does).")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -269,6 +269,7 @@ def test_a_request_over_a_cap_gets_a_400_naming_the_cap(scoring_app, rows, param
 def test_without_postgresql_binaries_the_server_tests_fail_saying_how_to_install(monkeypatch):
     from tests import throwaway_postgres
 
+    monkeypatch.setattr(throwaway_postgres, "wheel_initdb", lambda: None)
     monkeypatch.setattr(throwaway_postgres.shutil, "which", lambda name: None)
     monkeypatch.setattr(throwaway_postgres.glob, "glob", lambda pattern: [])
     with pytest.raises(RuntimeError, match="apt-get install -y postgresql"):

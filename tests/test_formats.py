@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from assets.domain.formats import detect_format, to_example
-from assets.raw_records import IngestConfig, read_drop
+from assets.raw_records import IngestConfig
 from resources.landing import LandingZone
+from tests.test_raw_records import rows_of_drop
 
 U, A, S = "user", "assistant", "system"
 
@@ -118,7 +119,7 @@ def ingest(tmp_path, records, suffix, gz, config=None):
     data = encode(records, suffix)
     name = f"data{suffix}" + (".gz" if gz else "")
     (tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
-    rows, _ = read_drop(LandingZone(path=str(tmp_path)), name, config or IngestConfig())
+    rows, _ = rows_of_drop(LandingZone(path=str(tmp_path)), name, config or IngestConfig())
     return rows
 
 

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 
 from assets.domain.lineage import DataCounts, RunLineage, model_card
-from assets.domain.metrics import extract_answer, mean_scores, metrics_table, score_answer, task_type
+from assets.domain.metrics import comparison_rows, extract_answer, mean_scores, metrics_table, score_answer, task_type
 from assets.domain.values import (
     ChampionScores,
     Evaluation,
@@ -63,6 +63,19 @@ def test_task_type_and_mean_scores():
 def test_metrics_table_marks_the_primary_metric():
     table = metrics_table({"exact_match": 0.1, "eval_loss": 2.0}, {"exact_match": 0.9, "eval_loss": 0.5}, "exact_match")
     assert "| exact_match (primary) | 0.1000 | 0.9000 | +0.8000 |" in table
+
+
+def test_metrics_table_shows_the_comparison_rows_in_their_order_rounding_and_columns():
+    base, tuned = {"a_loss": 2.0, "rougeL": 0.123456}, {"a_loss": 1.0, "rougeL": 0.5, "zeta": 0.25}
+    rows = comparison_rows(base, tuned, "rougeL", {"rougeL": 0.4})
+    lines = metrics_table(base, tuned, "rougeL", {"rougeL": 0.4}).splitlines()
+    assert [line.split(" | ")[0].strip("| ") for line in lines[2:]] == ["rougeL (primary)", "a_loss", "zeta"]
+    assert [row["metric"] for row in rows] == ["rougeL", "a_loss", "zeta"], "primary first, then by name"
+    assert lines[2] == "| rougeL (primary) | 0.1235 | 0.5000 | +0.3765 | 0.4000 |", "rounded as the rows are"
+    assert lines[4] == "| zeta | - | 0.2500 | - | - |", "a metric the base or champion lacks shows as -"
+    assert "champion" in metrics_table(base, tuned, "rougeL", {})
+    assert "champion" in rows[0] and "champion" not in comparison_rows(base, tuned, "rougeL")[0]
+    assert "champion" not in metrics_table(base, tuned, "rougeL"), "no champion, no column, in both"
 
 
 def evaluation(base=0.1, tuned=0.8, champion=None, forgetting=2.0, task="json", **metrics):

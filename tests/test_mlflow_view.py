@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from assets.domain.lineage import base_model_name
 from assets.domain.metrics import comparison_rows
+from assets.domain.values import short_run_id
 from assets.model_evaluation import samples_frame
 from assets.registered_model import comparison_chart
 from resources.mlflow_registry import MlflowRegistry
@@ -32,6 +33,13 @@ def test_comparison_chart_is_one_figure_with_every_metric():
     labels = [t.get_text() for ax in figure.axes for t in ax.get_xticklabels()]
     assert sorted(labels) == ["eval_loss", "exact_match"], "scores and losses on their own axes"
     assert sum(len(ax.patches) for ax in figure.axes) == 6, "three bars (base, tuned, champion) per metric"
+
+
+def test_the_mlflow_run_is_named_by_the_model_and_the_dagster_runs_short_id():
+    registry = MlflowRegistry(tracking_uri="sqlite:///unused.db", artifact_root="", model_name="ticket-triage")
+    run_id = "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
+    assert registry.training_run_name(run_id) == "ticket-triage-0f1e2d3c"
+    assert registry.training_run_name(run_id) == f"ticket-triage-{short_run_id(run_id)}", "the card's short id too"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@ terminal shows stages and not Dagster's debug log, drops stay in sync after a ru
 own check verdicts and quality figures, Data Docs read offline over http, the UI's text is clean."""
 
 import io
+import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -45,16 +47,48 @@ def test_data_docs_read_offline_and_show_the_gates_verdict(tmp_path):
     rows = [{"row_id": i, **{c: None for c, _ in FEATURE_SQL_COLUMNS}, "n_tokens": 10} for i in range(20)]
     rows[3]["missing_fields"] = "output"
     features.store("records", rows)
-    report = gx.validate_features(features, "records", record_suite(256))
+    report = gx.validate_features(features, "records", record_suite(256), publish=False)
     features.close()
     assert not report.success, "the suite alone fails on one bad row"
     assert report.docs_url == "http://127.0.0.1:3030/2026-01-12-abcd-records.html"
+    assert not (gx.docs_dir / "2026-01-12-abcd-records.html").exists(), "left to the caller, who has the verdict"
     gx.publish_verdict(report, "Drop 2026-01-12", True, "passed the quality gate: 1 of 20 rows (5.0%); limit 10.0%")
     page = (gx.docs_dir / "2026-01-12-abcd-records.html").read_text()
     assert "<style>" in page and not re.search(r"(src|href)=['\"]?(https?:)?//", page), "no asset from the internet"
     assert "verdict passed" in page and "passed the quality gate" in page
     index = (gx.docs_dir / "index.html").read_text()
     assert "2026-01-12-abcd-records.html" in index and "passed the quality gate" in index
+
+
+def test_a_drops_data_docs_pages_are_written_once_the_suites_page_with_the_gates_verdict(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import resources.expectations
+    from pipelines.definitions import build_definitions
+
+    landing = tmp_path / "landing" / "2026-05-04"
+    landing.mkdir(parents=True)
+    rows = [{"instruction": f"Question {i}?", "output": "" if i == 0 else f"Answer {i}."} for i in range(20)]
+    (landing / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = make_settings(tmp_path / "home", str(tiny_model_dir), landing=landing.parent).prepare()
+    defs, instance = build_definitions(settings), dg.DagsterInstance.ephemeral()
+    assert defs.resolve_job_def("prepare_base_model").execute_in_process(instance=instance).success
+    instance.add_dynamic_partitions(DROPS.name, ["2026-05-04"])
+    written = Counter()
+    write_page = resources.expectations.write_page
+
+    def counting(folder, name, *args):
+        written[name] += 1
+        write_page(folder, name, *args)
+
+    monkeypatch.setattr(resources.expectations, "write_page", counting)
+    result = defs.resolve_job_def("ingest_drop").execute_in_process(instance=instance, partition_key="2026-05-04")
+    assert result.success and len(written) == 2, "the suite on all rows, then again on the rows that passed"
+    assert set(written.values()) == {1}, f"each page written once: {written}"
+    (drop_page,) = [p for p in written if p.endswith("-records")]
+    page = (settings.home / "gx" / "docs" / f"{drop_page}.html").read_text()
+    assert "passed the quality gate: 1 of 20 rows rejected as bad data (5.0%)" in page, "the gate's verdict"
+    assert "required field missing or blank" in page, "and the suite's outcomes"
 
 
 @pytest.mark.integration

@@ -5,6 +5,7 @@ import io
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,11 +13,21 @@ import pytest
 
 from assets.domain.rows import row_location, with_format
 from assets.domain.values import FileSummary
-from assets.raw_records import READERS, IngestConfig, IngestError, read_drop
+from assets.raw_records import READERS, IngestConfig, IngestError, write_drop
 from data_checks.record_rules import conversation_row
 from resources.landing import DATA_SUFFIXES, LandingZone
 
 BAD_FILES = Path(__file__).parent / "bad_files"
+
+
+def rows_of_drop(landing: LandingZone, drop: str, config: IngestConfig) -> tuple[list[dict], dict[str, FileSummary]]:
+    """One drop's rows as `raw_records` writes them (`write_drop`, into Parquet) and later stages read
+    them (each with its file's format), and the per-file summary."""
+    with tempfile.TemporaryDirectory() as folder:
+        records = write_drop(landing, drop, config, Path(folder) / "raw.parquet")
+        files = records.summary.files
+        return [row for batch in records.batches() for row in with_format(batch, files)], files
+
 
 # bad file -> the message it must produce (a regular expression); each names file, place and problem
 EXPECTED_ERRORS = {
@@ -77,7 +88,7 @@ def test_bad_file_stops_its_drop_with_a_precise_message(name, tmp_path):
     shutil.copy(BAD_FILES / name, tmp_path / name)
     before = digest(tmp_path)
     with pytest.raises(IngestError) as failure:
-        read_drop(LandingZone(path=str(tmp_path)), name, IngestConfig())
+        rows_of_drop(LandingZone(path=str(tmp_path)), name, IngestConfig())
     message = str(failure.value)
     assert re.search(EXPECTED_ERRORS[name], message), message
     assert "fix it at its source" in message or "column_mapping" in message or "Remove it" in message
@@ -87,7 +98,7 @@ def test_bad_file_stops_its_drop_with_a_precise_message(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(EXPECTED_REJECTIONS))
 def test_bad_rows_in_a_readable_file_are_rejected_by_name(name, tmp_path):
     shutil.copy(BAD_FILES / name, tmp_path / name)
-    rows, _ = read_drop(LandingZone(path=str(tmp_path)), name, IngestConfig())
+    rows, _ = rows_of_drop(LandingZone(path=str(tmp_path)), name, IngestConfig())
     rules = SimpleNamespace(max_tokens=512, truncate_over_long=False, system_prompt="Be precise.", pii="warn")
     features = ("missing_fields", "structure_error", "tool_call_error", "hygiene_error")
     converted = [conversation_row(r, rules) for r in rows]
@@ -103,9 +114,9 @@ def test_a_bad_file_fails_its_whole_drop_and_no_other(tmp_path):
     before = digest(tmp_path)
     landing = LandingZone(path=str(tmp_path))
     with pytest.raises(IngestError, match=r"2026-01-02/bad\.csv, line 3"):
-        read_drop(landing, "2026-01-02", IngestConfig())
+        rows_of_drop(landing, "2026-01-02", IngestConfig())
     for drop in ("2026-01-01", "2026-01-03"):
-        rows, per_file = read_drop(landing, drop, IngestConfig())
+        rows, per_file = rows_of_drop(landing, drop, IngestConfig())
         assert {r["drop"] for r in rows} == {drop} and len(per_file) == 1
     assert digest(tmp_path) == before
 
@@ -113,14 +124,14 @@ def test_a_bad_file_fails_its_whole_drop_and_no_other(tmp_path):
 def test_a_drop_whose_files_vanished_says_so(tmp_path):
     write(tmp_path, "2026-01-01/good.jsonl", '{"instruction": "a", "output": "b"}\n')
     with pytest.raises(IngestError, match="Drop '2026-01-09' has no data files"):
-        read_drop(LandingZone(path=str(tmp_path)), "2026-01-09", IngestConfig())
+        rows_of_drop(LandingZone(path=str(tmp_path)), "2026-01-09", IngestConfig())
 
 
 def test_line_numbers_follow_the_raw_file(tmp_path):
     write(tmp_path, "a.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n')
     write(tmp_path, "b.csv", 'instruction,input,output\n"two\nlines",x,y\nsecond,,z\n')
-    rows, _ = read_drop(LandingZone(path=str(tmp_path)), "a.jsonl", IngestConfig())
-    rows += read_drop(LandingZone(path=str(tmp_path)), "b.csv", IngestConfig())[0]
+    rows, _ = rows_of_drop(LandingZone(path=str(tmp_path)), "a.jsonl", IngestConfig())
+    rows += rows_of_drop(LandingZone(path=str(tmp_path)), "b.csv", IngestConfig())[0]
     assert [(r["source_file"], r["source_line"]) for r in rows] == [
         ("a.jsonl", 1),
         ("a.jsonl", 3),
@@ -158,7 +169,7 @@ def test_landing_zone_lists_data_files_with_their_drop(tmp_path):
 
 def test_fsspec_urls_work_like_folders(tmp_path):
     write(tmp_path, "d/a.jsonl", '{"instruction": "a", "output": "b"}\n')
-    rows, _ = read_drop(LandingZone(path=tmp_path.as_uri()), "d", IngestConfig())
+    rows, _ = rows_of_drop(LandingZone(path=tmp_path.as_uri()), "d", IngestConfig())
     assert rows[0]["source_file"] == "d/a.jsonl" and rows[0]["drop"] == "d"
 
 
@@ -172,12 +183,12 @@ def test_missing_or_empty_landing_location_says_what_to_do(tmp_path):
 def test_configured_format_and_mapping_are_checked_against_the_file(tmp_path):
     write(tmp_path, "a.jsonl", '{"question": "q", "answer": "a"}\n')
     landing = LandingZone(path=str(tmp_path))
-    rows, _ = read_drop(
+    rows, _ = rows_of_drop(
         landing, "a.jsonl", IngestConfig(column_mapping={"instruction": "question", "output": "answer"})
     )
     assert rows[0]["format"] == "mapped" and rows[0]["mapping"]["output"] == "answer"
     with pytest.raises(IngestError, match="absent: reply"):
-        read_drop(landing, "a.jsonl", IngestConfig(column_mapping={"instruction": "question", "output": "reply"}))
+        rows_of_drop(landing, "a.jsonl", IngestConfig(column_mapping={"instruction": "question", "output": "reply"}))
     with pytest.raises(IngestError, match="Unknown format 'alpacca'"):
         from assets.raw_records import file_format
 

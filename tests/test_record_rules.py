@@ -20,9 +20,9 @@ from data_checks.record_rules import (
     mark_duplicates,
     measure,
     render_lengths,
+    rows_with_features,
     structure_problem,
     tool_call_problem,
-    with_features,
 )
 
 GOOD = {"instruction": "Triage the ticket.", "input": "My RouterX is down.", "output": "RouterX"}
@@ -369,8 +369,10 @@ def test_a_normalized_key_is_never_taken_for_an_exact_one():
     assert all(t.startswith(NORMALIZED_KEY) for t in seen.calls[1])
 
 
-def test_with_features_sets_every_feature_the_suite_reads():
-    rows = with_features(raw([GOOD, GOOD]), WordTokenizer(), settings(), MemorySeen())
+def test_features_and_duplicates_set_every_feature_the_suite_reads():
+    rows = rows_with_features(raw([GOOD, GOOD]), WordTokenizer(), settings())
+    assert "duplicate_of" not in rows[0], "a worker cannot know the rows of other batches"
+    mark_duplicates(rows, MemorySeen())
     for column in ("missing_fields", "structure_error", "hygiene_error", "n_tokens", "duplicate_of", "truncated"):
         assert column in rows[0]
     assert rows[0]["n_tokens"] > 0

