@@ -13,7 +13,6 @@ from pydantic import Field
 
 from assets.domain.chat import conversation_text, normalize, prompt_hash
 from assets.domain.drops import DROPS, by_drop
-from assets.domain.pod_resources import CPU_POD
 from assets.domain.rows import row_location
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import EXAMPLE_ROWS, PairsSummary
@@ -404,7 +403,6 @@ def pairs_metadata(
     kinds={"parquet"},
     ins={"validated_records": dg.AssetIn(metadata={"allow_missing_partitions": True})},
     automation_condition=RETRAIN_ON_NEW_DATA,
-    op_tags=CPU_POD,  # its pod on Kubernetes (FT_EXECUTOR=k8s): CPU only
 )
 def instruction_pairs(
     context: dg.AssetExecutionContext, split: SplitConfig, validated_records: Any, state: StateStore

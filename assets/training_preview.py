@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from assets.domain.pod_resources import CPU_POD
 from assets.domain.preview import (
     PREVIEW_EXAMPLES,
     TrainingPreview,
@@ -18,7 +17,6 @@ from resources.records import RecordSet
     group_name="model",
     kinds={"huggingface"},
     automation_condition=dg.AutomationCondition.eager(),
-    op_tags=CPU_POD,  # its pod on Kubernetes (FT_EXECUTOR=k8s): CPU only
 )
 def training_preview(
     context: dg.AssetExecutionContext, base_model: str, instruction_pairs: RecordSet, models: ModelLoader

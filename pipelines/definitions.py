@@ -11,15 +11,7 @@ import dagster as dg
 from assets.base_model import base_model
 from assets.champion_model import champion_model
 from assets.domain.drops import DROPS
-from assets.domain.pod_resources import (
-    CPU_POD,
-    GPU_NODE_SELECTOR,
-    GPU_POD_LIMITS,
-    GPU_POD_REQUESTS,
-    GPU_RESOURCE,
-    GPU_TOLERATIONS,
-)
-from assets.fine_tuned_model import fine_tuned_model, fine_tuned_model_asset
+from assets.fine_tuned_model import fine_tuned_model
 from assets.instruction_pairs import instruction_pairs
 from assets.model_evaluation import model_evaluation
 from assets.preference_tuned_model import preference_tuned_model
@@ -28,6 +20,14 @@ from assets.registered_model import registered_model
 from assets.training_preview import training_preview
 from assets.validated_records import validated_records
 from data_checks.pair_checks import train_eval_disjoint
+from pipelines.pod_resources import (
+    GPU_NODE_SELECTOR,
+    GPU_POD_LIMITS,
+    GPU_POD_REQUESTS,
+    GPU_RESOURCE,
+    GPU_TOLERATIONS,
+    step_pods,
+)
 from pipelines.presets import stage_resources
 from pipelines.retraining import build_landing_sensor, build_retrain_schedule, retrain_automation
 from pipelines.settings import REPO_ROOT, Settings
@@ -102,14 +102,6 @@ def training_job(settings: Settings) -> TrainingJobClient:
     )
 
 
-def assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    """The asset graph. With FT_TRAINING_LAUNCHER=k8s the training job's own pod holds the GPUs, so the
-    `fine_tuned_model` step, which only prepares and waits, asks for a CPU pod."""
-    if settings.training_launcher != "k8s":
-        return ASSETS
-    return [fine_tuned_model_asset(CPU_POD) if a is fine_tuned_model else a for a in ASSETS]
-
-
 def build_resources(settings: Settings, overrides: dict[str, dict] | None = None) -> dict:
     return {
         # Asset values (frames, paths, small dicts) are pickled here, so any asset can be
@@ -138,19 +130,21 @@ def build_resources(settings: Settings, overrides: dict[str, dict] | None = None
 
 
 def run_executor(settings: Settings) -> dg.ExecutorDefinition | None:
-    """FT_EXECUTOR=k8s: every step in a Kubernetes pod of its own, sized by its asset's
-    `dagster-k8s/config` op tag (a GPU for training and evaluation); else Dagster's default."""
+    """FT_EXECUTOR=k8s: every step in a Kubernetes pod of its own, sized per step (`pod_resources.step_pods`:
+    a GPU for training and evaluation, CPU for the data stages); else Dagster's default."""
     if settings.executor != "k8s":
         return None
     from dagster_k8s import k8s_job_executor
 
-    return k8s_job_executor
+    return k8s_job_executor.configured(
+        {"per_step_k8s_config": step_pods(settings.training_launcher)}, name="k8s_job_executor"
+    )
 
 
 def build_definitions(settings: Settings, overrides: dict[str, dict] | None = None) -> dg.Definitions:
     """Everything Dagster loads. `overrides` (stage -> values) go over the preset, for tests and scripts."""
     return dg.Definitions(
-        assets=assets(settings),
+        assets=ASSETS,
         asset_checks=CHECKS,
         jobs=[base_model_job, ingest_job, training_data_job, finetune_job],
         sensors=[build_landing_sensor(ingest_job, base_model_job), retrain_automation],

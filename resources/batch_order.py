@@ -1,4 +1,4 @@
-"""How training batches its examples: by length (`training.group_by_length`) and by tokens
+"""How training batches its examples: by length (`training.sft.group_by_length`) and by tokens
 (`training.max_batch_tokens`); and the length-sorted, token-bounded batches evaluation scores in.
 
 Batches pad to their longest example, so batching examples of similar length saves the compute spent
@@ -7,7 +7,7 @@ on padding (about half of every batch on real data such as Dolly, BENCHMARKS.md)
 shortest, so the order of training follows length. `LengthGroupedBatches` groups the same way, then
 shuffles the batches, so their order says nothing about length. (Grouping still makes batches less
 varied: on the sample tickets that alone cost exact match, 0.56 -> 0.44 with either sampler, which is
-why training groups only data whose random batches hold much padding: `with_length_grouping`.)
+why training groups only data whose random batches hold much padding: `grouping_pays`.)
 
 A batch of a fixed number of rows costs what its longest row costs, times the rows: one 1,500-token
 Dolly row makes a batch of 8 as costly (and as large in memory) as 8 such rows. Batches bounded by
@@ -166,14 +166,10 @@ def random_batch_padding(lengths: Sequence[int], max_rows: int, max_tokens: int,
     return 1 - sum(lengths) / padded if padded else 0.0
 
 
-def with_length_grouping(config, lengths: Sequence[int]):
-    """`config` (the training settings) with `group_by_length` decided for these examples: kept on
-    only where random batches would be more than `group_by_length_min_padding` padding."""
-    if not config.group_by_length:
-        return config
-    rows, budget = config.per_device_train_batch_size, config.max_batch_tokens
-    padding = random_batch_padding(lengths, rows, budget, config.seed)
-    return config.model_copy(update={"group_by_length": padding > config.group_by_length_min_padding})
+def grouping_pays(lengths: Sequence[int], max_rows: int, max_tokens: int, seed: int, min_padding: float) -> bool:
+    """Whether batches of similar length pay for these examples: random batches (of at most `max_rows`
+    rows and `max_tokens` padded tokens) would be more than `min_padding` padding."""
+    return random_batch_padding(lengths, max_rows, max_tokens, seed) > min_padding
 
 
 def budget_binds(lengths: Sequence[int], max_rows: int, max_tokens: int) -> bool:
@@ -261,8 +257,8 @@ def dpo_trainer_class():
     """TRL's DPOTrainer with `BatchOrder`: a pair is two rows of its batch, prompt + chosen and
     prompt + rejected, each padded to the batch's longest, so a pair is twice as wide as its prompt
     and longer reply. TRL takes DPO's loss as the mean over each batch's pairs, so a step of fewer,
-    longer pairs weighs as much as one of more, shorter ones (DPO runs in one process, with no
-    gradient accumulation)."""
+    longer pairs weighs as much as one of more, shorter ones (DPO has no gradient accumulation; under
+    torchrun each process takes whole batches, as SFT's do)."""
     from trl import DPOTrainer
 
     class DPOTrainerWithBatchOrder(BatchOrder, DPOTrainer):

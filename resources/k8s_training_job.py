@@ -11,7 +11,7 @@ environment variable of the pod and reads the job's messages from the pod's log;
 ends, fails or is interrupted (the run terminated), it deletes the pod, which stops the training.
 
     training_job = KubernetesTrainingJob(home_path="/data/ft", gpu_resource="nvidia.com/gpu")
-    invocation = training_job.launch(context, "assets.training_jobs.sft", num_processes=2, extras={...})
+    invocation = training_job.launch(context, "assets.recipes.sft", num_processes=2, extras={...})
 """
 
 import json

@@ -3,7 +3,7 @@
 An asset hands a training job (a module runnable with `python -m`) its settings as Pipes extras and
 gets back, while it runs, the job's log lines and, when it ends, its report (a Pipes custom message):
 
-    invocation = training_job.launch(context, "assets.training_jobs.sft", num_processes=2, extras={...})
+    invocation = training_job.launch(context, "assets.recipes.sft", num_processes=2, extras={...})
     report = invocation.get_custom_messages()[-1]
 
 One process runs `python -m MODULE`; more run it under `torchrun` (torch.distributed.run), one
@@ -28,6 +28,8 @@ from typing import Any
 
 import dagster as dg
 from pydantic import Field
+
+from resources.processes import alive
 
 PARENT_PID = "parent_pid"
 # How often a job checks that the process that launched it is still alive.
@@ -64,15 +66,6 @@ class LocalTrainingJob(TrainingJobClient):
         return client.run(context=context, command=command, extras={**extras, PARENT_PID: os.getpid()})
 
 
-def parent_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def watch_parent(extras: Mapping[str, Any], poll: float = PARENT_POLL_SECONDS) -> None:
     """In the job: exit at once when the process that launched it (`PARENT_PID`) is gone."""
     pid = extras.get(PARENT_PID)
@@ -80,7 +73,7 @@ def watch_parent(extras: Mapping[str, Any], poll: float = PARENT_POLL_SECONDS) -
         return
 
     def watch() -> None:
-        while parent_alive(pid):
+        while alive(pid):
             time.sleep(poll)
         print(f"The process that launched this training job ({pid}) is gone: stopping.", file=sys.stderr)
         os._exit(1)

@@ -12,9 +12,6 @@ from collections.abc import Callable
 
 # Trainer log keys -> the metric names they are tracked under (after the prefix).
 TRACKED = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
-# DPOTrainer logs these too: the share of pairs whose chosen reply the policy prefers more than its
-# reference does, and the mean chosen-minus-rejected reward.
-DPO_TRACKED = {**TRACKED, "rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin"}
 
 
 def eta_text(seconds: float | None) -> str:
@@ -58,7 +55,7 @@ def live_tracking(
 ):
     """A transformers TrainerCallback sending each log to `run` (a TrackedRun, or None) as
     `<prefix>.<metric>` at its step (the trainer's log keys in `tracked`, plus tokens/s), and a
-    progress line to `say`."""
+    progress line to `say`. Each recipe names the keys its trainer logs (DPO's reward accuracy, GRPO's reward)."""
     from transformers import TrainerCallback
 
     class LiveTracking(TrainerCallback):
@@ -75,6 +72,7 @@ def live_tracking(
                 metrics[f"{prefix}.tokens_per_second"] = rate
             if run is not None:
                 run.log_metrics(metrics, step=step)
-            say(progress_line(prefix, step, max_steps, logs.get("loss"), self.progress.eta(step, max_steps)))
+            line = progress_line(prefix, step, max_steps, logs.get("loss"), self.progress.eta(step, max_steps))
+            say(line + (f", reward {logs['reward']:.3f}" if "reward" in logs else ""))  # GRPO's
 
     return LiveTracking()

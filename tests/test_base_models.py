@@ -169,7 +169,7 @@ def test_added_chat_tokens_are_trained_by_the_adapter(tmp_path):
     import torch
 
     from assets.domain.training import TrainingConfig
-    from assets.fine_tuned_model import Checkpoints, train_adapter
+    from assets.recipes.sft import train as train_sft
     from resources.models import ModelLoader
 
     tokenizer = tiny_bpe_tokenizer()
@@ -186,11 +186,9 @@ def test_added_chat_tokens_are_trained_by_the_adapter(tmp_path):
         for m in train["messages"]
     ]
     settings = TrainingConfig(
-        max_steps=3, per_device_train_batch_size=2, warmup_steps=0, learning_rate=0.05, save_steps=0
+        save_steps=0, sft={"max_steps": 3, "per_device_train_batch_size": 2, "warmup_steps": 0, "learning_rate": 0.05}
     )
-    run = train_adapter(
-        settings, str(tmp_path / "base"), train, loader, Checkpoints(tmp_path / "ckpt", None, None, None)
-    )
+    run = train_sft(settings, str(tmp_path / "base"), train, loader, tmp_path / "ckpt", None)
     after = run.trainer.model.merge_and_unload().get_input_embeddings().weight.detach()
     moved = {i for i in range(len(after)) if not torch.equal(before[i], after[i])}
     assert moved == set(changed.new_tokens)

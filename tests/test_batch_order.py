@@ -7,13 +7,12 @@ import pandas as pd
 import pytest
 
 from assets.domain.training import TrainingConfig
-from assets.fine_tuned_model import Checkpoints, train_adapter
+from assets.recipes.sft import train, with_length_grouping
 from resources.batch_order import (
     GROUP_BATCHES,
     LengthGroupedBatches,
     length_grouped_order,
     random_batch_padding,
-    with_length_grouping,
 )
 from resources.models import ModelLoader
 
@@ -82,16 +81,16 @@ def test_trainer_batches_by_length_when_grouping(tiny_model_dir, tmp_path):
     shares = {}
     for grouped in (False, True):
         config = TrainingConfig(
-            max_steps=1,
-            per_device_train_batch_size=8,
             precision="fp32",
             save_steps=0,
-            group_by_length=grouped,
-            group_by_length_min_padding=0.0,
+            sft={
+                "max_steps": 1,
+                "per_device_train_batch_size": 8,
+                "group_by_length": grouped,
+                "group_by_length_min_padding": 0.0,
+            },
         )
-        run = train_adapter(
-            config, str(tiny_model_dir), rows, ModelLoader(), Checkpoints(tmp_path / str(grouped), None, None, None)
-        )
+        run = train(config, str(tiny_model_dir), rows, ModelLoader(), tmp_path / str(grouped), None)
         loader = run.trainer.get_train_dataloader()
         masks = [batch["attention_mask"] for batch in loader]
         shares[grouped] = 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
@@ -106,12 +105,12 @@ def test_grouping_only_where_random_batches_hold_much_padding(lengths):
     uneven, even = lengths, [77 + (i * 7) % 41 for i in range(400)]
     assert random_batch_padding(uneven, 8, 0, seed=0) > 0.4
     assert random_batch_padding(even, 8, 0, seed=0) < 0.15
-    config = TrainingConfig(group_by_length=True, group_by_length_min_padding=0.25)
-    assert with_length_grouping(config, uneven).group_by_length
-    assert not with_length_grouping(config, even).group_by_length
-    assert with_length_grouping(TrainingConfig(group_by_length_min_padding=0.0), even).group_by_length
-    assert not with_length_grouping(TrainingConfig(group_by_length=False), uneven).group_by_length
-    assert with_length_grouping(config, uneven).learning_rate == config.learning_rate
+    config = TrainingConfig(sft={"group_by_length": True, "group_by_length_min_padding": 0.25})
+    assert with_length_grouping(config, uneven).sft.group_by_length
+    assert not with_length_grouping(config, even).sft.group_by_length
+    assert with_length_grouping(TrainingConfig(sft={"group_by_length_min_padding": 0.0}), even).sft.group_by_length
+    assert not with_length_grouping(TrainingConfig(sft={"group_by_length": False}), uneven).sft.group_by_length
+    assert with_length_grouping(config, uneven).sft.learning_rate == config.sft.learning_rate
 
 
 def test_a_long_row_in_a_batch_of_its_own_does_not_turn_grouping_on():
@@ -119,8 +118,8 @@ def test_a_long_row_in_a_batch_of_its_own_does_not_turn_grouping_on():
     batches it would make a third of them padding and switch grouping on; the token budget puts it in
     a batch of its own, so the batches that train hold little padding and stay ungrouped."""
     tickets = [77 + (i * 7) % 41 for i in range(338)] + [2048]
-    config = TrainingConfig(group_by_length=True, group_by_length_min_padding=0.25, max_batch_tokens=2048)
+    config = TrainingConfig(max_batch_tokens=2048, sft={"group_by_length": True, "group_by_length_min_padding": 0.25})
     assert random_batch_padding(tickets, 8, 0, seed=0) > 0.25
     assert random_batch_padding(tickets, 8, 2048, seed=0) < 0.15
-    assert not with_length_grouping(config, tickets).group_by_length
-    assert with_length_grouping(config.model_copy(update={"max_batch_tokens": 0}), tickets).group_by_length
+    assert not with_length_grouping(config, tickets).sft.group_by_length
+    assert with_length_grouping(config.model_copy(update={"max_batch_tokens": 0}), tickets).sft.group_by_length

@@ -3,7 +3,10 @@
 import os
 import time
 
-from assets.fine_tuned_model import TrainingConfig, setup_key
+import pandas as pd
+
+from assets.domain.training import TrainingConfig
+from assets.recipes.launch import Recipe, setup_key
 from resources.checkpoints import COMPLETE_MARKER, CheckpointStore
 from resources.training_tracking import Progress, progress_line
 
@@ -37,17 +40,25 @@ def test_finishing_a_setup_drops_its_checkpoints_and_prunes_old_setups(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft-recent"]
 
 
+def key(method: str, config: TrainingConfig, data: str = "data-1", base: str = "/base", **options) -> str:
+    return setup_key(Recipe(method, config, pd.DataFrame(), base, {"data": data, "base": base}, options))
+
+
 def test_the_setup_key_follows_what_changes_the_result_only():
     config = TrainingConfig()
-    key = setup_key(config, "data-1", "/base")
-    assert key == setup_key(TrainingConfig(logging_steps=1, save_steps=5, preset="x"), "data-1", "/base")
-    assert key != setup_key(config, "data-2", "/base"), "new data: a fresh folder"
-    assert key != setup_key(TrainingConfig(learning_rate=1e-4), "data-1", "/base"), "new config: a fresh folder"
-    assert key != setup_key(config, "data-1", "/other-base")
-    assert key == setup_key(TrainingConfig(dpo_beta=0.5, dpo_max_steps=9), "data-1", "/base"), "DPO settings: same SFT"
-    dpo = setup_key(config, "data-1", "/base", stage="dpo")
-    assert dpo != setup_key(TrainingConfig(dpo_beta=0.5), "data-1", "/base", stage="dpo")
-    assert key.startswith("sft-") and setup_key(config, "data-1", "/base", stage="dpo").startswith("dpo-")
+    sft = key("sft", config)
+    assert sft == key("sft", TrainingConfig(logging_steps=1, save_steps=5, preset="x"))
+    assert sft != key("sft", config, data="data-2"), "new data: a fresh folder"
+    assert sft != key("sft", TrainingConfig(sft={"learning_rate": 1e-4})), "new config: a fresh folder"
+    assert sft != key("sft", TrainingConfig(lora_r=8)), "a shared setting changes every method"
+    assert sft != key("sft", config, base="/other-base")
+    assert sft == key("sft", TrainingConfig(dpo={"beta": 0.5}, grpo={"beta": 0.5})), "other methods' sections"
+    dpo = key("dpo", config)
+    assert dpo != key("dpo", TrainingConfig(dpo={"beta": 0.5}))
+    assert dpo == key("dpo", TrainingConfig(sft={"max_steps": 9}, grpo={"max_steps": 9}))
+    grpo = key("grpo", config, task="json")
+    assert grpo != key("grpo", config, task="open_ended"), "what the rewards score changes the result"
+    assert (sft[:4], dpo[:4], grpo[:5]) == ("sft-", "dpo-", "grpo-")
 
 
 def test_progress_reads_as_a_line_with_an_eta():

@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 
 from assets.domain.chat import training_chat_template, training_tokens
 from assets.domain.values import PairsSummary
-from assets.fine_tuned_model import JOB_ERROR_FILE, fine_tuned_model
+from assets.fine_tuned_model import fine_tuned_model
 from assets.instruction_pairs import PAIRS_SCHEMA
+from assets.recipes.job import ERROR_FILE
 from pipelines.definitions import build_resources
 from pipelines.settings import REPO_ROOT
 from resources.models import ModelLoader
@@ -46,12 +47,10 @@ TICKETS = [
 # Four steps; one process takes batches of 4, two processes take 2 each: the same 4 examples a step.
 TRAINING = {
     "method": "sft",
-    "max_steps": 4,
-    "warmup_steps": 0,
-    "learning_rate": 1e-2,
     "logging_steps": 1,
     "save_steps": 0,
     "precision": "fp32",
+    "sft": {"max_steps": 4, "warmup_steps": 0, "learning_rate": 1e-2},
 }
 
 
@@ -94,7 +93,8 @@ def materialize(home: Path, base: Path, training: dict, examples: list[tuple[lis
     def base_model():
         return str(base)
 
-    resources = build_resources(settings, {"training": {**TRAINING, **training}})
+    sft = {**TRAINING["sft"], **training.get("sft", {})}
+    resources = build_resources(settings, {"training": {**TRAINING, **training, "sft": sft}})
     assets = [base_model, write_pairs(home, examples), fine_tuned_model]
     return settings, dg.materialize(assets, resources=resources, raise_on_error=False)
 
@@ -102,8 +102,8 @@ def materialize(home: Path, base: Path, training: dict, examples: list[tuple[lis
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("distributed")
-    one = materialize(root / "one", tiny_model_dir, {"num_processes": 1, "per_device_train_batch_size": 4})
-    two = materialize(root / "two", tiny_model_dir, {"num_processes": 2, "per_device_train_batch_size": 2})
+    one = materialize(root / "one", tiny_model_dir, {"num_processes": 1, "sft": {"per_device_train_batch_size": 4}})
+    two = materialize(root / "two", tiny_model_dir, {"num_processes": 2, "sft": {"per_device_train_batch_size": 2}})
     return {"one": one, "two": two}
 
 
@@ -145,9 +145,12 @@ def test_two_processes_deal_out_batches_bounded_by_tokens(tmp_path, tiny_model_d
     processes in turn, so two processes train, per step, the two batches one process accumulates
     (gradient_accumulation_steps 2), epoch after epoch: the same losses."""
     examples = mixed_examples(tiny_model_dir)
-    bounded = {"per_device_train_batch_size": 8, "max_batch_tokens": 1024, "group_by_length_min_padding": 0.0}
-    one = materialize(tmp_path / "one", tiny_model_dir, {**bounded, "gradient_accumulation_steps": 2}, examples)
-    two = materialize(tmp_path / "two", tiny_model_dir, {**bounded, "num_processes": 2}, examples)
+    bounded = {"per_device_train_batch_size": 8, "group_by_length_min_padding": 0.0}
+    accumulated = {"max_batch_tokens": 1024, "sft": {**bounded, "gradient_accumulation_steps": 2}}
+    one = materialize(tmp_path / "one", tiny_model_dir, accumulated, examples)
+    two = materialize(
+        tmp_path / "two", tiny_model_dir, {"max_batch_tokens": 1024, "num_processes": 2, "sft": bounded}, examples
+    )
     (_, single, _), (_, double, _) = trained(one), trained(two)
     assert [s for s, _ in double.loss_curve] == [1, 2, 3, 4] == [s for s, _ in single.loss_curve], "two epochs"
     for (_, a), (_, b) in zip(single.loss_curve, double.loss_curve):
@@ -183,7 +186,7 @@ def test_a_failing_job_fails_the_step_with_its_own_error(tmp_path, tiny_model_di
         messages, error = messages + [error.message], error.cause
     message = "\n".join(messages)
     assert "The training job failed: ValueError: training.adapter 'qlora'" in message, message
-    assert list(tmp_path.glob(f"checkpoints/*/{JOB_ERROR_FILE}"))
+    assert list(tmp_path.glob(f"checkpoints/*/{ERROR_FILE}"))
 
 
 def test_more_processes_run_under_torchrun_one_alone_under_python():

@@ -53,6 +53,6 @@ def test_smoke_run_registers_a_version_trained_on_the_bundled_model(run):
     # named for people; the prepared folder, which champion re-scoring matches, is a version tag
     assert params["base_model"] == "smollm2-135m-instruct"
     assert version.tags["base_model.path"].endswith("bundled_smollm2-135m-instruct")
-    assert params["preset"] == "smoke" and params["train.max_steps"] == "3"
+    assert params["preset"] == "smoke" and params["train.sft.max_steps"] == "3"
     trained = result.output_for_node("fine_tuned_model")
     assert trained.steps == 3 and trained.train_loss > 0

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 # A short, real training run: enough steps for SmolLM2 to learn the ticket format.
 QUICK_TRAINING = {
-    "training": {"max_steps": 40, "per_device_train_batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 4},
+    "training": {"sft": {"max_steps": 40, "per_device_train_batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 4}},
     "evaluation": {"max_new_tokens": 32, "batch_size": 16, "max_eval_examples": 0},
     "split": {"drops_window": 1},
 }

@@ -27,7 +27,6 @@ import kubernetes
 import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster_k8s.client import DagsterK8sError, DagsterKubernetesClient
-from dagster_k8s.job import get_user_defined_k8s_config
 from dagster_k8s.pipes import build_pod_body
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesDefaultContextLoader, decode_env_var
 from kubernetes.client import (
@@ -41,15 +40,18 @@ from kubernetes.client import (
     V1PodStatus,
 )
 
-from assets.domain.pod_resources import GPU_NODE_SELECTOR, GPU_RESOURCE, GPU_TOLERATIONS
-from assets.fine_tuned_model import TRAINING_JOB
-from pipelines.definitions import assets as graph_assets
+from assets.fine_tuned_model import fine_tuned_model
 from pipelines.definitions import build_definitions, build_resources
+from pipelines.pod_resources import GPU_NODE_SELECTOR, GPU_RESOURCE, GPU_TOLERATIONS, TRAINING_STEPS
 from pipelines.settings import REPO_ROOT, Settings
 from resources.k8s_training_job import KubernetesTrainingJob, pod_extras
 from resources.training_job import PARENT_PID, LocalTrainingJob
 from tests.conftest import make_settings
 from tests.test_distributed_training import TRAINING, write_pairs
+from tests.test_kubernetes_files import step_pods
+
+# The SFT recipe's job module (`Recipe("sft", ...).module`): what the training pod runs.
+TRAINING_JOB = "assets.recipes.sft"
 
 SECRET_PASSWORD = "pod-spec-must-not-hold-this"
 SECRETS = {"ft-postgres": {"POSTGRES_USER": "dagster", "POSTGRES_PASSWORD": SECRET_PASSWORD}}
@@ -119,9 +121,9 @@ def test_the_pod_asks_for_one_gpu_per_process_on_a_gpu_node_and_mounts_ft_home(t
 
 
 def test_the_pod_gets_no_parent_pid_and_no_password(tmp_path):
-    extras = {"training": {"max_steps": 3}, PARENT_PID: 1234}
+    extras = {"training": {"sft": {"max_steps": 3}}, PARENT_PID: 1234}
     arguments = launcher(tmp_path).run_arguments(run_context(), TRAINING_JOB, 1, extras)
-    assert arguments["extras"] == {"training": {"max_steps": 3}}, "that process is in another pod"
+    assert arguments["extras"] == {"training": {"sft": {"max_steps": 3}}}, "that process is in another pod"
     with pytest.raises(ValueError, match="carry a password .* MLFLOW_TRACKING_PASSWORD"):
         pod_extras({"mlflow": {"tracking_uri": "http://ft:s3cret@mlflow:5000"}})
 
@@ -148,21 +150,21 @@ def test_ft_training_launcher_is_validated_by_name(tmp_path):
     assert "pw@" not in str(refused.value)
 
 
-def test_definitions_with_the_k8s_launcher_load_and_the_training_step_pod_is_cpu_only(tmp_path, monkeypatch):
+def test_definitions_with_the_k8s_launcher_load_and_the_training_step_pods_are_cpu_only(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     for settings, launcher_type, step_gpus in (
         (k8s_settings(tmp_path), KubernetesTrainingJob, None),
         (make_settings(tmp_path, "unused"), LocalTrainingJob, "1"),
     ):
-        defs = build_definitions(settings)
+        defs = build_definitions(replace(settings, executor="k8s"))
         dg.Definitions.validate_loadable(defs)
         assert isinstance(defs.resources["training_job"], launcher_type)
-        (step,) = [a for a in graph_assets(settings) if dg.AssetKey("fine_tuned_model") in a.keys]
-        resources = get_user_defined_k8s_config(step.op.tags).container_config["resources"]
-        assert resources["requests"].get(GPU_RESOURCE) == step_gpus, launcher_type
-        # The tags the job's step carries: what k8s_job_executor sizes the step's pod by.
-        node_tags = defs.resolve_job_def("finetune").graph.node_named("fine_tuned_model").tags
-        assert node_tags == step.op.tags
+        # What k8s_job_executor sizes the finetune job's step pods by: its per_step_k8s_config, by op name.
+        pods = step_pods(defs, "finetune")
+        for step in TRAINING_STEPS:
+            defs.resolve_job_def("finetune").graph.node_named(step)  # a step of the job the pod is for
+            resources = pods[step].container_config["resources"]
+            assert resources["requests"].get(GPU_RESOURCE) == step_gpus, (launcher_type, step)
 
 
 # --- a fake Kubernetes API, and PipesK8sClient against it -------------------------------------------
@@ -355,14 +357,15 @@ def test_the_sft_job_trains_in_its_own_pod_through_pipes_k8s_client(tmp_path, ti
     def base_model():
         return str(tiny_model_dir)
 
-    (step,) = [a for a in graph_assets(settings) if dg.AssetKey("fine_tuned_model") in a.keys]
-    resources = build_resources(
-        settings, {"training": {**TRAINING, "num_processes": 1, "per_device_train_batch_size": 4}}
-    )
+    training = {**TRAINING, "num_processes": 1, "sft": {**TRAINING["sft"], "per_device_train_batch_size": 4}}
+    resources = build_resources(settings, {"training": training})
     resources["training_job"] = launcher(settings.home, image="ft-pipeline:test", python=sys.executable)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [base_model, write_pairs(tmp_path), step], resources=resources, instance=instance, raise_on_error=False
+        [base_model, write_pairs(tmp_path), fine_tuned_model],
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
     )
     assert result.success, [str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
 

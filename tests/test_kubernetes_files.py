@@ -1,9 +1,10 @@
 """The Kubernetes deployment (pipelines/kubernetes/), checked as far as no cluster allows: the
 instance config loads through Dagster's own schema and builds a real K8sRunLauncher and run queue,
 the manifests parse and name the image the Dockerfile builds and settings that pipelines/settings.py
-reads, and the assets ask dagster-k8s for the pods their stages need (a GPU node for training and
-evaluation, CPU only for the data stages). The training job's own pod (FT_TRAINING_LAUNCHER=k8s) uses
-the same namespace, volume, ConfigMaps and Secret, and the Role lets the step create and follow it.
+reads, and the k8s executor asks dagster-k8s for the pods the steps need (its `per_step_k8s_config`: a
+GPU node for training and evaluation, CPU only for the data stages). The training job's own pod
+(FT_TRAINING_LAUNCHER=k8s) uses the same namespace, volume, ConfigMaps and Secret, and the Role lets
+the step create and follow it.
 (tests/test_k8s_training_job.py launches it through PipesK8sClient against a fake API.)"""
 
 import re
@@ -16,11 +17,11 @@ from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._serdes import ConfigurableClassData
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
-from dagster_k8s.job import get_user_defined_k8s_config
+from dagster_k8s.job import UserDefinedDagsterK8sConfig
 from dagster_postgres import DagsterPostgresStorage
 
-from assets.domain.pod_resources import GPU_RESOURCE
-from pipelines.definitions import ASSETS, build_definitions, build_resources
+from pipelines.definitions import build_definitions, build_resources
+from pipelines.pod_resources import GPU_RESOURCE
 from pipelines.settings import REPO_ROOT, Settings
 from resources.k8s_training_job import KubernetesTrainingJob
 from tests.conftest import make_settings
@@ -131,10 +132,31 @@ def test_the_settings_they_set_are_ones_the_pipeline_reads():
     assert workspace["load_from"][0]["grpc_server"]["host"] in services
 
 
-def test_training_and_evaluation_ask_for_a_gpu_node_and_data_stages_do_not():
-    by_name = {key.path[-1]: a for a in ASSETS for key in a.keys}
-    for stage in GPU_STAGES + DATA_STAGES:
-        config = get_user_defined_k8s_config(by_name[stage].op.tags)  # dagster-k8s' own parsing
+def step_pods(definitions: dg.Definitions, job: str = "finetune") -> dict[str, UserDefinedDagsterK8sConfig]:
+    """Each step's pod as `job`'s k8s_job_executor reads it: its `per_step_k8s_config` (op name -> pod),
+    through Dagster's config schema and dagster-k8s' own parsing."""
+    processed = definitions.resolve_job_def(job).executor_def.apply_config_mapping({})
+    assert processed.success, processed.errors
+    pods = processed.value["config"]["per_step_k8s_config"]
+    return {step: UserDefinedDagsterK8sConfig.from_dict(pod) for step, pod in pods.items()}
+
+
+def job_ops(job) -> set[str]:
+    return {node.name for node in job.nodes}
+
+
+def test_training_and_evaluation_ask_for_a_gpu_node_and_data_stages_do_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    definitions = build_definitions(replace(make_settings(tmp_path, "unused"), executor="k8s"))
+    jobs = [job for job in definitions.resolve_all_job_defs() if not job.name.startswith("__")]
+    ops = {node.name for job in jobs for node in job.nodes}
+    assert set(step_pods(definitions)) <= ops, f"pods for steps no job has: {set(step_pods(definitions)) - ops}"
+    # Each stage's pod as the executor of every job that runs it reads it.
+    sized = [
+        (s, step_pods(definitions, job.name)[s]) for job in jobs for s in job_ops(job) if s in GPU_STAGES + DATA_STAGES
+    ]
+    assert {stage for stage, _ in sized} == set(GPU_STAGES + DATA_STAGES)
+    for stage, config in sized:
         resources = config.container_config["resources"]
         if stage in GPU_STAGES:
             assert int(resources["requests"][GPU_RESOURCE]) >= 1 and int(resources["limits"][GPU_RESOURCE]) >= 1
@@ -147,9 +169,10 @@ def test_training_and_evaluation_ask_for_a_gpu_node_and_data_stages_do_not():
 def test_ft_executor_k8s_runs_each_step_in_its_own_pod(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     settings = replace(make_settings(tmp_path, "unused"), executor="k8s")
-    assert build_definitions(settings).resolve_job_def("finetune").executor_def is k8s_job_executor
+    executor = build_definitions(settings).resolve_job_def("finetune").executor_def
+    assert executor.executor_creation_fn is k8s_job_executor.executor_creation_fn, "k8s_job_executor, configured"
     local = build_definitions(make_settings(tmp_path, "unused")).resolve_job_def("finetune")
-    assert local.executor_def is not k8s_job_executor
+    assert local.executor_def.executor_creation_fn is not k8s_job_executor.executor_creation_fn
 
 
 def test_the_training_pod_uses_the_deployments_namespace_volume_configmaps_and_secret(instance_config):

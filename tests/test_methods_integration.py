@@ -22,7 +22,7 @@ def runs(tmp_path_factory, tiny_model_dir):
     dpo = {"training": {"method": "dpo"}, "gate": {**LOWER_BAR, "min_preference_gain": -1.0}}
     _, instance, first, _ = run_all(settings, dpo)
     full = {
-        "training": {"method": "sft", "adapter": "full", "learning_rate": 1e-4},
+        "training": {"method": "sft", "adapter": "full", "sft": {"learning_rate": 1e-4}},
         "evaluation": {"max_eval_examples": 4},  # other settings: the champion is re-scored, not looked up
         "gate": LOWER_BAR,
     }
@@ -58,7 +58,7 @@ def test_full_fine_tuning_is_evaluated_from_its_merged_folder_and_rescores_the_c
         None,
     ), "sft: the SFT model handed on unchanged"
     metadata = second.asset_materializations_for_node("preference_tuned_model")[0].metadata
-    assert metadata["dpo"].value == "none (method sft): the SFT model, unchanged"
+    assert (metadata["method"].value, metadata["second_stage"].value) == ("sft", "none: the SFT model, unchanged")
     evaluation = second.output_for_node("model_evaluation")
     assert evaluation.champion.version == "1" and evaluation.champion.rescored
     assert "preference_accuracy" in evaluation.champion.metrics

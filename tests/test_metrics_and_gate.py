@@ -151,7 +151,7 @@ def lineage(gate=PASSED) -> RunLineage:
         validations={"d1": ["/gx/results/d1-run/records.json"]}, train_set_hash="h", eval_set_hash="e",
     )  # fmt: skip
     trained = TrainedModel(
-        adapter_dir="/a", merged_dir="/m", loss_curve_png="/l.png", preset="cpu", settings={"max_steps": 50},
+        adapter_dir="/a", merged_dir="/m", loss_curve_png="/l.png", preset="cpu", settings={"sft.max_steps": 50},
         device="cpu", max_length=128, train_examples=80, steps=50, train_loss=0.5, train_seconds=60.0,
     )  # fmt: skip
     return RunLineage(
@@ -179,7 +179,7 @@ def test_every_view_of_a_run_states_the_same_facts():
     assert params["data.drops"] == tags["data.drops"] == "d1,d2"
     assert params["data.train_set_hash"] == tags["data.train_set_hash"] == "h"
     assert params["data.eval_set_hash"] == tags["data.eval_set_hash"] == "abc", "the evaluation's hash"
-    assert (params["preset"], params["train.max_steps"], params["data.eval_rows"]) == ("cpu", "50", "10")
+    assert (params["preset"], params["train.sft.max_steps"], params["data.eval_rows"]) == ("cpu", "50", "10")
     assert tags["gate.passed"] == record.gate_tags()["gate.passed"] == "false"
     assert tags["eval.exact_match"] == "0.8000" and tags["eval.settings_hash"] == "def"
     assert tags["data.validations"] == '{"d1": ["results/d1-run/records.json"]}'

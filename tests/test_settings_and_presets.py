@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.fine_tuned_model import TrainingConfig, trainer_configs
+from assets.domain.training import TrainingConfig, trainer_setup
 from pipelines.presets import STAGES, available, load_preset, stage_resources
 from pipelines.settings import REPO_ROOT, SAMPLE_LANDING, Settings
 from resources.models import BUNDLED_BASE_MODEL
@@ -43,6 +43,15 @@ def test_relative_home_becomes_absolute(monkeypatch, tmp_path):
     assert Settings.from_env({"FT_HOME": "state"}).home == tmp_path / "state"
 
 
+def settings_as_named(config, values: dict, where: str) -> None:
+    """Each of `values` is `config`'s, a nested section (`training.sft`) key by key."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            settings_as_named(getattr(config, key), value, f"{where}.{key}")
+        else:
+            assert getattr(config, key) == value, f"{where}.{key}={value} but the setting is {getattr(config, key)}"
+
+
 @pytest.mark.parametrize("name", available())
 def test_every_preset_builds_every_stage(name):
     assert (Path(__file__).parents[1] / "pipelines" / "presets" / f"{name}.yaml").read_text().startswith("# ")
@@ -50,8 +59,7 @@ def test_every_preset_builds_every_stage(name):
     assert set(resources) == set(STAGES)
     assert resources["training"].preset == name
     for stage, values in load_preset(name).items():
-        for key, value in values.items():
-            assert getattr(resources[stage], key) == value
+        settings_as_named(resources[stage], values, f"{name}.yaml {stage}")
 
 
 def test_presets_include_smoke_cpu_and_gpu():
@@ -60,9 +68,7 @@ def test_presets_include_smoke_cpu_and_gpu():
 
 def test_cpu_preset_spells_out_the_stage_defaults():
     for stage, values in load_preset("cpu").items():
-        defaults = STAGES[stage]()
-        for key, value in values.items():
-            assert getattr(defaults, key) == value, f"cpu.yaml {stage}.{key}={value} but the default differs"
+        settings_as_named(STAGES[stage](), values, f"cpu.yaml {stage} (the default differs)")
 
 
 def test_unknown_preset_or_setting_is_refused_by_name(tmp_path, monkeypatch):
@@ -73,37 +79,43 @@ def test_unknown_preset_or_setting_is_refused_by_name(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown section\\(s\\) trainer"):
         load_preset("typo")
     (tmp_path / "typo.yaml").write_text("# typo\ntraining:\n  max_stepz: 3\n")
-    with pytest.raises(ValueError, match="section training: unknown setting\\(s\\) max_stepz"):
+    with pytest.raises(ValueError, match="unknown setting\\(s\\) training.max_stepz"):
+        stage_resources("typo")
+    (tmp_path / "typo.yaml").write_text("# flat, as before the method sections\ntraining:\n  max_steps: 3\n")
+    with pytest.raises(ValueError, match="training.max_steps is now training.sft.max_steps"):
         stage_resources("typo")
 
 
 def test_overrides_go_over_the_preset():
-    resources = stage_resources("smoke", {"training": {"max_steps": 9}, "gate": {"min_improvement": 0.2}})
-    assert resources["training"].max_steps == 9 and resources["training"].per_device_train_batch_size == 4
+    resources = stage_resources("smoke", {"training": {"sft": {"max_steps": 9}}, "gate": {"min_improvement": 0.2}})
+    assert resources["training"].sft.max_steps == 9 and resources["training"].sft.per_device_train_batch_size == 4
     assert resources["gate"].min_improvement == 0.2
 
 
 def test_training_config_maps_to_trl_and_peft_explicitly(tmp_path):
-    config = TrainingConfig(lora_target_modules="q_proj, v_proj", precision="fp32", max_steps=7, group_by_length=False)
-    setup = trainer_configs(config, tmp_path, max_length=99, use_cpu=True)
-    sft, lora = setup.sft, setup.peft
+    config = TrainingConfig(
+        lora_target_modules="q_proj, v_proj", precision="fp32", sft={"max_steps": 7, "group_by_length": False}
+    )
+    setup = trainer_setup("sft", config, tmp_path, use_cpu=True, max_length=99)
+    sft, lora = setup.args, setup.peft
     assert sft.max_steps == 7 and sft.max_length == 99 and not sft.padding_free
     assert sft.train_sampling_strategy == "random"
-    packed = trainer_configs(TrainingConfig(padding_free=True), tmp_path, max_length=99, use_cpu=True).sft
+    packed = trainer_setup("sft", TrainingConfig(sft={"padding_free": True}), tmp_path, True, max_length=99).args
     assert packed.padding_free and packed.max_length is None, "padding-free: validation bounded the lengths"
-    grouped = trainer_configs(TrainingConfig(group_by_length=True), tmp_path, max_length=99, use_cpu=True).sft
+    grouped = trainer_setup("sft", TrainingConfig(sft={"group_by_length": True}), tmp_path, True, max_length=99).args
     assert grouped.train_sampling_strategy == "group_by_length"
     # the dataset arrives tokenized with its assistant mask (tools, turn weights); TRL labels from it
     assert sft.assistant_only_loss is False
     assert sft.bf16 is False and sft.gradient_checkpointing is False
     assert (sft.save_strategy, sft.save_steps, sft.save_total_limit) == ("steps", 10, 2) and sft.report_to == []
-    assert trainer_configs(TrainingConfig(save_steps=0), tmp_path, 128, use_cpu=True).sft.save_strategy == "no"
+    assert trainer_setup("sft", TrainingConfig(save_steps=0), tmp_path, True, max_length=128).args.save_strategy == "no"
     assert sorted(lora.target_modules) == ["q_proj", "v_proj"]
     assert lora.r == 16 and lora.lora_alpha == 32
 
 
 def test_every_config_field_is_described():
-    for config in STAGES.values():
+    configs = [*STAGES.values(), *(type(getattr(TrainingConfig(), s)) for s in ("sft", "dpo", "grpo"))]
+    for config in configs:
         for name, field in config.model_fields.items():
             assert field.description, f"{config.__name__}.{name} has no description"
 

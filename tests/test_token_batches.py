@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from assets.domain.chat import training_chat_template, training_tokens
 from assets.domain.training import TrainingConfig
-from assets.fine_tuned_model import Checkpoints, train_adapter
 from assets.model_evaluation import eval_loss, reply_logprobs
-from assets.preference_tuned_model import train_preferences
+from assets.recipes import dpo, sft
+from assets.recipes.job import RecipeJob, report
 from resources.batch_order import (
     LengthGroupedBatches,
     TokenBoundedBatches,
@@ -157,43 +157,49 @@ def recording_batches(shapes: list):
     return Batches()
 
 
-def quick(**overrides) -> TrainingConfig:
-    values = {
+def quick(sft: dict | None = None, dpo: dict | None = None, **overrides) -> TrainingConfig:
+    values = {"max_batch_tokens": TOKENS, "precision": "fp32", "save_steps": 0, "logging_steps": 1}
+    sft_values = {
         "max_steps": 6,
         "per_device_train_batch_size": ROWS,
-        "max_batch_tokens": TOKENS,
         "warmup_steps": 0,
         "learning_rate": 1e-2,
-        "precision": "fp32",
-        "save_steps": 0,
-        "logging_steps": 1,
         "group_by_length_min_padding": 0.0,
     }
-    return TrainingConfig(**{**values, **overrides})
+    return TrainingConfig(**{**values, **overrides}, sft={**sft_values, **(sft or {})}, dpo=dpo or {})
+
+
+def saved_to(starts_from, folder) -> RecipeJob:
+    """A job whose outputs go under `folder` (what `report` reads of it)."""
+    return RecipeJob(
+        training={}, starts_from=str(starts_from), checkpoint_dir=str(folder), resume=None, resumed_from_step=None,
+        out_dir=str(folder / "out"), state_home=str(folder / "state"), models={}, mlflow={}, mlflow_run_id="",
+    )  # fmt: skip
 
 
 def test_training_batches_are_bounded_by_tokens(tiny_model_dir, mixed_rows, tmp_path):
     """The real SFT trainer on rows of mixed lengths: the short rows train 8 at a time, each ~900-token
-    row alone, never over the budget; the tokens it reports are those it trained on."""
+    row alone, never over the budget; the tokens its job reports are those it trained on."""
     shapes: list[tuple[int, int]] = []
-    run = train_adapter(
-        quick(max_steps=8), str(tiny_model_dir), mixed_rows, ModelLoader(),
-        Checkpoints(tmp_path, None, None, recording_batches(shapes)),
+    run = sft.train(
+        quick(sft={"max_steps": 8}), str(tiny_model_dir), mixed_rows, ModelLoader(), tmp_path, None,
+        recording_batches(shapes),
     )  # fmt: skip
     assert isinstance(run.trainer.batch_order, TokenBoundedBatches)
     assert len(shapes) == 8 and all(rows == 1 or rows * width <= TOKENS for rows, width in shapes), shapes
     assert sorted(rows for rows, width in shapes if width > 500) == [1, 1, 1, 1]
     assert max(rows for rows, _ in shapes) == ROWS
     assert sum(rows for rows, _ in shapes) == len(mixed_rows), "one pass: every row once"
-    assert run.tokens == int(mixed_rows["n_tokens"].sum())
-    assert [s for s, _ in run.loss_curve] == list(range(1, 9))
+    reported = report(run, saved_to(tiny_model_dir, tmp_path / "job"), ModelLoader())
+    assert reported.tokens == int(mixed_rows["n_tokens"].sum())
+    assert [s for s, _ in run.curve()] == list(range(1, 9)) == [s for s, _ in reported.loss_curve]
 
 
 def test_rows_alone_where_the_budget_never_binds(tiny_model_dir, mixed_rows, tmp_path):
     """The same rows under a budget that every batch of 8 fits: the batches of rows alone, as before."""
-    run = train_adapter(
-        quick(max_steps=1, max_batch_tokens=8 * 1000), str(tiny_model_dir), mixed_rows, ModelLoader(),
-        Checkpoints(tmp_path, None, None, None),
+    run = sft.train(
+        quick(sft={"max_steps": 1}, max_batch_tokens=8 * 1000), str(tiny_model_dir), mixed_rows, ModelLoader(),
+        tmp_path, None,
     )  # fmt: skip
     assert isinstance(run.trainer.batch_order, LengthGroupedBatches)
 
@@ -202,9 +208,9 @@ def test_the_loss_is_the_mean_over_the_steps_assistant_tokens(tiny_model_dir, mi
     """Two batches of different sizes per step (gradient accumulation): TRL divides the summed loss by
     the step's assistant tokens, so the logged first loss is the initial model's mean over those
     tokens, not the mean of the two batches' means."""
-    run = train_adapter(
-        quick(max_steps=1, gradient_accumulation_steps=2), str(tiny_model_dir), mixed_rows, ModelLoader(),
-        Checkpoints(tmp_path, None, None, None),
+    run = sft.train(
+        quick(sft={"max_steps": 1, "gradient_accumulation_steps": 2}), str(tiny_model_dir), mixed_rows,
+        ModelLoader(), tmp_path, None,
     )  # fmt: skip
     first, second = run.trainer.batch_order.epoch_batches(0)[:2]
     tokenizer = run.tokenizer
@@ -216,7 +222,7 @@ def test_the_loss_is_the_mean_over_the_steps_assistant_tokens(tiny_model_dir, mi
         eval_loss(base, tokenizer, examples[: len(first)], 1),
         eval_loss(base, tokenizer, examples[len(first) :], 1),
     ]
-    logged = run.loss_curve[0][1]
+    logged = run.curve()[0][1]
     assert logged == pytest.approx(token_mean, rel=1e-5)
     assert abs(sum(batch_means) / 2 - token_mean) > 1e-3 * token_mean, "the data should tell the two means apart"
 
@@ -227,17 +233,15 @@ def test_a_resumed_training_trains_the_same_batches(tiny_model_dir, mixed_rows, 
     with the same adapter."""
     epoch = TokenBoundedBatches(mixed_rows["n_tokens"].tolist(), ROWS, TOKENS, TrainingConfig().seed, grouped=False)
     steps, checkpoint = len(epoch) + 4, len(epoch) + 2
-    config = quick(max_steps=steps, group_by_length=False, save_steps=checkpoint, keep_checkpoints=5)
+    config = quick(sft={"max_steps": steps, "group_by_length": False}, save_steps=checkpoint, keep_checkpoints=5)
     whole: list[tuple[int, int]] = []
-    train_adapter(
-        config, str(tiny_model_dir), mixed_rows, ModelLoader(),
-        Checkpoints(tmp_path / "whole", None, None, recording_batches(whole)),
-    )  # fmt: skip
+    sft.train(
+        config, str(tiny_model_dir), mixed_rows, ModelLoader(), tmp_path / "whole", None, recording_batches(whole)
+    )
     resumed: list[tuple[int, int]] = []
-    train_adapter(
-        config, str(tiny_model_dir), mixed_rows, ModelLoader(),
-        Checkpoints(tmp_path / "resumed", tmp_path / "whole" / f"checkpoint-{checkpoint}", checkpoint,
-                    recording_batches(resumed)),
+    sft.train(
+        config, str(tiny_model_dir), mixed_rows, ModelLoader(), tmp_path / "resumed",
+        tmp_path / "whole" / f"checkpoint-{checkpoint}", recording_batches(resumed),
     )  # fmt: skip
     assert len(whole) == steps and resumed == whole[checkpoint:]
     a = load_file(tmp_path / "whole" / f"checkpoint-{steps}" / "adapter_model.safetensors")
@@ -278,9 +282,9 @@ def test_dpo_batches_are_bounded_by_tokens(tiny_model_dir, tmp_path):
         }
     )
     shapes: list[tuple[int, int]] = []
-    config = quick(dpo_max_steps=4, dpo_batch_size=4, dpo_learning_rate=1e-3)
-    run = train_preferences(config, str(tiny_model_dir), pairs, ModelLoader(), tmp_path, recording_batches(shapes))
-    assert isinstance(run.trainer.batch_order, TokenBoundedBatches) and run.stage.steps == 4
+    config = quick(dpo={"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-3})
+    run = dpo.train(config, str(tiny_model_dir), pairs, ModelLoader(), tmp_path, None, recording_batches(shapes))
+    assert isinstance(run.trainer.batch_order, TokenBoundedBatches) and run.trainer.state.global_step == 4
     assert shapes and all(rows == 2 or rows * width <= TOKENS for rows, width in shapes), shapes
     assert all(rows == 2 for rows, width in shapes if width > 400), "a long pair alone"
     assert max(rows for rows, _ in shapes) == 8, "four short pairs together"

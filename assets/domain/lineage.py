@@ -131,6 +131,14 @@ class RunLineage:
             stage = trained.preference
             params |= {"dpo.pairs": stage.pairs, "dpo.steps": stage.steps, "dpo.beta": stage.beta}
             params["dpo.learning_rate"] = stage.learning_rate
+        if trained.reinforcement is not None:
+            rl = trained.reinforcement
+            params |= {"grpo.prompts": rl.prompts, "grpo.steps": rl.steps, "grpo.num_generations": rl.num_generations}
+            params |= {
+                "grpo.beta": rl.beta,
+                "grpo.learning_rate": rl.learning_rate,
+                "grpo.rewards": ",".join(rl.rewards),
+            }
         return {k: str(v) for k, v in params.items()}
 
     def mlflow_metrics(self) -> dict[str, float]:
@@ -147,6 +155,11 @@ class RunLineage:
             metrics |= {"dpo.loss_mean": trained.preference.train_loss, "dpo.seconds": trained.preference.train_seconds}
             if trained.preference.reward_accuracy is not None:
                 metrics["dpo.reward_accuracy"] = trained.preference.reward_accuracy
+        if trained.reinforcement is not None:
+            rl = trained.reinforcement
+            metrics["grpo.seconds"] = rl.train_seconds
+            figures = {"grpo.reward_first": rl.first_reward, "grpo.reward_last": rl.last_reward, "grpo.kl_last": rl.kl}
+            metrics |= {k: v for k, v in figures.items() if v is not None}
         return metrics
 
     def run_tags(self) -> dict[str, str]:
@@ -197,10 +210,17 @@ class RunLineage:
 
 
 def preference_line(lineage: RunLineage) -> str:
-    """The card's sentence on preference training and its held-out pairs, when there was any."""
+    """The card's sentence on the second stage: DPO and its held-out pairs, or GRPO and its rewards."""
     stage, ev = lineage.trained.preference, lineage.evaluation
-    if stage is None:
+    if stage is None and lineage.trained.reinforcement is None:
         return ""
+    if stage is None and lineage.trained.reinforcement is not None:
+        rl = lineage.trained.reinforcement
+        reward = f"; mean reward {rl.first_reward:.3f} -> {rl.last_reward:.3f}" if rl.reward_curve else ""
+        return (
+            f"\n\nGRPO: {rl.steps} steps on {rl.prompts} prompts, {rl.num_generations} answers each, rewards "
+            f"{', '.join(rl.rewards)}, KL weight {rl.beta}{reward}."
+        )
     line = f"\n\nDPO: {stage.steps} steps on {stage.pairs} preference pairs, beta {stage.beta}"
     if ev.preference_pairs:
         line += f"; scored on {ev.preference_pairs} held-out pairs (preference_accuracy, preference_margin above)"

@@ -1,79 +1,82 @@
-"""The training stages' settings, and their one mapping to TRL, PEFT and the model's load arguments.
+"""The training settings, typed, one section per method, and their one mapping to TRL, PEFT and the
+model's load arguments.
 
-Shared, not an asset: `fine_tuned_model` (SFT) and `preference_tuned_model` (DPO) train from one
-`training` section of a preset, so the settings and `trainer_configs` live where both can read them.
-Each stage calls `trainer_configs` and takes its part (`sft` or `dpo`, with `peft` and `model_kwargs`).
+Shared, not an asset: `fine_tuned_model` (SFT) and `preference_tuned_model` (DPO or GRPO) train from
+one `training` section of a preset, and the recipes (`assets/recipes/`) read it in their own processes.
+
+    training:
+      method: sft+grpo        # what trains (below)
+      adapter: lora           # what is trained, and the settings every method shares
+      sft:  {max_steps: 50, learning_rate: 0.0005}
+      dpo:  {max_steps: 4, beta: 0.1}
+      grpo: {max_steps: 12, num_generations: 4, rewards: [field_accuracy]}
 
 Methods (`method`): `sft` (supervised fine-tuning on the conversations), `dpo` (preference training
 on the base model, no SFT), `sft+dpo` (SFT, then DPO on the merged SFT model, which is also DPO's
-reference), `auto` (`sft+dpo` when the train split holds preference pairs, else `sft`).
+reference), `grpo` (online reinforcement learning with verifiable rewards on the base model: TRL's
+GRPOTrainer samples answers to the train prompts and learns from their rewards), `sft+grpo` (SFT, then
+GRPO from the merged SFT model), `auto` (`sft+dpo` when the train split holds preference pairs, else `sft`).
 Adapters (`adapter`): `lora`, `dora` (LoRA with a learned magnitude per output), `rslora` (LoRA scaled
 by alpha/sqrt(r)), `full` (every weight trained, no adapter), `qlora` (LoRA on a 4-bit base loaded
 through bitsandbytes: CUDA only).
+A key a section does not have is refused with its name and the section's keys; the settings of
+the flat layout before the sections (`dpo_beta`, `max_steps`, ...) are refused with their new place.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
-METHODS = ("auto", "sft", "dpo", "sft+dpo")
-PRECISIONS = ("auto", "bf16", "fp32")
-ADAPTERS = ("lora", "dora", "rslora", "full", "qlora")
+Method = Literal["auto", "sft", "dpo", "sft+dpo", "grpo", "sft+grpo"]
+Adapter = Literal["lora", "dora", "rslora", "full", "qlora"]
+Precision = Literal["auto", "bf16", "fp32"]
+METHODS: tuple[str, ...] = Method.__args__
+ADAPTERS: tuple[str, ...] = Adapter.__args__
+PRECISIONS: tuple[str, ...] = Precision.__args__
 # Adapters trained as a PEFT LoRA adapter beside frozen base weights (all but `full`).
 LORA_ADAPTERS = ("lora", "dora", "rslora", "qlora")
+# The second stage of each method that has one (preference_tuned_model trains it).
+SECOND_STAGES = ("dpo", "grpo")
 
 
-class TrainingConfig(dg.ConfigurableResource):
-    """Trainer and LoRA settings. Defaults are the `cpu` preset; presets override them by name."""
+def refuse_unknown(cls, values: Any, where: str, moved: dict[str, str] | None = None) -> Any:
+    """Settings are typed: a key `cls` does not have is refused with its name and the valid ones (or,
+    for a setting of the flat layout before the sections, with its new place)."""
+    if not isinstance(values, dict):
+        return values
+    unknown = [k for k in values if k not in cls.model_fields]
+    if not unknown:
+        return values
+    lines = [f"{where}.{k} is now {where}.{moved[k]}" for k in unknown if moved and k in moved]
+    others = [k for k in unknown if not (moved and k in moved)]
+    if others:
+        lines.append(f"unknown setting(s) {where}.{', '.join(others)}; {where} has: {', '.join(cls.model_fields)}")
+    raise ValueError("; ".join(lines) + ".")
 
-    preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
-    method: str = Field(
-        default="auto",
-        description="What to train: 'sft' (supervised, on the conversations), 'dpo' (preference pairs only, "
-        "DPO on the base model), 'sft+dpo' (SFT, then DPO on the merged SFT model as its reference), or "
-        "'auto': 'sft+dpo' when the train split holds preference pairs, else 'sft'.",
-    )
-    adapter: str = Field(
-        default="lora",
-        description="What is trained: 'lora', 'dora' (LoRA plus a learned magnitude per output), 'rslora' "
-        "(LoRA scaled by alpha/sqrt(r), steadier at high rank), 'full' (every weight; use a learning rate "
-        "near 1e-5), or 'qlora' (LoRA on a 4-bit base through bitsandbytes; needs a CUDA GPU).",
-    )
-    max_steps: int = Field(default=50, description="Optimizer steps to train for.")
+
+class Section(dg.Config):
+    """One method's section of the `training` settings; unknown keys are refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, values: Any) -> Any:
+        return refuse_unknown(cls, values, f"training.{cls.section}")
+
+
+class SftSettings(Section):
+    """`training.sft`: supervised fine-tuning (TRL's SFTTrainer), methods sft, sft+dpo and sft+grpo."""
+
+    section: ClassVar[str] = "sft"
+    max_steps: int = Field(default=50, ge=1, description="Optimizer steps to train for.")
     per_device_train_batch_size: int = Field(
-        default=8, description="Examples per batch and device, at most (max_batch_tokens may allow fewer)."
+        default=8, ge=1, description="Examples per batch and device, at most (max_batch_tokens may allow fewer)."
     )
-    max_batch_tokens: int = Field(
-        default=2048,
-        ge=0,
-        description="Padded tokens per batch and device, at most: the rows times the longest row. A batch holds as "
-        "many examples as fit this and per_device_train_batch_size, so a few long examples neither exhaust memory "
-        "nor make a whole batch as wide as they are, while short examples still fill their batches; an example "
-        "longer than this trains alone. Only where it binds (per_device_train_batch_size x the longest example is "
-        "over it) do batches differ from batches of rows alone, grouped by length when group_by_length holds "
-        "(resources/batch_order.py). The loss stays the mean over the step's assistant tokens, however many rows "
-        "its batches hold. DPO's batches too (dpo_batch_size pairs at most, each pair two rows). 0: rows alone.",
-    )
-    gradient_accumulation_steps: int = Field(default=1, description="Steps whose gradients are summed.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Steps whose gradients are summed.")
     learning_rate: float = Field(default=5e-4, description="Peak learning rate.")
-    lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name.")
-    warmup_steps: int = Field(default=10, description="Linear warm-up steps before the peak rate.")
-    weight_decay: float = Field(default=0.0, description="AdamW weight decay.")
-    lora_r: int = Field(default=16, description="LoRA rank.")
-    lora_alpha: int = Field(default=32, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(default=0.0, description="Dropout on the LoRA path.")
-    lora_target_modules: str = Field(
-        default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
-    )
-    precision: str = Field(
-        default="auto",
-        description="Matmul precision: 'bf16' (bfloat16 autocast over float32 weights), 'fp32', or 'auto': bf16 "
-        "where the hardware multiplies bfloat16 natively (CUDA GPUs that support it; CPUs with AVX512-BF16 or "
-        "AMX, about twice their float32 peak), else fp32 (emulated bf16 would be slower).",
-    )
+    warmup_steps: int = Field(default=10, ge=0, description="Linear warm-up steps before the peak rate.")
     group_by_length: bool = Field(
         default=True,
         description="Batch examples of similar length together, the batches in random order "
@@ -97,60 +100,187 @@ class TrainingConfig(dg.ConfigurableResource):
         "variable-length kernels). Same loss as padded batches. Pays with FlashAttention; under SDPA (CPU) "
         "the mask is dense over the batch's tokens and length-grouped padded batches are faster.",
     )
+
+
+class DpoSettings(Section):
+    """`training.dpo`: preference training (TRL's DPOTrainer), methods dpo and sft+dpo."""
+
+    section: ClassVar[str] = "dpo"
+    max_steps: int = Field(
+        default=4, ge=1, description="DPO optimizer steps, each on per_device_train_batch_size pairs."
+    )
+    per_device_train_batch_size: int = Field(
+        default=4,
+        ge=1,
+        description="Preference pairs per step and device, at most (max_batch_tokens may allow fewer; a pair is "
+        "two rows, prompt + chosen and prompt + rejected).",
+    )
+    learning_rate: float = Field(
+        default=5e-5, description="Peak DPO learning rate (LoRA; use ~5e-7 to 5e-6 with adapter 'full')."
+    )
+    beta: float = Field(
+        default=0.1, description="DPO's beta: how closely the tuned model is held to its reference (higher: closer)."
+    )
+
+
+class GrpoSettings(Section):
+    """`training.grpo`: online reinforcement learning with verifiable rewards (TRL's GRPOTrainer), methods
+    grpo and sft+grpo. Each step samples `num_generations` answers to each of its prompts, scores them with
+    the rewards, and raises the likelihood of the answers that scored above their group's mean."""
+
+    section: ClassVar[str] = "grpo"
+    max_steps: int = Field(default=12, ge=1, description="GRPO optimizer steps.")
+    per_device_train_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Sampled answers per step and device (TRL counts completions, not prompts): the prompts per "
+        "step are this divided by num_generations (times num_processes).",
+    )
+    num_generations: int = Field(
+        default=4,
+        ge=2,
+        description="Answers sampled per prompt: a prompt's answers are scored against each other (the group), "
+        "so at least 2, and per_device_train_batch_size x num_processes must be a multiple of it.",
+    )
+    max_completion_length: int = Field(
+        default=64, ge=1, description="Tokens each sampled answer may have (an answer cut there usually scores 0)."
+    )
+    temperature: float = Field(default=1.0, gt=0.0, description="Sampling temperature of the answers.")
+    learning_rate: float = Field(default=2e-5, description="Peak GRPO learning rate.")
+    beta: float = Field(
+        default=0.04,
+        ge=0.0,
+        description="Weight of the KL penalty that holds the policy near the model it started from (0: no "
+        "reference model is kept, and grpo.kl is not tracked).",
+    )
+    epsilon: float = Field(default=0.2, gt=0.0, description="Clipping range of the policy ratio (PPO's epsilon).")
+    num_iterations: int = Field(default=1, ge=1, description="Optimizer passes over each batch of sampled answers.")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
+        default="dapo", description="How the per-token loss is normalised (TRL's loss_type)."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group", description="Divide each advantage by the reward's std over its group, its batch, or not."
+    )
+    rewards: list[str] = Field(
+        default=[],
+        description="The rewards, by name, from what evaluation checks: exact_match (with evaluation's "
+        "answer_pattern when set), json_valid and field_accuracy (JSON answers), rougeL. Empty: the task's "
+        "(JSON answers: exact_match, json_valid, field_accuracy; tool calls or an answer pattern: "
+        "exact_match; open text: rougeL).",
+    )
+    reward_weights: list[float] = Field(
+        default=[],
+        description="A weight per reward, in order (the user's function last); empty: all 1.",
+    )
+    reward_function: str = Field(
+        default="",
+        description="A reward of your own, added to the others: 'package.module:function' or "
+        "'path/to/file.py:function', called as function(prompts, completions, answer, **columns) -> list[float].",
+    )
+
+
+# Where each setting of the flat layout (before the method sections) went.
+MOVED = {
+    **{k: f"sft.{k}" for k in SftSettings.model_fields},
+    **{f"dpo_{k}": f"dpo.{k}" for k in DpoSettings.model_fields},
+    "dpo_batch_size": "dpo.per_device_train_batch_size",
+}
+
+
+class TrainingConfig(dg.ConfigurableResource):
+    """The `training` section: the method, what is trained and how it runs (shared by every method),
+    and one section per method. Defaults are the `cpu` preset; presets override them by name."""
+
+    preset: str = Field(default="cpu", description="Name of the preset these settings came from.")
+    method: Method = Field(
+        default="auto",
+        description="What to train: 'sft' (supervised, on the conversations), 'dpo' (preference pairs only, DPO on "
+        "the base model), 'sft+dpo' (SFT, then DPO on the merged SFT model as its reference), 'grpo' (GRPO with "
+        "rewards on the base model), 'sft+grpo' (SFT, then GRPO from the merged SFT model), or 'auto': 'sft+dpo' "
+        "when the train split holds preference pairs, else 'sft'.",
+    )
+    adapter: Adapter = Field(
+        default="lora",
+        description="What is trained: 'lora', 'dora' (LoRA plus a learned magnitude per output), 'rslora' "
+        "(LoRA scaled by alpha/sqrt(r), steadier at high rank), 'full' (every weight; use a learning rate "
+        "near 1e-5), or 'qlora' (LoRA on a 4-bit base through bitsandbytes; needs a CUDA GPU).",
+    )
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    lora_target_modules: str = Field(
+        default="all-linear", description="Modules given adapters: 'all-linear' or comma-separated names."
+    )
+    precision: Precision = Field(
+        default="auto",
+        description="Matmul precision: 'bf16' (bfloat16 autocast over float32 weights), 'fp32', or 'auto': bf16 "
+        "where the hardware multiplies bfloat16 natively (CUDA GPUs that support it; CPUs with AVX512-BF16 or "
+        "AMX, about twice their float32 peak), else fp32 (emulated bf16 would be slower).",
+    )
+    max_batch_tokens: int = Field(
+        default=2048,
+        ge=0,
+        description="Padded tokens per batch and device, at most: the rows times the longest row (SFT's and DPO's "
+        "batches). A batch holds as many examples as fit this and its section's per_device_train_batch_size, so a "
+        "few long examples neither exhaust memory nor make a whole batch as wide as they are, while short "
+        "examples still fill their batches; an example longer than this trains alone. Only where it binds are "
+        "batches different from batches of rows alone (resources/batch_order.py). The loss stays the mean over "
+        "the step's assistant tokens, however many rows its batches hold. 0: rows alone.",
+    )
+    lr_scheduler_type: str = Field(default="cosine", description="transformers scheduler name, every method.")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay, every method.")
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations to save memory (costs ~20% speed)."
     )
     num_processes: int = Field(
         default=1,
         ge=1,
-        description="Training processes, one per device: above 1 the SFT job runs under torchrun as data-parallel "
-        "DDP (one process per GPU; gloo on a CPU), each process on its own shard of every batch. The examples per "
-        "step are at most per_device_train_batch_size x num_processes x gradient_accumulation_steps.",
+        description="Training processes, one per device: above 1 every method's job runs under torchrun as "
+        "data-parallel DDP (one process per GPU; gloo on a CPU), each process on its own shard of every batch.",
     )
-    logging_steps: int = Field(default=5, description="Log the training loss every N steps.")
+    logging_steps: int = Field(
+        default=5, ge=1, description="Log the training loss every N steps (DPO, GRPO: every step)."
+    )
     save_steps: int = Field(
         default=10,
-        description="Checkpoint every N steps under FT_HOME/checkpoints/<setup>/; a training killed midway "
-        "resumes from the last checkpoint when launched again (0: no checkpoints).",
+        ge=0,
+        description="Checkpoint every N steps under FT_HOME/checkpoints/<setup>/ (every method); a training killed "
+        "midway resumes from its last checkpoint when launched again (0: no checkpoints).",
     )
-    keep_checkpoints: int = Field(default=2, description="Checkpoints kept per training setup (the newest).")
-    seed: int = Field(default=0, description="Seed for adapter init and data order.")
-    dpo_max_steps: int = Field(
-        default=4, description="DPO optimizer steps (methods dpo and sft+dpo), each on dpo_batch_size pairs."
-    )
-    dpo_batch_size: int = Field(
-        default=4,
-        description="Preference pairs per DPO step and device, at most (max_batch_tokens may allow fewer; a pair "
-        "is two rows, prompt + chosen and prompt + rejected).",
-    )
-    dpo_learning_rate: float = Field(
-        default=5e-5, description="Peak DPO learning rate (LoRA; use ~5e-7 to 5e-6 with adapter 'full')."
-    )
-    dpo_beta: float = Field(
-        default=0.1,
-        description="DPO's beta: how closely the tuned model is held to its reference (higher: closer).",
+    keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept per training setup (the newest).")
+    seed: int = Field(default=0, description="Seed for adapter init, data order and sampling.")
+    sft: SftSettings = Field(default_factory=SftSettings, description="Supervised fine-tuning (TRL's SFTTrainer).")
+    dpo: DpoSettings = Field(default_factory=DpoSettings, description="Preference training (TRL's DPOTrainer).")
+    grpo: GrpoSettings = Field(
+        default_factory=GrpoSettings, description="Reinforcement learning with rewards (TRL's GRPOTrainer)."
     )
 
-    @field_validator("method")
+    @model_validator(mode="before")
     @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"training.method {value!r} is not one of {', '.join(METHODS)}.")
-        return value
+    def _known_keys(cls, values: Any) -> Any:
+        return refuse_unknown(cls, values, "training", MOVED)
 
-    @field_validator("precision")
-    @classmethod
-    def _known_precision(cls, value: str) -> str:
-        if value not in PRECISIONS:
-            raise ValueError(f"training.precision {value!r} is not one of {', '.join(PRECISIONS)}.")
-        return value
+    def with_sft(self, **changes) -> "TrainingConfig":
+        """These settings with some of the `sft` section's changed (as the stage decided them)."""
+        return self.model_copy(update={"sft": self.sft.model_copy(update=changes)})
 
-    @field_validator("adapter")
-    @classmethod
-    def _known_adapter(cls, value: str) -> str:
-        if value not in ADAPTERS:
-            raise ValueError(f"training.adapter {value!r} is not one of {', '.join(ADAPTERS)}.")
-        return value
+    def shared(self) -> dict[str, Any]:
+        """The settings every method shares: all but the method sections and the preset's name."""
+        return {k: v for k, v in self.model_dump().items() if k not in ("preset", *METHOD_SECTIONS)}
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting but the preset's name, a section's as `section.key` (MLflow params, the model card)."""
+        values = self.shared()
+        for section in METHOD_SECTIONS:
+            values |= {f"{section}.{k}": v for k, v in getattr(self, section).model_dump().items()}
+        return values
+
+    def stage_settings(self, stage: str) -> dict[str, Any]:
+        """What decides what `stage` ('sft', 'dpo', 'grpo') learns: the shared settings and its own section."""
+        return {**self.shared(), stage: getattr(self, stage).model_dump()}
+
+
+METHOD_SECTIONS = ("sft", "dpo", "grpo")
 
 
 def resolve_method(method: str, preference_pairs: int) -> str:
@@ -162,17 +292,22 @@ def resolve_method(method: str, preference_pairs: int) -> str:
         raise ValueError(
             f"training.method {method!r} trains on preference pairs (rows with prompt/chosen/rejected, "
             "kind 'preference'), and the train split holds none. Land preference data, or use method "
-            "'sft' or 'auto'."
+            "'sft', 'grpo' or 'auto'."
         )
     return method
 
 
 def trains_sft(method: str) -> bool:
-    return method in ("sft", "sft+dpo")
+    return method in ("sft", "sft+dpo", "sft+grpo")
+
+
+def second_stage(method: str) -> str | None:
+    """What `preference_tuned_model` trains for `method`: 'dpo', 'grpo', or None (the SFT model is the candidate)."""
+    return next((stage for stage in SECOND_STAGES if stage in method.split("+")), None)
 
 
 def trains_dpo(method: str) -> bool:
-    return method in ("dpo", "sft+dpo")
+    return second_stage(method) == "dpo"
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -208,12 +343,10 @@ def refuse_unsupported(config: TrainingConfig, use_cpu: bool) -> None:
 
 @dataclass(frozen=True)
 class TrainerSetup:
-    """What `trainer_configs` maps the settings to; each stage takes its part."""
+    """What `trainer_setup` maps the settings to for one stage."""
 
-    sft: Any
-    """trl.SFTConfig for fine_tuned_model."""
-    dpo: Any
-    """trl.DPOConfig for preference_tuned_model."""
+    args: Any
+    """trl.SFTConfig, DPOConfig or GRPOConfig."""
     peft: Any | None
     """peft.LoraConfig for every adapter but 'full' (None: all weights train)."""
     model_kwargs: dict[str, Any]
@@ -224,79 +357,103 @@ class TrainerSetup:
     (`resources.batch_order.BatchOrder`): TRL has no such setting."""
 
 
-def trainer_configs(
-    config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool, new_tokens: list[int] | None = None
+def trainer_setup(
+    stage: str,
+    config: TrainingConfig,
+    output_dir: Path,
+    use_cpu: bool,
+    max_length: int = 0,
+    new_tokens: list[int] | None = None,
 ) -> TrainerSetup:
-    """The one mapping from our TrainingConfig to TRL's SFTConfig and DPOConfig, PEFT's LoraConfig,
-    the base model's load arguments and the token budget per batch. Refuses settings this device
-    cannot run (qlora on a CPU). `new_tokens`: ids the base model's preparation added to its
-    vocabulary (a chat template's tokens), whose embedding rows an adapter trains too."""
+    """The one mapping from our settings to TRL's config for `stage` ('sft', 'dpo', 'grpo'), PEFT's
+    LoraConfig, the base model's load arguments and the token budget per batch. Refuses settings this
+    device cannot run (qlora on a CPU). `new_tokens`: ids the base model's preparation added to its
+    vocabulary (a chat template's tokens), whose embedding rows an adapter trains too. `max_length`:
+    the longest SFT example (validation bounded them all)."""
     refuse_unsupported(config, use_cpu)
+    args = {"sft": sft_config, "dpo": dpo_config, "grpo": grpo_config}[stage]
     return TrainerSetup(
-        sft=sft_config(config, output_dir, max_length, use_cpu),
-        dpo=dpo_config(config, output_dir, use_cpu),
+        args=args(config, output_dir, use_cpu, max_length),
         peft=peft_config(config, new_tokens),
         model_kwargs=model_kwargs(config),
         max_batch_tokens=config.max_batch_tokens,
     )
 
 
-def common_args(config: TrainingConfig, output_dir: Path, use_cpu: bool) -> dict[str, Any]:
-    """What SFTConfig and DPOConfig take alike from the settings."""
+def common_args(config: TrainingConfig, output_dir: Path, use_cpu: bool, section) -> dict[str, Any]:
+    """What every TRL config takes alike: the shared settings, and the section's steps, batch and rate."""
     return {
         "output_dir": str(output_dir),
+        "max_steps": section.max_steps,
+        "per_device_train_batch_size": section.per_device_train_batch_size,
+        "learning_rate": section.learning_rate,
         "lr_scheduler_type": config.lr_scheduler_type,
         "weight_decay": config.weight_decay,
-        # Both configs turn bf16 and gradient checkpointing on by default, even on CPU: decide explicitly.
+        # TRL's configs turn bf16 and gradient checkpointing on by default, even on CPU: decide explicitly.
         "bf16": uses_bf16(config.precision, use_cpu),
         "gradient_checkpointing": config.gradient_checkpointing,
         "report_to": "none",
         "seed": config.seed,
         "use_cpu": use_cpu,
         "disable_tqdm": True,
+        # Checkpoints every save_steps into output_dir (the setup's checkpoint folder), so a killed training resumes.
+        "save_strategy": "steps" if config.save_steps else "no",
+        "save_steps": config.save_steps or 500,
+        "save_total_limit": config.keep_checkpoints,
     }
 
 
-def sft_config(config: TrainingConfig, output_dir: Path, max_length: int, use_cpu: bool):
+def sft_config(config: TrainingConfig, output_dir: Path, use_cpu: bool, max_length: int):
     from trl import SFTConfig
 
+    sft = config.sft
     return SFTConfig(
-        **common_args(config, output_dir, use_cpu),
+        **common_args(config, output_dir, use_cpu, sft),
         # Validation bounded every example's length (max_tokens), so nothing is cut either way; TRL
         # wants no max_length with padding-free batches that are not packed across examples.
-        padding_free=config.padding_free,
-        max_length=None if config.padding_free else max_length,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
+        padding_free=sft.padding_free,
+        max_length=None if sft.padding_free else max_length,
+        train_sampling_strategy="group_by_length" if sft.group_by_length else "random",
+        gradient_accumulation_steps=sft.gradient_accumulation_steps,
+        warmup_steps=sft.warmup_steps,
         # The dataset comes tokenized with its assistant mask (`training_dataset`): TRL builds the labels
         # from that mask, so the loss stays on the assistant's tokens. TRL's own assistant_only_loss
         # would re-render the messages itself and knows neither our tool rendering nor turn weights.
         assistant_only_loss=False,
         logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=config.keep_checkpoints,
     )
 
 
-def dpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool):
+def dpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool, max_length: int = 0):
     from trl import DPOConfig
 
     return DPOConfig(
-        **common_args(config, output_dir, use_cpu),
-        max_steps=config.dpo_max_steps,
-        per_device_train_batch_size=config.dpo_batch_size,
-        learning_rate=config.dpo_learning_rate,
-        beta=config.dpo_beta,
+        **common_args(config, output_dir, use_cpu, config.dpo),
+        beta=config.dpo.beta,
         # Validation bounded every pair's length already (max_tokens): nothing to cut.
         max_length=None,
         # A DPO stage is a few steps: log each one, so its curve has points.
         logging_steps=1,
-        save_strategy="no",
+    )
+
+
+def grpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool, max_length: int = 0):
+    from trl import GRPOConfig
+
+    grpo = config.grpo
+    return GRPOConfig(
+        **common_args(config, output_dir, use_cpu, grpo),
+        num_generations=grpo.num_generations,
+        max_completion_length=grpo.max_completion_length,
+        temperature=grpo.temperature,
+        beta=grpo.beta,
+        epsilon=grpo.epsilon,
+        num_iterations=grpo.num_iterations,
+        loss_type=grpo.loss_type,
+        scale_rewards=grpo.scale_rewards,
+        reward_weights=list(grpo.reward_weights) or None,
+        # Each step samples and scores: log each one, so the reward curve has points.
+        logging_steps=1,
     )
 
 

@@ -83,6 +83,33 @@ class PreferenceStage:
 
 
 @dataclass(frozen=True)
+class RewardStage:
+    """What the GRPO stage of `preference_tuned_model` did, on top of the model it started from."""
+
+    prompts: int
+    """Prompts in the train split (each answered num_generations times per step it is drawn)."""
+    steps: int
+    num_generations: int
+    beta: float
+    learning_rate: float
+    rewards: tuple[str, ...]
+    """The reward functions, by name."""
+    train_seconds: float
+    reward_curve: tuple[tuple[int, float], ...] = ()
+    """(step, mean reward of the step's sampled answers) as logged."""
+    kl: float | None = None
+    """The last logged KL divergence from the starting weights (None without the KL penalty)."""
+
+    @property
+    def first_reward(self) -> float | None:
+        return self.reward_curve[0][1] if self.reward_curve else None
+
+    @property
+    def last_reward(self) -> float | None:
+        return self.reward_curve[-1][1] if self.reward_curve else None
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """A trained model and how it was made: what `fine_tuned_model` (the SFT stage) made, and what
     `preference_tuned_model` hands on as the candidate (that SFT model, or DPO on top of it, with
@@ -94,7 +121,7 @@ class TrainedModel:
     loss_curve_png: str
     preset: str
     settings: dict[str, Any]
-    """The training stage's settings as run (without `preset`)."""
+    """The training settings as run (`TrainingConfig.flat()`: without `preset`, a section's as `sft.max_steps`)."""
     device: str
     max_length: int
     train_examples: int
@@ -118,6 +145,21 @@ class TrainedModel:
     otherwise it loads merged_dir."""
     preference: PreferenceStage | None = None
     """The DPO stage's figures, when there was one."""
+    reinforcement: "RewardStage | None" = None
+    """The GRPO stage's figures, when there was one."""
+    setup_key: str = ""
+    """The SFT stage's training setup (its checkpoint folder's name): what a second stage starting from
+    this model names its starting weights by, so that its own checkpoints resume only on the same SFT model."""
+
+    @classmethod
+    def base(cls, base_model: str, preset: str, settings: dict[str, Any], device: str, method: str) -> "TrainedModel":
+        """The SFT stage's value when the method has none ('dpo', 'grpo'): no SFT ran, no figures; the
+        base model is what the second stage starts from. `settings`: `TrainingConfig.flat()`."""
+        return cls(
+            adapter_dir=None, merged_dir=base_model, loss_curve_png="", preset=preset, settings=settings,
+            device=device, max_length=0, train_examples=0, steps=0, train_loss=0.0, train_seconds=0.0,
+            method=method, adapter=settings.get("adapter", "lora"), adapter_base_dir=base_model,
+        )  # fmt: skip
 
     def adapter_applies_to(self, base_model: str) -> bool:
         """Whether adapter_dir is an adapter for the weights in `base_model` (a value made before

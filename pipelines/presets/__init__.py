@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from assets.fine_tuned_model import TrainingConfig
+from assets.domain.evaluation import EvaluationConfig
+from assets.domain.training import MOVED, TrainingConfig, refuse_unknown
 from assets.instruction_pairs import SplitConfig
-from assets.model_evaluation import EvaluationConfig
 from assets.raw_records import IngestConfig
 from assets.validated_records import ValidationConfig
 from data_checks.promotion_gate import GateConfig
@@ -61,19 +61,27 @@ def load_preset(name: str) -> dict[str, dict]:
     return values
 
 
+def merged(preset: dict, overrides: dict) -> dict:
+    """`overrides` over `preset`, a nested section (`training.sft`) merged key by key."""
+    out = dict(preset)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def stage_resources(name: str, overrides: dict[str, dict] | None = None) -> dict:
-    """One resource per stage, from the preset `name` with `overrides` (stage -> values) on top."""
+    """One resource per stage, from the preset `name` with `overrides` (stage -> values) on top. A setting
+    a stage does not have is refused with its name and the stage's settings (the training settings of
+    the flat layout before its method sections, with their new place)."""
     values = load_preset(name)
     resources = {}
     for stage, cls in STAGES.items():
-        merged = {**values.get(stage, {}), **(overrides or {}).get(stage, {})}
-        unknown = sorted(set(merged) - set(cls.model_fields))
-        if unknown:
-            raise ValueError(
-                f"Preset {name!r}, section {stage}: unknown setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(cls.model_fields)}."
-            )
+        settings = merged(values.get(stage, {}), (overrides or {}).get(stage, {}))
+        try:
+            refuse_unknown(cls, settings, stage, MOVED if stage == "training" else None)
+        except ValueError as error:
+            raise ValueError(f"Preset {name!r} ({preset_path(name)}): {error}") from None
         if stage == "training":
-            merged.setdefault("preset", preset_name(name))
-        resources[stage] = cls(**merged)
+            settings.setdefault("preset", preset_name(name))
+        resources[stage] = cls(**settings)
     return resources

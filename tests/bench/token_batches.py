@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.bench.token_batches            (--examples 96 --memory-cap-gb 14)
 
-Both sides are our SFT stage's own code path (`fine_tuned_model.train_adapter`) with the `cpu`
+Both sides are our SFT stage's own code path (the SFT recipe's `train`, assets/recipes/sft.py) with the `cpu`
 preset, from the bundled SmolLM2-135M, making one pass over the same examples: Dolly records
 (../shared/data/dolly/, required: the point is its long rows) of up to 2,048 tokens, what the cpu
 preset's validation now lets through, a random `--examples` of them (seed 0). The preset groups them by
@@ -87,10 +87,10 @@ def planned_batches(config, lengths: list[int]) -> list[list[int]]:
     """The first epoch's batches as the trainer will cut them for these settings."""
     from resources.batch_order import TokenBoundedBatches, budget_binds, length_grouped_order
 
-    rows, budget = config.per_device_train_batch_size, config.max_batch_tokens
+    rows, budget = config.sft.per_device_train_batch_size, config.max_batch_tokens
     if budget_binds(lengths, rows, budget):
-        return list(TokenBoundedBatches(lengths, rows, budget, config.seed, config.group_by_length))
-    assert config.group_by_length, "Dolly's random batches are mostly padding: the preset groups them"
+        return list(TokenBoundedBatches(lengths, rows, budget, config.seed, config.sft.group_by_length))
+    assert config.sft.group_by_length, "Dolly's random batches are mostly padding: the preset groups them"
     order = length_grouped_order(lengths, rows, config.seed)
     return [order[i : i + rows] for i in range(0, len(order), rows)]
 
@@ -98,9 +98,9 @@ def planned_batches(config, lengths: list[int]) -> list[list[int]]:
 def run_side(side: str, base: str, examples: int) -> dict:
     """One pass over the examples with this side's max_batch_tokens: the figures, or how far it got."""
     from assets.domain.training import TrainingConfig
-    from assets.fine_tuned_model import Checkpoints, train_adapter
+    from assets.recipes.sft import train as train_sft
+    from assets.recipes.sft import with_length_grouping
     from pipelines.presets import load_preset
-    from resources.batch_order import with_length_grouping
     from resources.models import ModelLoader
 
     train = dolly_rows(base, examples)
@@ -110,15 +110,13 @@ def run_side(side: str, base: str, examples: int) -> dict:
         preset["max_batch_tokens"] = SIDES[side]
     config = with_length_grouping(TrainingConfig(**preset), lengths)
     plan = planned_batches(config, lengths)
-    config = TrainingConfig(**{**config.model_dump(), "max_steps": len(plan)})
+    config = config.with_sft(max_steps=len(plan))
     shapes: list[tuple[int, int]] = []
     times: list[tuple[str, float]] = []
     failed = None
     callback = batch_recorder(shapes, times)
     try:
-        run = train_adapter(
-            config, base, train, ModelLoader(), Checkpoints(Path(tempfile.mkdtemp()), None, None, callback)
-        )
+        run = train_sft(config, base, train, ModelLoader(), Path(tempfile.mkdtemp()), None, callback)
         steps_done = run.trainer.state.global_step
     except (RuntimeError, MemoryError) as error:  # an allocation over the cap
         failed, steps_done = f"{type(error).__name__}: {str(error)[:160]}", sum(kind == "end" for kind, _ in times)
@@ -128,7 +126,7 @@ def run_side(side: str, base: str, examples: int) -> dict:
     return {
         "side": side,
         "max_batch_tokens": config.max_batch_tokens,
-        "group_by_length": config.group_by_length,
+        "group_by_length": config.sft.group_by_length,
         "examples": len(lengths),
         "non_pad_tokens": sum(lengths),
         "longest_example": max(lengths),

@@ -126,8 +126,9 @@ def training_settings(steps: int, batch: int):
     from assets.domain.training import TrainingConfig
     from pipelines.presets import load_preset
 
-    values = {**load_preset("cpu")["training"], "max_steps": steps, "per_device_train_batch_size": batch}
-    return TrainingConfig(**{**values, "save_steps": 0, "method": "sft"})
+    values = load_preset("cpu")["training"]
+    sft = {**values.get("sft", {}), "max_steps": steps, "per_device_train_batch_size": batch}
+    return TrainingConfig(**{**values, "sft": sft, "save_steps": 0, "method": "sft"})
 
 
 def train_plain_trl(base: str, data: dict, steps: int, batch: int):
@@ -146,9 +147,9 @@ def train_plain_trl(base: str, data: dict, steps: int, batch: int):
             output_dir=tempfile.mkdtemp(),
             max_steps=steps,
             per_device_train_batch_size=batch,
-            learning_rate=ours.learning_rate,
+            learning_rate=ours.sft.learning_rate,
             lr_scheduler_type=ours.lr_scheduler_type,
-            warmup_steps=ours.warmup_steps,
+            warmup_steps=ours.sft.warmup_steps,
             max_length=MAX_LENGTH,
             logging_steps=1,
             save_strategy="no",
@@ -168,14 +169,14 @@ def train_plain_trl(base: str, data: dict, steps: int, batch: int):
 
 
 def train_ours(base: str, data: dict, steps: int, batch: int):
-    """Our training stage's own code path (`fine_tuned_model.train_adapter`) with the cpu preset."""
-    from assets.fine_tuned_model import Checkpoints, train_adapter
+    """Our training stage's own code path (the SFT recipe's `train`, `assets/recipes/sft.py`) with the cpu preset."""
+    from assets.recipes.sft import train as train_sft
     from resources.models import ModelLoader
 
     settings = training_settings(steps, batch)
     timer = step_timer()
     train = data["train"][["messages", "tools", "n_tokens"]].reset_index(drop=True)
-    run = train_adapter(settings, base, train, ModelLoader(), Checkpoints(Path(tempfile.mkdtemp()), None, None, timer))
+    run = train_sft(settings, base, train, ModelLoader(), Path(tempfile.mkdtemp()), None, timer)
     return run.trainer, timer, "bfloat16" if run.trainer.args.bf16 else "float32"
 
 
