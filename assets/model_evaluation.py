@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.domain.chat import prompt_text, training_chat_template, training_tokens
-from assets.domain.evaluation import EvaluationConfig
+from assets.domain.evaluation import EvaluationConfig, generation_budget
 from assets.domain.lineage import ADAPTER_ON_TAG, BASE_MODEL_PATH_TAG
 from assets.domain.metrics import DEFAULT_PRIMARY, SHOWN_DECIMALS, mean_scores, metrics_table, score_answer, task_type
 from assets.domain.preferences import chosen_conversations, margin_summary, reply_tokens
@@ -192,14 +192,6 @@ def eval_rows(pairs: RecordSet, kind: str, limit: int) -> pd.DataFrame:
     """The eval split's rows of one kind in a fixed order, at most `limit` (0: all)."""
     rows = pairs.frame(where=[("split", "=", "eval"), ("kind", "=", kind)]).sort_values("example_id")
     return rows.head(limit) if limit else rows
-
-
-def generation_budget(tokenizer, references: list[str], cap: int) -> int:
-    """Enough new tokens for nearly every reference answer: the 95th percentile of their token
-    lengths plus a quarter of it as headroom, plus the end-of-turn token, at most `cap`."""
-    lengths = sorted(len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"])
-    p95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]
-    return min(cap, p95 + math.ceil(p95 / 4) + 1)
 
 
 def candidate_model(models: ModelLoader, base, candidate: TrainedModel, base_model: str):

@@ -73,6 +73,20 @@ def stage_figures(recipe: Recipe, launched: Launched) -> PreferenceStage | Rewar
     )  # fmt: skip
 
 
+def no_signal(launched: Launched) -> str | None:
+    """Why a GRPO stage learnt nothing, when every answer to every prompt scored the same (reward std 0 at
+    every step: no answer beat its group, so there was no gradient). Else None."""
+    spreads = launched.report.curves.get("reward_std", ())
+    if not spreads or any(std > 0 for _, std in spreads):
+        return None
+    return (
+        f"GRPO had nothing to learn from: at every one of its {len(spreads)} steps all answers to a prompt scored "
+        f"the same (mean reward {launched.report.last.get('reward', 0.0):.3f}), so the model is unchanged. A base "
+        "model that never answers in the expected form scores 0 everywhere: train with method sft+grpo, or add a "
+        "reward that gives partial credit (field_accuracy, rougeL, or training.grpo.reward_function)."
+    )
+
+
 def stage_metadata(candidate: TrainedModel, launched: Launched) -> dict:
     stage, run = candidate.preference or candidate.reinforcement, launched.report
     metadata = {"steps": run.steps, "seconds": round(run.seconds, 1), "world_size": run.world_size,
@@ -131,11 +145,14 @@ def preference_tuned_model(
     tools = RecipeTools(models, state, checkpoints, mlflow_registry, training_job)
     launched = launch_recipe(context, recipe, tools, "preference_tuned_model")
     figures = stage_figures(recipe, launched)
+    if (note := no_signal(launched)) is not None:
+        context.log.warning(note)
     candidate = replace(
         start, adapter_dir=launched.report.adapter_dir, merged_dir=launched.report.merged_dir,
         mlflow_run_id=launched.mlflow_run_id, method=method, adapter=training.adapter,
         adapter_base_dir=start.merged_dir, **{"preference" if stage == "dpo" else "reinforcement": figures},
     )  # fmt: skip
     metadata = {"method": method, "second_stage": stage, **stage_metadata(candidate, launched)}
+    metadata |= {"note": note} if note else {}
     # A step that ran a Pipes job hands Dagster typed events: the value wrapped in its Output.
     return dg.Output(candidate, metadata=metadata | {"merged_dir": dg.MetadataValue.path(candidate.merged_dir)})

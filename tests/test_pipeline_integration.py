@@ -26,11 +26,12 @@ REQUIRED_PARAMS = {
     "data.eval_rows",
     "preset",
     "base_model",
-    "train.learning_rate",
-    "train.max_steps",
+    "train.sft.learning_rate",
+    "train.sft.max_steps",
     "train.lora_r",
     "train.lora_alpha",
-    "train.per_device_train_batch_size",
+    "train.sft.per_device_train_batch_size",
+    "train.dpo.beta",
     "train.max_length",
 }
 
@@ -138,7 +139,7 @@ def test_mlflow_run_carries_the_contract(pipeline):
     assert run.data.tags["eval.primary_metric"] == "exact_match"
     assert params["eval.max_new_tokens"] == "24", "the smoke preset sets the budget"
     # Grouping is allowed by default, but the sample's random batches hold little padding: not grouped.
-    assert params["train.group_by_length"] == "False"
+    assert params["train.sft.group_by_length"] == "False"
     assert {"base.generations_cut", "tuned.generations_cut"} <= set(run.data.metrics)
     assert version.tags["dagster.run_id"] == pipeline["first"].run_id
     assert version.tags["data.drops"] == "2026-01-05,2026-01-12,2026-01-19,2026-01-26"

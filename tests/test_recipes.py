@@ -56,10 +56,11 @@ def pairs_asset(folder: Path) -> dg.AssetsDefinition:
     rows = []
     for i, (text, category, product) in enumerate(TICKETS * 2):
         prompt = [{"role": "user", "content": f"Triage: {text}"}]
-        rows.append({"example_id": f"s{i}", "kind": "sft", "messages": [*prompt, {"role": "assistant",
-                     "content": reply(category, product)}], "split": "train", "n_tokens": 64})  # fmt: skip
+        answer = {"role": "assistant", "content": reply(category, product)}
+        rows.append({"example_id": f"s{i}", "kind": "sft", "messages": [*prompt, answer], "split": "train"})
         rows.append({"example_id": f"p{i}", "kind": "preference", "messages": prompt, "split": "train",
-                     "chosen": reply(category, product), "rejected": reply("billing", "Beacon"), "n_tokens": 64})  # fmt: skip
+                     "chosen": reply(category, product), "rejected": reply("billing", "Beacon")})  # fmt: skip
+    rows = [{**row, "n_tokens": 64} for row in rows]
     with RecordWriter(folder / "pairs.parquet", PAIRS_SCHEMA, ("tools",)) as out:
         out.write([{f.name: row.get(f.name) for f in PAIRS_SCHEMA} for row in rows])
     records = out.record_set(summary=PairsSummary(len(rows), 0, len(rows) // 2, 0, ("d1",), {}, "train", "eval"))

@@ -25,11 +25,12 @@ pytestmark = pytest.mark.integration
 PRESET = """\
 # test preset: a long tiny-model training that checkpoints often
 training:
-  max_steps: 40
-  per_device_train_batch_size: 4
-  warmup_steps: 2
   logging_steps: 5
   save_steps: 10
+  sft:
+    max_steps: 40
+    per_device_train_batch_size: 4
+    warmup_steps: 2
 evaluation:
   max_eval_examples: 4
   max_new_tokens: 8
@@ -100,7 +101,7 @@ def runs(tmp_path_factory, tiny_model_dir):
 def test_the_killed_training_resumes_from_its_last_checkpoint(runs):
     output = runs["output"]
     assert "marked failed by make run, its pool slots freed" in output, "the dead run was released"
-    step = int(output.split("Resuming training from its checkpoint at step ")[1].split()[0])
+    step = int(output.split("Resuming sft training from its checkpoint at step ")[1].split()[0])
     assert 10 <= step <= runs["killed_at"] and step % 10 == 0
     assert f"train step {step + 5}/40" in output and "train step 40/40 (100%)" in output
 

@@ -6,6 +6,7 @@ Shared, not an asset: `model_evaluation` scores with them, and the GRPO recipe r
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import dagster as dg
@@ -74,3 +75,11 @@ class EvaluationConfig(dg.ConfigurableResource):
             fields["answer_pattern"] = self.answer_pattern
         payload = json.dumps(fields, sort_keys=True).encode() + hashlib.sha256(probe).digest()
         return hashlib.sha256(payload).hexdigest()[:HASH_CHARS]
+
+
+def generation_budget(tokenizer, references: list[str], cap: int) -> int:
+    """Enough new tokens for nearly every reference answer: the 95th percentile of their token
+    lengths plus a quarter of it as headroom, plus the end-of-turn token, at most `cap`."""
+    lengths = sorted(len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"])
+    p95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]
+    return min(cap, p95 + math.ceil(p95 / 4) + 1)

@@ -21,6 +21,7 @@ Rank 0 saves the adapter and the merged model and reports (`RecipeReport`: the r
 import pandas as pd
 
 from assets.domain.chat import prompt_text
+from assets.domain.evaluation import generation_budget
 from assets.domain.rewards import default_rewards, reward_functions
 from assets.domain.tool_calls import reply_text
 from assets.domain.training import TrainingConfig, trainer_setup
@@ -41,6 +42,8 @@ TRACKED = {
     "completions/clipped_ratio": "clipped_ratio",
 }
 REPORTED = {"reward": "reward", "kl": "kl", "reward_std": "reward_std"}
+# The most tokens an auto `grpo.max_completion_length` allows (evaluation's default cap).
+AUTO_COMPLETION_CAP = 256
 
 
 def prompt_for(tokenizer, text: str) -> str:
@@ -62,6 +65,14 @@ def grpo_rows(tokenizer, examples: pd.DataFrame) -> list[dict]:
     ]
 
 
+def with_completion_budget(config: TrainingConfig, tokenizer, answers: list[str]) -> TrainingConfig:
+    """`grpo.max_completion_length` as it samples: when 0 (auto), evaluation's budget for these answers."""
+    if config.grpo.max_completion_length:
+        return config
+    budget = generation_budget(tokenizer, answers, AUTO_COMPLETION_CAP)
+    return config.model_copy(update={"grpo": config.grpo.model_copy(update={"max_completion_length": budget})})
+
+
 def rewards(config: TrainingConfig, options: dict) -> list:
     """The reward functions: `grpo.rewards` (or the task's), and `grpo.reward_function` when named."""
     grpo, task, pattern = config.grpo, options["task"], options.get("answer_pattern", "")
@@ -77,13 +88,15 @@ def train(config: TrainingConfig, starts_from: str, examples: pd.DataFrame, mode
     from trl import GRPOTrainer
 
     funcs = rewards(config, options)  # a missing user function is refused before any model loads
-    setup = trainer_setup("grpo", config, folder, models.resolved_device() == "cpu", 0, models.new_tokens(starts_from))
     tokenizer = models.load_tokenizer(starts_from)
+    rows = grpo_rows(tokenizer, examples)
+    config = with_completion_budget(config, tokenizer, [row["answer"] for row in rows])
+    setup = trainer_setup("grpo", config, folder, models.resolved_device() == "cpu", 0, models.new_tokens(starts_from))
     trainer = GRPOTrainer(
         model=models.load_model(starts_from, **setup.model_kwargs),
         reward_funcs=funcs,
         args=setup.args,
-        train_dataset=Dataset.from_list(grpo_rows(tokenizer, examples)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=setup.peft,
         callbacks=[callback] if callback is not None else None,
@@ -106,7 +119,8 @@ def train_and_save(job: RecipeJob, say, run) -> RecipeReport | None:
                     job.options, callback)  # fmt: skip
     if rank() != 0:
         return None
-    return report(trained, job, models, last=trained.last(REPORTED), curves={"reward": trained.curve("reward")})
+    curves = {"reward": trained.curve("reward"), "reward_std": trained.curve("reward_std")}
+    return report(trained, job, models, last=trained.last(REPORTED), curves=curves)
 
 
 if __name__ == "__main__":
