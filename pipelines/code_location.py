@@ -3,7 +3,8 @@
 `make run` loads the workspace (Dagster starts the code location's gRPC server, as `make dev`
 does), creates each run from the remote job (so the run carries the code location's origin and
 appears under Jobs > <job> > Runs, in the timeline, and re-executes as the same job version), hands
-it to the instance's run launcher, and follows the run's event log until the run ends.
+it to the instance's run launcher, and follows the run's event log until the run ends. Following a
+run and reading its events (`follow_run`, `run_events`) need only the instance, whoever launched it.
 """
 
 import time
@@ -81,28 +82,37 @@ class CodeLocationRuns:
         self.instance.launch_run(run.run_id, request)
 
     def follow(self, run_id: str, show: Callable[[dg.EventLogEntry], None]) -> dg.DagsterRun:
-        """Hand each entry of the run's event log to `show` as it is written; return the ended run."""
-        cursor = None
-        while True:
-            connection = self.instance.get_records_for_run(run_id, cursor=cursor)
-            for record in connection.records:
-                show(record.event_log_entry)
-            cursor = connection.cursor
-            if connection.has_more:
-                continue
-            run = self.instance.get_run_by_id(run_id)
-            if run.is_finished:
-                tail = self.instance.get_records_for_run(run_id, cursor=cursor)
-                for record in tail.records:
-                    show(record.event_log_entry)
-                return run
-            time.sleep(POLL_SECONDS)
+        return follow_run(self.instance, run_id, show)
 
     def terminate(self, run_id: str) -> None:
         self.instance.run_launcher.terminate(run_id)
 
     def events(self, run_id: str) -> list[DagsterEvent]:
-        return [e.dagster_event for e in self.instance.all_logs(run_id) if e.dagster_event is not None]
+        return run_events(self.instance, run_id)
+
+
+def follow_run(instance: dg.DagsterInstance, run_id: str, show: Callable[[dg.EventLogEntry], None]) -> dg.DagsterRun:
+    """Hand each entry of the run's event log to `show` as it is written; return the ended run."""
+    cursor = None
+    while True:
+        connection = instance.get_records_for_run(run_id, cursor=cursor)
+        for record in connection.records:
+            show(record.event_log_entry)
+        cursor = connection.cursor
+        if connection.has_more:
+            continue
+        run = instance.get_run_by_id(run_id)
+        if run.is_finished:
+            tail = instance.get_records_for_run(run_id, cursor=cursor)
+            for record in tail.records:
+                show(record.event_log_entry)
+            return run
+        time.sleep(POLL_SECONDS)
+
+
+def run_events(instance: dg.DagsterInstance, run_id: str) -> list[DagsterEvent]:
+    """The Dagster events of a run, in the order they were written."""
+    return [e.dagster_event for e in instance.all_logs(run_id) if e.dagster_event is not None]
 
 
 @contextmanager

@@ -1,32 +1,36 @@
 """`make run`: bring every drop in the landing location in, then train, evaluate and register.
 
-The same steps the sensor and automation take under `make dev`, taken once: prepare the base model,
-register new drops as partitions and ingest + validate each, then run the `finetune` job on all
-validated drops. Each run is launched through the code location in workspace.yaml (the one
-`make dev` serves), so it is the same job, with the same run history, as a run launched in the UI.
-The terminal shows each stage, the training progress and the checks; Dagster's full log goes to a
-file under FT_HOME/logs, which the output names. Prints a summary and where to look.
+The same steps the sensor and automation take under `make dev`, taken once by one driver,
+`LaunchedPipeline`: release runs left behind by a killed `make run`, prepare the base model,
+register new drops as partitions and ingest + validate each, wait for the training pool, then run
+the `finetune` job on all validated drops and report. Each run is launched through the code location
+in workspace.yaml (the one `make dev` serves), so it is the same job, with the same run history, as
+a run launched in the UI. The terminal shows each stage, the training progress and the checks;
+Dagster's full log goes to a file under FT_HOME/logs, which the output names. Prints a summary and
+where to look. The tests drive the same class (tests/conftest.py `run_all`) with a runs backend
+that executes each run in their own process.
 
-`run_pipeline` takes the same steps in this process (`execute_in_process`), for tests that need
-the runs' outputs and settings other than the environment's.
+In the server profile (FT_PROFILE=server) `make run` first checks that the services of `make server`
+answer, and stops at once, saying what to start, when they do not.
 """
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import dagster as dg
 
 from assets.domain.drops import DROPS
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel
 from data_checks.promotion_gate import GATE_CHECK
-from pipelines.code_location import CodeLocationError, CodeLocationRuns, code_location_runs
+from pipelines.code_location import CodeLocationError, code_location_runs
 from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job, training_data_job
 from pipelines.retraining import show_automation_running
+from pipelines.server import services_down
 from pipelines.settings import REPO_ROOT, Settings
 from pipelines.stale_runs import process_tags, release_dead_runs, wait_for_pool
 
@@ -36,14 +40,10 @@ JOB_TITLES = {finetune_job.name: "Training on every validated drop", training_da
 BLOCKING_CHECK_ERROR = "DagsterAssetCheckFailedError"
 
 
-def events_of(result) -> list:
-    """The Dagster events of a run: an in-process result's, or a list of events already."""
-    return list(result.all_events) if hasattr(result, "all_events") else list(result)
-
-
-def failed_checks(result, drop: str | None = None) -> list[str]:
+def failed_checks(events: list, drop: str | None = None) -> list[str]:
+    """Each check that did not pass in a run's `events`, in one line."""
     lines = []
-    for event in events_of(result):
+    for event in events:
         if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
             data = event.event_specific_data
             where = f" on drop {drop}" if drop else ""
@@ -58,56 +58,19 @@ def innermost(error):
     return error
 
 
-def step_errors(result) -> list[str]:
+def step_errors(events: list) -> list[str]:
     """Each failed step's error in one line; steps stopped by a blocking check are left to
     `failed_checks`, which says which check and why."""
     lines = []
-    for event in events_of(result):
+    for event in events:
         if event.is_step_failure and event.step_failure_data.error.cls_name != BLOCKING_CHECK_ERROR:
             lines.append(f"- step {event.step_key}: {innermost(event.step_failure_data.error).message.strip()}")
     return lines
 
 
-def ingest_new_drops(defs: dg.Definitions, instance: dg.DagsterInstance, landing) -> list[str]:
-    """Register every drop in the landing location and ingest those never ingested; return problems."""
-    drops = sorted({f.drop for f in landing.files()})
-    instance.add_dynamic_partitions(DROPS.name, [d for d in drops if not instance.has_dynamic_partition(DROPS.name, d)])
-    done = instance.get_materialized_partitions(dg.AssetKey("raw_records"))
-    problems = []
-    job = defs.resolve_job_def(ingest_job.name)
-    for drop in drops:
-        if drop in done:
-            continue
-        print(f"Ingesting drop {drop}")
-        result = job.execute_in_process(
-            instance=instance, partition_key=drop, raise_on_error=False, tags=process_tags()
-        )
-        problems += [f"{line} (drop {drop} held back)" for line in step_errors(result)]
-        problems += failed_checks(result, drop)
-    return problems
-
-
-def run_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance):
-    """Base model, new drops, then the finetune job: (the finetune run's result or None, problems).
-    Runs left behind by a killed `make run` are failed and their pool slots freed first, and the
-    finetune job starts only once no live run holds the training pool."""
-    for line in release_dead_runs(instance):
-        print(line)
-    job = defs.resolve_job_def(base_model_job.name)
-    prepared = job.execute_in_process(instance=instance, raise_on_error=False, tags=process_tags())
-    if not prepared.success:
-        return None, ["Preparing the base model failed:", *step_errors(prepared)]
-    problems = ingest_new_drops(defs, instance, defs.resources["landing"])
-    wait_for_pool(instance)
-    job = defs.resolve_job_def(finetune_job.name)
-    result = job.execute_in_process(instance=instance, raise_on_error=False, tags=process_tags())
-    return result, problems + step_errors(result) + failed_checks(result)
-
-
-def gate_only_failure(result) -> bool:
-    """Whether the finetune run failed only because the promotion gate kept the champion: a new
-    version was registered as challenger, which is an outcome, not an error."""
-    events = events_of(result)
+def gate_only_failure(events: list) -> bool:
+    """Whether the finetune run of `events` failed only because the promotion gate kept the
+    champion: a new version was registered as challenger, which is an outcome, not an error."""
     failed = {e.step_key for e in events if e.is_step_failure}
     checks = [
         e.event_specific_data
@@ -203,10 +166,27 @@ def check_sentence(evaluation) -> str:
     return f"check {name} on {asset} did not pass{detail}"
 
 
-class LaunchedPipeline:
-    """`make run`'s steps as runs launched through the code location and followed on the terminal."""
+class Runs(Protocol):
+    """Where the driver's runs are created and executed. `make run` and `make preview` pass
+    `CodeLocationRuns` (runs of the code location in workspace.yaml, launched as the UI launches
+    them); the tests pass one that executes each run in their own process (tests/conftest.py)."""
 
-    def __init__(self, settings: Settings, instance: dg.DagsterInstance, runs: CodeLocationRuns, terminal: Terminal):
+    def create(self, job_name: str, partition: str | None = None, tags: dict | None = None) -> dg.DagsterRun: ...
+
+    def launch(self, run: dg.DagsterRun) -> None: ...
+
+    def follow(self, run_id: str, show: Callable[[dg.EventLogEntry], None]) -> dg.DagsterRun: ...
+
+    def events(self, run_id: str) -> list: ...
+
+    def terminate(self, run_id: str) -> None: ...
+
+
+class LaunchedPipeline:
+    """`make run`'s steps (and `make preview`'s), each a run of `runs` followed on the terminal: the
+    one driver, which the tests drive too."""
+
+    def __init__(self, settings: Settings, instance: dg.DagsterInstance, runs: Runs, terminal: Terminal):
         self.settings, self.instance, self.runs, self.terminal = settings, instance, runs, terminal
         self.defs = build_definitions(settings)
 
@@ -301,7 +281,16 @@ def output_to_log(log_path: Path) -> Iterator[Terminal]:
 
 
 def main() -> int:
-    settings = Settings.from_env().prepare()
+    settings = Settings.from_env()
+    down = services_down(settings)
+    if down:
+        lines = [f"- {line}" for line in down]
+        print(
+            "\n".join(["make run (FT_PROFILE=server) needs these services, which do not answer:", *lines]),
+            file=sys.stderr,
+        )
+        return 1
+    settings.prepare()
     log_path = settings.home / "logs" / f"make-run-{datetime.now(UTC):%Y%m%d-%H%M%S}.log"
     with output_to_log(log_path) as terminal:
         terminal.say(f"Preset '{settings.preset}'; landing {settings.landing_dir}; state in {settings.home}")

@@ -17,6 +17,9 @@ dagster.yaml, written by `Settings.prepare`). Each service logs to `$FT_HOME/log
 Ctrl-C (or SIGTERM) stops them all; so does any one of them exiting. Passwords travel to the
 services in their environment, never on a command line (which every user sees in `ps`), and are
 never printed.
+
+`services_down` is what `make run` asks before it starts in this profile: which of the services it
+needs (PostgreSQL, the MLflow tracking server) do not answer, and what to start.
 """
 
 import os
@@ -25,10 +28,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipelines.settings import REPO_ROOT, ServerProfile, Settings
 from resources.credentials import masked
@@ -43,6 +48,8 @@ load_from:
       location_name: {name}
 """
 STOP_SECONDS = 20
+# How long `services_down` waits for each service to answer: once, no retries.
+ANSWER_SECONDS = 3
 LOCATION_LOADED_QUERY = (
     '{"query": "{ workspaceOrError { ... on Workspace { locationEntries { name '
     'locationOrLoadError { __typename } } } } }"}'
@@ -166,6 +173,60 @@ def ensure_database(libpq_url: str, database: str) -> bool:
         ) from error
     finally:
         connection.close()
+
+
+def mlflow_down(tracking_uri: str, timeout: float = ANSWER_SECONDS) -> str | None:
+    """Why the MLflow tracking server at `tracking_uri` (http or https) does not answer one GET of
+    /health within `timeout` seconds; None when it answers 200."""
+    parts = urlsplit(tracking_uri)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    # Without the user and password a URI may carry: /health needs none, and urllib would take them for the host.
+    url = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return None if response.status == 200 else f"it answers HTTP {response.status} on /health"
+    except urllib.error.HTTPError as error:
+        return f"it answers HTTP {error.code} on /health, not as an MLflow tracking server does"
+    except OSError as error:
+        reason = getattr(error, "reason", error)
+        return getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+
+
+def postgres_down(libpq_url: str, timeout: int = ANSWER_SECONDS) -> str | None:
+    """Why PostgreSQL at `libpq_url` does not take one connection within `timeout` seconds (its
+    error's first line, password masked); None when it does."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(libpq_url, connect_timeout=timeout).close()
+    except psycopg2.Error as error:
+        return masked(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    return None
+
+
+def services_down(settings: Settings) -> list[str]:
+    """The services `make run` needs that do not answer, one line each: which, where, why, and what
+    to start. Only the server profile has any; the local profile needs none ([])."""
+    server = settings.server
+    if server is None:
+        return []
+    down = []
+    why = postgres_down(server.libpq_url)
+    if why is not None:
+        down.append(
+            f"PostgreSQL at {masked(server.libpq_url)} (FT_POSTGRES_URL): {why}. Start that PostgreSQL server "
+            "(`make server` needs it too, and does not start it), or set FT_POSTGRES_URL to one that runs."
+        )
+    tracking = settings.mlflow_tracking_uri
+    why = mlflow_down(tracking) if urlsplit(tracking).scheme in ("http", "https") else None
+    if why is not None:
+        start = (
+            "Start `make server` (FT_PROFILE=server, FT_POSTGRES_URL set as here) in another terminal."
+            if tracking == server.tracking_uri
+            else "Start the tracking server MLFLOW_TRACKING_URI names, or unset it to use `make server`'s."
+        )
+        down.append(f"MLflow tracking server at {masked(tracking)}: {why}. {start}")
+    return down
 
 
 class ServiceGroup:

@@ -1,7 +1,11 @@
-"""Shared fixtures: the bundled tokenizer, a tiny Llama built from a config, settings on a temp home."""
+"""Shared fixtures: the bundled tokenizer, a tiny Llama built from a config, settings on a temp home,
+and `run_all`: `make run` driven by its own driver on those settings."""
 
 import os
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,17 +75,119 @@ def make_settings(home: Path, base_model: str, landing: Path = SAMPLE_LANDING, p
     )
 
 
-def run_all(settings, overrides=None, instance=None):
-    """What `make run` does, in this process: (definitions, instance, finetune result, problems)."""
+# The tests' runs execute in this process, their steps one after another: `make run`'s code server
+# and process per run and per step cost several times the tiny model's training (tests/test_resume.py,
+# test_operator_view.py and test_training_preview.py take that path).
+IN_PROCESS_EXECUTOR = {"execution": {"config": {"in_process": {}}}}
+
+
+class InProcessRuns:
+    """The runs backend `run_all` gives `make run`'s driver: each run created from the job of `defs`
+    (what the code location loads for the same settings) and executed in this process."""
+
+    def __init__(self, defs, instance):
+        self.defs, self.instance = defs, instance
+
+    def create(self, job_name: str, partition: str | None = None, tags: dict | None = None):
+        from pipelines.code_location import PARTITION_TAG
+
+        job = self.defs.resolve_job_def(job_name)
+        run_tags = {**(tags or {}), **({PARTITION_TAG: partition} if partition else {})}
+        return self.instance.create_run_for_job(job, run_config=IN_PROCESS_EXECUTOR, tags=run_tags)
+
+    def launch(self, run) -> None:
+        from dagster._core.definitions.job_base import InMemoryJob
+        from dagster._core.execution.api import execute_run
+
+        execute_run(InMemoryJob(self.defs.resolve_job_def(run.job_name)), run, self.instance)
+
+    def follow(self, run_id: str, show):
+        from pipelines.code_location import follow_run
+
+        return follow_run(self.instance, run_id, show)
+
+    def events(self, run_id: str) -> list:
+        from pipelines.code_location import run_events
+
+        return run_events(self.instance, run_id)
+
+    def terminate(self, run_id: str) -> None:
+        """Nothing to stop: a run here has ended before it is followed."""
+
+
+def preset_file(settings: Settings, overrides: dict | None) -> Path:
+    """The settings' preset with `overrides` on top, as a YAML file of one's own (FT_PRESET=path), named
+    like the preset so that runs still name it (`smoke`): the driver, as `make run`'s, reads nothing
+    but the settings."""
+    import tempfile
+
+    import yaml
+
+    from pipelines.presets import load_preset, merged, preset_name
+
+    folder = Path(tempfile.mkdtemp(prefix="preset-", dir=settings.home))
+    path = folder / f"{preset_name(settings.preset)}.yaml"
+    path.write_text(yaml.safe_dump(merged(load_preset(settings.preset), overrides or {}), sort_keys=False))
+    return path
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """One `make run` as `run_all` ran it: its last run (of the finetune job unless told), that run's
+    events, the problems the driver reported, and the value of each asset the run materialized as
+    stored when the run ended (a later run stores over it). Read with the names of Dagster's
+    in-process result."""
+
+    run: Any
+    all_events: list
+    problems: list[str]
+    values: dict[str, Any]
+
+    @property
+    def success(self) -> bool:
+        import dagster as dg
+
+        return self.run is not None and self.run.status == dg.DagsterRunStatus.SUCCESS
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def output_for_node(self, asset: str):
+        if asset not in self.values:
+            raise KeyError(f"{asset} was not materialized by run {self.run_id if self.run else '(none)'}")
+        return self.values[asset]
+
+    def asset_materializations_for_node(self, asset: str) -> list:
+        return [
+            e.step_materialization_data.materialization
+            for e in self.all_events
+            if e.is_step_materialization and e.step_key == asset
+        ]
+
+    def get_step_success_events(self) -> list:
+        return [e for e in self.all_events if e.is_step_success]
+
+
+def run_all(settings: Settings, overrides=None, instance=None, job: str = "finetune"):
+    """`make run` on `settings` (with `overrides` over its preset), by `make run`'s driver, each run in
+    this process. Returns (the driver's definitions, the instance, a `PipelineRun` of `job`, the problems)."""
     import dagster as dg
 
     from pipelines.definitions import build_definitions
-    from pipelines.run import run_pipeline
+    from pipelines.run import LaunchedPipeline, Terminal
 
-    defs = build_definitions(settings, overrides)
+    settings = replace(settings, preset=str(preset_file(settings, overrides)))
     instance = instance or dg.DagsterInstance.ephemeral()
-    result, problems = run_pipeline(defs, instance)
-    return defs, instance, result, problems
+    log_path = settings.home / "logs" / "run_all.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        runs = InProcessRuns(build_definitions(settings), instance)
+        pipeline = LaunchedPipeline(settings, instance, runs, Terminal(sys.stdout, log, log_path))
+        run, events, problems = pipeline(job)
+    assets = sorted({e.asset_key.to_user_string() for e in events if e.is_step_materialization})
+    values = {asset: pipeline.value(asset) for asset in assets}
+    return pipeline.defs, instance, PipelineRun(run, events, problems, values), problems
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def test_good_candidate_learns_and_takes_champion(gate_runs):
 
 def test_bad_candidate_stays_challenger_and_champion_does_not_move(gate_runs):
     settings, good, bad = gate_runs
-    assert not bad.success and gate_only_failure(bad)
+    assert not bad.success and gate_only_failure(bad.all_events)
     evaluation = bad.output_for_node("model_evaluation")
     champion = evaluation.champion
     assert champion.version == "1" and champion.rescored, "other eval set: the champion is re-scored"

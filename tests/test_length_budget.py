@@ -12,8 +12,8 @@ from assets.domain.lineage import DataCounts
 from assets.domain.values import PairsSummary
 from assets.validated_records import ValidationConfig, length_budget, model_context
 from pipelines.presets import stage_resources
-from pipelines.run import ingest_new_drops, step_errors
-from tests.conftest import make_settings
+from pipelines.run import step_errors
+from tests.conftest import make_settings, run_all
 
 # Words of one token each (with their leading space) in the bundled tokenizer: lengths are easy to aim.
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "what", "was", "there"]
@@ -82,16 +82,10 @@ def m(role, content):
 
 
 def data_run(home, landing, model_dir, preset="cpu", overrides=None):
-    """What `make run` does up to the training data: prepare the base model, ingest every drop, then
-    the `training_data` job (instruction_pairs). Returns (instance, ingestion problems, its result)."""
-    from pipelines.definitions import build_definitions
-
+    """What `make preview` does, by `make run`'s driver: prepare the base model, ingest every drop, then
+    the `training_data` job (instruction_pairs). Returns (instance, the problems, its result)."""
     settings = make_settings(home, str(model_dir), landing=landing, preset=preset).prepare()
-    defs = build_definitions(settings, overrides)
-    instance = dg.DagsterInstance.ephemeral()
-    assert defs.resolve_job_def("prepare_base_model").execute_in_process(instance=instance).success
-    problems = ingest_new_drops(defs, instance, defs.resources["landing"])
-    result = defs.resolve_job_def("training_data").execute_in_process(instance=instance, raise_on_error=False)
+    _, instance, result, problems = run_all(settings, overrides, job="training_data")
     return instance, problems, result
 
 
@@ -210,7 +204,7 @@ def test_a_drop_whose_every_row_is_rejected_is_held_back_naming_the_top_reasons(
 def test_the_runs_error_names_the_true_cause(nothing_left):
     _, _, result = nothing_left
     assert not result.success
-    assert step_errors(result) == [
+    assert step_errors(result.all_events) == [
         "- step instruction_pairs: ValueError: Nothing to train on: the drops that passed validation hold no rows. "
         "Drop 2026-04-01: passed, nothing to train on: all 5 rows left out: the final answer alone is longer "
         "than max_tokens=16. Drop 2026-04-02: held back: failed the quality gate: 4 of 4 rows rejected as bad "

@@ -61,7 +61,7 @@ def test_first_run_promotes_and_second_is_stopped_by_the_gate(pipeline):
     assert first.output_for_node("champion_model").version == "1"
     # same data, same seed: the new version only ties the champion, so the blocking gate fails and
     # champion_model does not run; the version is still registered
-    assert not second.success and gate_only_failure(second)
+    assert not second.success and gate_only_failure(second.all_events)
     assert checks_of(second) == {"train_eval_disjoint": True, "promotion_gate": False}
     assert "champion_model" not in {e.step_key for e in second.get_step_success_events()}
     assert second.output_for_node("registered_model").version == "2"
