@@ -52,7 +52,8 @@ def grpo_recipe(training: TrainingConfig, pairs: RecordSet, start: TrainedModel,
     answers = [reply_text(m[-1]) for m in train["messages"]]
     task = task_type(answers, tool_calls=any(m[-1].get("tool_calls") for m in train["messages"]))
     options = {"task": task, "answer_pattern": pattern}
-    rewards(training, options)  # a reward that cannot be built is refused here, before a job starts
+    # A reward that cannot be built is refused here, before a job starts; the names go on the stage's record.
+    options["rewards"] = [f.__name__ for f in rewards(training, options)]
     return Recipe("grpo", training, train, start.merged_dir, identity, options, start.mlflow_run_id)
 
 
@@ -68,7 +69,7 @@ def stage_figures(recipe: Recipe, launched: Launched) -> PreferenceStage | Rewar
     return RewardStage(
         prompts=len(recipe.examples), steps=run.steps, num_generations=training.grpo.num_generations,
         beta=training.grpo.beta, learning_rate=training.grpo.learning_rate,
-        rewards=tuple(f.__name__ for f in rewards(training, recipe.options)), train_seconds=run.seconds,
+        rewards=tuple(recipe.options["rewards"]), train_seconds=run.seconds,
         reward_curve=run.curves.get("reward", ()), kl=run.last.get("kl"),
     )  # fmt: skip
 

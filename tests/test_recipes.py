@@ -110,8 +110,12 @@ def test_each_method_trains_under_torchrun_with_two_processes(method, tmp_path, 
     prefix = "train" if method == "sft" else method
     assert [m.step for m in client.get_metric_history(run.info.run_id, f"{prefix}.loss")] == [1, 2, 3, 4]
     if method == "grpo":
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "grpo.reward")] == [1, 2, 3, 4]
+        for metric in ("grpo.reward", "grpo.kl"):  # live, a point a step (beta 0.04: the KL is tracked)
+            assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4], metric
         assert [s for s, _ in trained.reinforcement.reward_curve] == [1, 2, 3, 4]
+        # The random tiny model never answers in JSON: every answer scores 0, and the stage says so.
+        assert all(reward == 0 for _, reward in trained.reinforcement.reward_curve)
+        assert metadata["note"].value.startswith("GRPO had nothing to learn from: at every one of its 4 steps")
     assert len(list(tmp_path.glob(f"artifacts/{STAGE[method]}/*/adapter/adapter_model.safetensors"))) == 1
 
 

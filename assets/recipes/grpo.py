@@ -81,13 +81,12 @@ def rewards(config: TrainingConfig, options: dict) -> list:
 
 
 def train(config: TrainingConfig, starts_from: str, examples: pd.DataFrame, models: ModelLoader, folder, resume,
-          options: dict, callback=None) -> Trained:  # fmt: skip
-    """GRPO on the prompts of `examples` from the weights in `starts_from`, checkpointing into `folder`
-    and resuming from `resume` when a killed training left one."""
+          funcs: list, callback=None) -> Trained:  # fmt: skip
+    """GRPO on the prompts of `examples` from the weights in `starts_from`, scored by the reward
+    functions `funcs`, checkpointing into `folder` and resuming from `resume` when a killed training left one."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    funcs = rewards(config, options)  # a missing user function is refused before any model loads
     tokenizer = models.load_tokenizer(starts_from)
     rows = grpo_rows(tokenizer, examples)
     config = with_completion_budget(config, tokenizer, [row["answer"] for row in rows])
@@ -104,19 +103,18 @@ def train(config: TrainingConfig, starts_from: str, examples: pd.DataFrame, mode
     return train_timed(trainer, tokenizer, resume)
 
 
-def tracked(config: TrainingConfig, options: dict) -> dict[str, str]:
+def tracked(funcs: list) -> dict[str, str]:
     """The logs tracked live: TRACKED, and each reward's mean under its function's name."""
-    names = [f.__name__ for f in rewards(config, options)]
-    return TRACKED | {f"rewards/{name}/mean": f"reward.{name}" for name in names}
+    return TRACKED | {f"rewards/{f.__name__}/mean": f"reward.{f.__name__}" for f in funcs}
 
 
 def train_and_save(job: RecipeJob, say, run) -> RecipeReport | None:
     """The job: sample, score and learn; rank 0 saves and reports (the other ranks return None)."""
     config, models = job.config, ModelLoader(**job.models)
-    keys = tracked(config, job.options)
-    callback = live_tracking(run, say, config.grpo.max_steps, "grpo", keys) if run is not None else None
+    funcs = rewards(config, job.options)  # a user function that cannot be imported is refused before any model loads
+    callback = live_tracking(run, say, config.grpo.max_steps, "grpo", tracked(funcs)) if run is not None else None
     trained = train(config, job.starts_from, read_examples(job.folder), models, job.folder, job.resume,
-                    job.options, callback)  # fmt: skip
+                    funcs, callback)  # fmt: skip
     if rank() != 0:
         return None
     curves = {"reward": trained.curve("reward"), "reward_std": trained.curve("reward_std")}

@@ -1,13 +1,11 @@
-"""GRPO on the sample tickets, measured: the bundled SmolLM2 given a few SFT steps, then GRPO rewarded as
-evaluation scores JSON answers (exact match, JSON validity, field accuracy), through the real training
-assets and their jobs; and GRPO from the base model alone, where every answer scores 0 (it answers in
-prose, not JSON) and the stage should say it had nothing to learn from.
+"""GRPO raises the mean reward on the sample tickets: the bundled SmolLM2 given a few SFT steps (it answers
+in JSON, not yet with the right fields), then GRPO rewarded as evaluation scores JSON answers (exact match,
+JSON validity, field accuracy), through the real training assets and their jobs.
 
-    .venv/bin/python -m pytest -q -p no:cacheprovider tests/bench/grpo_reward.py
-
-Not yet part of `make test`: on a 2-core machine shared with other work its 16 GRPO steps took over
-20 minutes (BENCHMARKS.md, GRPO), and its first figures are not yet measured on a quiet machine.
-Settings from the exploration recorded there (5 SFT steps, then lr 1e-3 on 8 tickets).
+Four tickets, each answered four times at every step: every step's reward is the mean over the same
+prompts, so the curve moves with what the model learnt, not with which prompts a step drew (with eight
+tickets and two a step, BENCHMARKS.md, the per-step mean swings by 0.5 and hides the rise). About four
+minutes on 2 cores.
 """
 
 import json
@@ -27,8 +25,8 @@ from tests.conftest import make_settings
 
 pytestmark = pytest.mark.e2e
 
-# Eight tickets: GRPO takes 2 a step (4 answers each), so each is drawn four times in 16 steps.
-TICKETS = 8
+TICKETS = 4
+STEPS = 8
 SETTINGS = {
     "method": "sft+grpo",
     "precision": "fp32",
@@ -36,13 +34,16 @@ SETTINGS = {
     "save_steps": 0,
     # A few SFT steps: the model answers in JSON, not yet right (the reward has room to rise).
     "sft": {"max_steps": 5, "per_device_train_batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 0},
+    # The task's rewards (exact_match, json_valid, field_accuracy); answers up to the train answers' budget
+    # (auto); no KL penalty (TRL's default: no reference pass, a third less time a step).
     "grpo": {
-        "max_steps": 16,
-        "per_device_train_batch_size": 8,
+        "max_steps": STEPS,
+        "per_device_train_batch_size": 4 * TICKETS,
         "num_generations": 4,
-        "max_completion_length": 32,
         "learning_rate": 1e-3,
+        "beta": 0.0,
     },
+    "lr_scheduler_type": "constant",
 }
 
 
@@ -96,16 +97,10 @@ def test_grpo_raises_the_mean_reward_on_the_sample_tickets(bundled, tmp_path):
     assert result.success, [str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
     stage = result.output_for_node("preference_tuned_model").reinforcement
     rewards = [reward for _, reward in stage.reward_curve]
-    assert len(rewards) == 16 and stage.rewards == ("exact_match", "json_valid", "field_accuracy")
-    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.1, rewards
-    assert stage.kl is not None and stage.kl > 0, "the KL to where it started is tracked (beta 0.04)"
-
-
-def test_grpo_from_a_base_that_never_answers_in_json_says_it_had_nothing_to_learn(bundled, tmp_path):
-    settings = {**SETTINGS, "method": "grpo", "grpo": {**SETTINGS["grpo"], "max_steps": 2}}
-    result = train(tmp_path, bundled, settings)
-    assert result.success, [str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
+    assert len(rewards) == STEPS and stage.rewards == ("exact_match", "json_valid", "field_accuracy")
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.2, rewards
     (materialization,) = result.asset_materializations_for_node("preference_tuned_model")
-    assert "GRPO had nothing to learn from" in materialization.metadata["note"].value
-    assert "method sft+grpo" in materialization.metadata["note"].value
+    metadata = materialization.metadata
+    assert metadata["grpo_first_reward"].value < metadata["grpo_last_reward"].value
+    assert "note" not in metadata, "answers scored apart: there was something to learn"
