@@ -10,13 +10,15 @@ import dagster as dg
 import pandas as pd
 
 from assets.domain.chat import prompt_text, training_chat_template, training_tokens
-from assets.domain.evaluation import EvaluationConfig, generation_budget
+from assets.domain.evaluation import ITEMS_ARTIFACT, EvaluationConfig, generation_budget
 from assets.domain.lineage import ADAPTER_ON_TAG, BASE_MODEL_PATH_TAG
 from assets.domain.metrics import DEFAULT_PRIMARY, SHOWN_DECIMALS, mean_scores, metrics_table, score_answer, task_type
 from assets.domain.preferences import chosen_conversations, margin_summary, reply_tokens
+from assets.domain.significance import detectable_gain, paired_interval
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import ChampionScores, Evaluation, TrainedModel
 from data_checks.pii import scan
+from data_checks.promotion_gate import GateConfig
 from resources.batch_order import length_sorted_batches
 from resources.generation import greedy_answers
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
@@ -60,8 +62,15 @@ def eval_loss(model, tokenizer, examples: list[dict], batch_size: int, max_batch
     return total / count
 
 
-def probe_perplexity(model, tokenizer, text: str, window: int = 512) -> float:
-    """Perplexity of plain text (no chat template), in windows of `window` tokens."""
+def probe_texts(probe: str) -> list[str]:
+    """The probe's texts: its paragraphs (separated by blank lines), each measured on its own so that
+    the forgetting has an interval over texts."""
+    return [text.strip() for text in probe.split("\n\n") if text.strip()]
+
+
+def probe_loss(model, tokenizer, text: str, window: int = 512) -> tuple[float, int]:
+    """Summed cross-entropy of plain text (no chat template) and how many tokens it was taken on, in
+    windows of `window` tokens."""
     import torch
 
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
@@ -73,7 +82,14 @@ def probe_perplexity(model, tokenizer, text: str, window: int = 512) -> float:
         with torch.no_grad():
             loss = float(model(input_ids=chunk, labels=chunk).loss)
         total, count = total + loss * (chunk.shape[1] - 1), count + chunk.shape[1] - 1
-    return math.exp(total / count)
+    return total, count
+
+
+def probe_perplexity(model, tokenizer, texts: list[str]) -> tuple[float, list[float]]:
+    """Perplexity on the probe's texts together (over all their tokens), and on each text."""
+    losses = [probe_loss(model, tokenizer, text) for text in texts]
+    overall = math.exp(sum(loss for loss, _ in losses) / sum(count for _, count in losses))
+    return overall, [math.exp(loss / count) for loss, count in losses]
 
 
 def reply_logprobs(
@@ -104,9 +120,14 @@ def preference_metrics(
 ) -> dict[str, float]:
     """On (prompt, chosen, rejected) token ids: how often the model finds the chosen reply likelier
     than the rejected one (`preference_accuracy`), and by how much on average (`preference_margin`)."""
+    return margin_summary(*pair_logprobs(model, pad_id, pairs, batch_size, max_batch_tokens))
+
+
+def pair_logprobs(model, pad_id: int, pairs: list[tuple], batch_size: int, max_batch_tokens: int = 0):
+    """Each pair's chosen and rejected reply log-probabilities (two lists, in the pairs' order)."""
     chosen = reply_logprobs(model, pad_id, [(p, c) for p, c, _ in pairs], batch_size, max_batch_tokens)
     rejected = reply_logprobs(model, pad_id, [(p, r) for p, _, r in pairs], batch_size, max_batch_tokens)
-    return margin_summary(chosen, rejected)
+    return chosen, rejected
 
 
 @dataclass
@@ -117,28 +138,35 @@ class Scorer:
     tokenizer: Any
     examples: "EvalSet"
     config: EvaluationConfig
-    probe: str
+    probe: list[str]
+    """The probe's texts (`probe_texts`)."""
     speeds: dict[str, float] = field(default_factory=dict)
     cut: dict[str, int] = field(default_factory=dict)
     """Per named model, how many generations ran out of budget instead of ending their turn."""
 
-    def __call__(self, model, name: str = "model") -> tuple[dict[str, float], list[str]]:
+    def __call__(self, model, name: str = "model") -> tuple[dict[str, float], list[str], dict[str, tuple]]:
+        """The model's metrics, its answers, and each metric per item (`Evaluation.items`)."""
         tokenizer, config, ex = self.tokenizer, self.config, self.examples
         answers, stopped, self.speeds[name] = generate(
             model, tokenizer, ex.prompts, ex.max_new_tokens, config.generation_batch_size
         )
         self.cut[name] = len(stopped) - sum(stopped)
         pattern = config.answer_pattern
-        metrics = mean_scores([score_answer(a, e, ex.task, pattern) for a, e in zip(answers, ex.expected)])
+        per_prompt = [score_answer(a, e, ex.task, pattern) for a, e in zip(answers, ex.expected)]
+        metrics = mean_scores(per_prompt)
+        items = {key: tuple(scores.get(key, 0.0) for scores in per_prompt) for key in metrics}
         metrics["end_of_turn_rate"] = sum(stopped) / len(stopped)
         metrics["eval_loss"] = eval_loss(model, tokenizer, ex.tokens, config.batch_size, config.max_batch_tokens)
         metrics["perplexity"] = math.exp(metrics["eval_loss"])
-        metrics["probe_perplexity"] = probe_perplexity(model, tokenizer, self.probe)
+        metrics["probe_perplexity"], per_text = probe_perplexity(model, tokenizer, self.probe)
+        items["probe_perplexity"] = tuple(per_text)
         if ex.preferences:
-            metrics |= preference_metrics(
-                model, tokenizer.pad_token_id, ex.preferences, config.batch_size, config.max_batch_tokens
-            )
-        return metrics, answers
+            pad = tokenizer.pad_token_id
+            chosen, rejected = pair_logprobs(model, pad, ex.preferences, config.batch_size, config.max_batch_tokens)
+            metrics |= margin_summary(chosen, rejected)
+            items["preference_accuracy"] = tuple(float(c > r) for c, r in zip(chosen, rejected))
+            items["preference_margin"] = tuple(c - r for c, r in zip(chosen, rejected))
+        return metrics, answers, items
 
 
 @dataclass(frozen=True)
@@ -206,18 +234,24 @@ def candidate_model(models: ModelLoader, base, candidate: TrainedModel, base_mod
 def champion_scores(
     registry: MlflowRegistry, models: ModelLoader, score: Scorer, settings_hash: str, base_model: str, host
 ) -> tuple[ChampionScores | None, list[str] | None]:
-    """The current champion's metrics on this very eval set and settings (and its answers when
-    re-scored): taken from its run when it was evaluated the same way, else re-scored here: its
+    """The current champion's metrics on this very eval set and settings, per item too (and its answers
+    when re-scored): taken from its run when it was evaluated the same way and kept its per-item scores
+    (`ITEMS_ARTIFACT`), else re-scored here: its
     adapter on the loaded base model `host` (beside the candidate's adapter when `host` carries one)
     when that adapter applies to this base, else its logged (merged) model."""
     version = registry.version_by_alias(CHAMPION)
     if version is None:
         return None, None
     tags, number = version.tags or {}, str(version.version)
-    if tags.get("data.eval_set_hash") == score.examples.eval_hash and tags.get("eval.settings_hash") == settings_hash:
+    same = (
+        tags.get("data.eval_set_hash") == score.examples.eval_hash and tags.get("eval.settings_hash") == settings_hash
+    )
+    items = registry.run_dict(version.run_id, ITEMS_ARTIFACT) if same else None
+    if items:  # scored the same way when it was the candidate: its scores, per item too, from its run
         metrics = registry.run_metrics(version.run_id)
         tuned = {k.removeprefix("tuned."): v for k, v in metrics.items() if k.startswith("tuned.")}
-        return ChampionScores(version=number, rescored=False, metrics=tuned), None
+        items = {metric: tuple(values) for metric, values in items.items()}
+        return ChampionScores(version=number, rescored=False, metrics=tuned, items=items), None
     # Versions registered before the tag existed had their adapter on the base model.
     if (
         tags.get(BASE_MODEL_PATH_TAG, tags.get("base_model")) == base_model
@@ -227,13 +261,13 @@ def champion_scores(
         if hasattr(host, "peft_config"):
             models.add_adapter(host, adapter, name=CHAMPION)
             host.set_adapter(CHAMPION)
-            metrics, answers = score(host)
+            metrics, answers, items = score(host)
             host.set_adapter("default")
         else:
-            metrics, answers = score(models.with_adapter(host, adapter).eval())
+            metrics, answers, items = score(models.with_adapter(host, adapter).eval())
     else:
-        metrics, answers = score(models.load_model(registry.download_model_weights(number)).eval())
-    return ChampionScores(version=number, rescored=True, metrics=metrics), answers
+        metrics, answers, items = score(models.load_model(registry.download_model_weights(number)).eval())
+    return ChampionScores(version=number, rescored=True, metrics=metrics, items=items), answers
 
 
 def samples_frame(examples: EvalSet, answers: dict[str, list[str] | None]) -> pd.DataFrame:
@@ -247,13 +281,16 @@ def samples_frame(examples: EvalSet, answers: dict[str, list[str] | None]) -> pd
     return frame.map(lambda text: scan(text)[0] if isinstance(text, str) else text)
 
 
-def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int) -> dict:
+def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int, gate: GateConfig) -> dict:
     primary, champion = ev.primary_metric, ev.champion
+    vs_base = paired_interval(ev.items["tuned"][primary], ev.items["base"][primary], gate.confidence, gate.seed)
     return {
         "primary_metric": primary,
         "task_type": ev.task_type,
         f"base_{primary}": round(ev.base_primary, SHOWN_DECIMALS),
         f"tuned_{primary}": round(ev.tuned_primary, SHOWN_DECIMALS),
+        f"{primary}_gain_vs_base": f"{vs_base.shown()} ({gate.confidence:.0%} interval, {vs_base.n} prompts)",
+        "smallest_detectable_gain": round(detectable_gain(vs_base), SHOWN_DECIMALS),
         "forgetting_pct": round(ev.forgetting_pct, 2),
         "champion": dg.MetadataValue.json(
             {"version": champion.version, "rescored": champion.rescored} if champion else {"version": None}
@@ -286,6 +323,7 @@ def model_evaluation(
     instruction_pairs: RecordSet,
     models: ModelLoader,
     mlflow_registry: MlflowRegistry,
+    gate: GateConfig,
 ) -> Evaluation:
     """The base model, the candidate (`preference_tuned_model`, the challenger) and the current
     champion on the same eval prompts with the same greedy decoding. The base is loaded once; an
@@ -295,19 +333,21 @@ def model_evaluation(
     assistant's tokens; perplexity on a general-text probe, whose rise is the forgetting; on the eval
     split's preference pairs, how often the chosen reply is likelier than the rejected one and the
     mean log-probability margin. Plus the primary metric's name, the task type, the eval set's hash,
-    and sample generations.
+    and sample generations. Each metric is kept per item too (`Evaluation.items`), for the gate's paired
+    intervals; the metadata shows the primary metric's gain over the base with its interval at the gate's
+    confidence, and the smallest gain this eval set could show.
     """
     tokenizer = models.load_tokenizer(base_model)
     template = training_chat_template(tokenizer) or tokenizer.chat_template
     examples = EvalSet.of(instruction_pairs, evaluation, tokenizer, template)
     settings_hash = evaluation.settings_hash(examples.max_new_tokens)
-    probe = Path(evaluation.probe_path).read_text(encoding="utf-8")
+    probe = probe_texts(Path(evaluation.probe_path).read_text(encoding="utf-8"))
     score = Scorer(tokenizer, examples, evaluation, probe)
 
     model = models.load_model(base_model).eval()
-    base, base_answers = score(model, "base")
+    base, base_answers, base_items = score(model, "base")
     tuned_model = candidate_model(models, model, preference_tuned_model, base_model)
-    tuned, tuned_answers = score(tuned_model, "tuned")
+    tuned, tuned_answers, tuned_items = score(tuned_model, "tuned")
     if examples.primary not in tuned:
         raise ValueError(
             f"primary_metric {examples.primary!r} is not among the computed metrics ({', '.join(sorted(tuned))}); "
@@ -316,13 +356,14 @@ def model_evaluation(
     host = tuned_model if hasattr(tuned_model, "peft_config") else model  # where the champion's adapter goes
     champion, champion_answers = champion_scores(mlflow_registry, models, score, settings_hash, base_model, host)
     samples = samples_frame(examples, {"base": base_answers, "tuned": tuned_answers, "champion": champion_answers})
-    result = evaluation_of(score, settings_hash, base, tuned, champion, samples, preference_tuned_model.method)
-    context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows))
+    items = {"base": base_items, "tuned": tuned_items}
+    result = evaluation_of(score, settings_hash, base, tuned, champion, samples, preference_tuned_model.method, items)
+    context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows, gate))
     return result
 
 
 def evaluation_of(
-    score: Scorer, settings_hash: str, base: dict, tuned: dict, champion, samples, method: str
+    score: Scorer, settings_hash: str, base: dict, tuned: dict, champion, samples, method: str, items: dict
 ) -> Evaluation:
     """The stage's value, from the scores of base, tuned and champion on one eval set."""
     examples = score.examples
@@ -342,4 +383,5 @@ def evaluation_of(
         generations_cut=dict(score.cut),
         preference_pairs=len(examples.preferences),
         method=method,
+        items=items,
     )

@@ -8,6 +8,7 @@ import pandas as pd
 
 from assets.domain import tool_calls
 from assets.domain.drops import by_drop
+from assets.domain.evaluation import ITEMS_ARTIFACT
 from assets.domain.lineage import DataCounts, RunLineage, base_model_name, model_card
 from assets.domain.metrics import comparison_rows
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel, short_run_id
@@ -61,6 +62,7 @@ def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -
     log_datasets(run, lineage, pairs)
     run.log_table(pd.DataFrame(list(evaluation.samples)), "eval/samples.json")
     run.log_dict(eval_summary(evaluation), "eval/metrics.json")
+    run.log_dict({k: list(v) for k, v in evaluation.items.get("tuned", {}).items()}, ITEMS_ARTIFACT)
     if trained.adapter_dir is not None:  # none when all weights were trained: the logged model holds them
         run.log_folder(trained.adapter_dir, "adapter")
     run.log_dict(lineage.data.validations, "lineage/validations.json")

@@ -26,7 +26,7 @@ import dagster as dg
 
 from assets.domain.drops import DROPS
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel
-from data_checks.promotion_gate import GATE_CHECK
+from data_checks.promotion_gate import GATE_CHECK, criterion_text
 from pipelines.code_location import CodeLocationError, code_location_runs
 from pipelines.definitions import base_model_job, build_definitions, finetune_job, ingest_job, training_data_job
 from pipelines.retraining import show_automation_running
@@ -90,8 +90,17 @@ def summary(registered: RegisteredVersion, run_id: str, settings: Settings) -> s
         f"  Registered: {registered.model_uri}  aliases: {'challenger, champion' if promoted else 'challenger'}\n"
         f"  {registered.primary_metric}: base {registered.base_value:.3f} -> tuned {registered.tuned_value:.3f}\n"
         f"  Gate: {'promoted to champion' if promoted else 'not promoted, champion unchanged'} "
-        f"({registered.gate.reason})"
+        f"({registered.gate.confidence:.0%} intervals of the paired differences):\n" + gate_lines(registered.gate)
     )
+
+
+def gate_lines(gate) -> str:
+    """Each criterion of the gate on a line: its difference, interval and items, and whether it passed."""
+    lines = []
+    for c in gate.criteria:
+        outcome = "passed" if c.passed else f"NOT passed, needs {c.threshold}" + (f" ({c.note})" if c.note else "")
+        lines.append(f"    - {criterion_text(c)}: {outcome}" + (f" ({c.threshold})" if c.passed else ""))
+    return "\n".join(lines)
 
 
 def training_summary(candidate: TrainedModel, evaluation: Evaluation) -> str:

@@ -324,6 +324,17 @@ class MlflowRegistry(dg.ConfigurableResource):
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client().get_run(run_id).data.metrics)
 
+    def run_dict(self, run_id: str, path: str) -> dict | None:
+        """A JSON artifact of a run (`TrackedRun.log_dict`) as a dict; None when the run has none there."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        self._connect()
+        try:
+            return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+        except (MlflowException, OSError):
+            return None
+
     def download(self, run_id: str, path: str) -> str:
         """A run's artifact folder, downloaded (or found) locally; returns the local path."""
         import mlflow

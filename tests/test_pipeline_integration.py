@@ -65,6 +65,9 @@ def test_first_run_promotes_and_second_is_stopped_by_the_gate(pipeline):
     assert checks_of(second) == {"train_eval_disjoint": True, "promotion_gate": False}
     assert "champion_model" not in {e.step_key for e in second.get_step_success_events()}
     assert second.output_for_node("registered_model").version == "2"
+    champion = second.output_for_node("model_evaluation").champion
+    assert not champion.rescored, "scored the same way when it was the candidate: its scores come from its run"
+    assert champion.items == first.output_for_node("model_evaluation").items["tuned"], "per item (eval/items.json)"
 
 
 def test_every_drop_is_ingested_once_with_its_checks(pipeline):
@@ -116,7 +119,9 @@ def test_first_version_is_champion_and_second_only_challenger(pipeline):
     assert str(champion.version) == "1" and str(challenger.version) == "2"
     assert champion.tags["gate.passed"] == "true" and champion.tags["promoted_by"].startswith("pipeline")
     assert challenger.tags["gate.passed"] == "false"
-    assert "vs champion v1" in challenger.tags["gate.reason"] and "needs >" in challenger.tags["gate.reason"]
+    assert (
+        "vs champion v1" in challenger.tags["gate.reason"] and "needs lower bound >" in challenger.tags["gate.reason"]
+    )
     assert "promoted_by" not in challenger.tags
 
 
@@ -246,5 +251,6 @@ def test_preference_pairs_train_dpo_on_the_sft_model_and_reach_evaluation_and_th
     assert [m.step for m in client(settings).get_metric_history(run.info.run_id, "dpo.loss")] == [1, 2]
     criteria = {c.criterion: c for c in first.output_for_node("registered_model").gate.criteria}
     preference = criteria["preference_accuracy vs base"]
-    assert preference.value == evaluation.tuned["preference_accuracy"]
-    assert preference.threshold == f">= {evaluation.base['preference_accuracy']:.4f} + -1.0"
+    difference = evaluation.tuned["preference_accuracy"] - evaluation.base["preference_accuracy"]
+    assert preference.value == pytest.approx(difference) and preference.low <= difference <= preference.high
+    assert preference.threshold == "lower bound >= -1.0000" and preference.items == evaluation.preference_pairs

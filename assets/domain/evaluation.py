@@ -17,6 +17,11 @@ GENERAL_PROBE = Path(__file__).resolve().parent / "general_probe.txt"
 HASH_CHARS = 16
 
 
+# Where a registered version's run keeps its per-item scores (`Evaluation.items["tuned"]`), so that a
+# later candidate is compared with it item by item without scoring it again.
+ITEMS_ARTIFACT = "eval/items.json"
+
+
 class EvaluationConfig(dg.ConfigurableResource):
     """How the base, the candidate and the champion are scored on the eval split: the primary metric,
     how many examples and tokens, batched greedy decoding. The `evaluation` section of the preset."""

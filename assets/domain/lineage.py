@@ -148,6 +148,14 @@ class RunLineage:
         if ev.champion is not None:
             metrics |= {f"champion.{k}": v for k, v in ev.champion.metrics.items()}
         metrics["forgetting_pct"] = ev.forgetting_pct
+        for c in self.gate.criteria:  # each criterion's paired difference and interval, as columns of the runs list
+            if c.key and c.low is not None:
+                metrics |= {
+                    f"gate.{c.key}.difference": c.value,
+                    f"gate.{c.key}.low": c.low,
+                    f"gate.{c.key}.high": c.high,
+                }
+        metrics["gate.passed"] = float(self.gate.passed)
         metrics |= {f"generation.tokens_per_second.{k}": v for k, v in ev.generation_tokens_per_second.items()}
         metrics |= {f"{k}.generations_cut": v for k, v in ev.generations_cut.items()}
         metrics |= {"train.loss_mean": trained.train_loss, "train.seconds": trained.train_seconds}
@@ -209,6 +217,16 @@ class RunLineage:
         }
 
 
+def gate_table(verdict: GateVerdict) -> str:
+    """The criteria as markdown: each difference, its interval and its threshold."""
+    lines = ["| criterion | difference | interval | items | threshold | passed |", "|---|---|---|---|---|---|"]
+    for c in verdict.criteria:
+        interval = f"[{c.low:+.4f}, {c.high:+.4f}]" if c.low is not None else "-"
+        passed = "yes" if c.passed else "no" + (f": {c.note}" if c.note else "")
+        lines.append(f"| {c.criterion} | {c.value:+.4f} | {interval} | {c.items} {c.unit} | {c.threshold} | {passed} |")
+    return "\n".join(lines)
+
+
 def preference_line(lineage: RunLineage) -> str:
     """The card's sentence on the second stage: DPO and its held-out pairs, or GRPO and its rewards."""
     stage, ev = lineage.trained.preference, lineage.evaluation
@@ -263,6 +281,12 @@ Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, line
 {metrics_table(ev.base, ev.tuned, ev.primary_metric, champion)}
 
 Forgetting: perplexity on a general-text probe changed by {ev.forgetting_pct:+.1f}%.{preference_line(lineage)}
+
+## Promotion gate
+Each criterion on the paired difference (this version minus what it is compared with, item by item) and
+its {gate.confidence:.0%} interval:
+
+{gate_table(gate)}
 
 ## Intended use
 Answering prompts like those in its training data (same instruction style, same task), through

@@ -174,6 +174,9 @@ class ChampionScores:
     version: str
     rescored: bool
     metrics: dict[str, float]
+    items: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """Its per-item scores (`Evaluation.items`), the gate's paired comparison; empty for a version
+    registered before they were kept, which evaluation then re-scores."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,10 @@ class Evaluation:
     compares preference accuracy."""
     preference_pairs: int = 0
     """Held-out preference pairs scored for `preference_accuracy` and `preference_margin` (0: none)."""
+    items: dict[str, dict[str, tuple[float, ...]]] = field(default_factory=dict)
+    """Per model ('base', 'tuned'), each metric per item, in one order for every model: the task metrics
+    per eval prompt, `preference_accuracy` (1 or 0) and `preference_margin` per held-out pair,
+    `probe_perplexity` per probe text. What the gate's paired intervals are taken on."""
 
     @property
     def trained_on_preferences(self) -> bool:
@@ -223,8 +230,19 @@ class Criterion:
 
     criterion: str
     value: float
+    """The paired difference's mean (candidate minus what it is compared with), or the measured value."""
     threshold: str
     passed: bool
+    low: float | None = None
+    high: float | None = None
+    """The difference's interval at the gate's confidence (None: a value without one)."""
+    items: int = 0
+    """How many prompts, pairs or texts the difference is taken over."""
+    unit: str = "prompts"
+    note: str = ""
+    """Why the items could not show what the criterion asks, when they could not."""
+    key: str = ""
+    """Its name in MLflow metrics (`gate.<key>.difference`, `.low`, `.high`)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +252,8 @@ class GateVerdict:
     passed: bool
     reason: str
     criteria: tuple[Criterion, ...]
+    confidence: float = 0.95
+    """The confidence of the criteria's intervals (`gate.confidence`)."""
 
 
 @dataclass(frozen=True)
