@@ -270,15 +270,24 @@ def champion_scores(
     return ChampionScores(version=number, rescored=True, metrics=metrics, items=items), answers
 
 
-def samples_frame(examples: EvalSet, answers: dict[str, list[str] | None]) -> pd.DataFrame:
-    """Prompt, expected answer and each model's answer, one row per eval example; possible personal
-    data (what the `personal_data_scan` flags) replaced by [EMAIL], [PHONE], [CARD], since the
-    samples are shown in both UIs."""
+def samples_frame(examples: EvalSet, answers: dict[str, list[str] | None], scores: dict | None = None,
+                  metric: str = "") -> pd.DataFrame:  # fmt: skip
+    """Prompt, expected answer and each model's answer, one row per eval example, each answer followed by
+    its `metric` score when `scores` has the model's (per item): 'right' or 'wrong' for a 0/1 metric,
+    else the score; possible personal data (what the `personal_data_scan` flags) replaced by [EMAIL],
+    [PHONE], [CARD], since the samples are shown in both UIs."""
     frame = pd.DataFrame({"prompt": [c[-2]["content"] for c in examples.conversations], "expected": examples.expected})
     for name, values in answers.items():
         if values is not None:
             frame[name] = values
+            if scores and scores.get(name) is not None:
+                frame[f"{name} {metric}"] = [score_mark(v) for v in scores[name]]
     return frame.map(lambda text: scan(text)[0] if isinstance(text, str) else text)
+
+
+def score_mark(value: float) -> str:
+    """An answer's score as a sample row shows it: 'right' (1), 'wrong' (0), else the score."""
+    return {1.0: "right", 0.0: "wrong"}.get(value, f"{value:.{SHOWN_DECIMALS}f}")
 
 
 def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int, gate: GateConfig) -> dict:
@@ -355,7 +364,11 @@ def model_evaluation(
         )
     host = tuned_model if hasattr(tuned_model, "peft_config") else model  # where the champion's adapter goes
     champion, champion_answers = champion_scores(mlflow_registry, models, score, settings_hash, base_model, host)
-    samples = samples_frame(examples, {"base": base_answers, "tuned": tuned_answers, "champion": champion_answers})
+    answers = {"base": base_answers, "tuned": tuned_answers, "champion": champion_answers}
+    primary = examples.primary
+    scores = {"base": base_items[primary], "tuned": tuned_items[primary]}
+    scores["champion"] = champion.items.get(primary) if champion_answers is not None else None
+    samples = samples_frame(examples, answers, scores, primary)
     items = {"base": base_items, "tuned": tuned_items}
     result = evaluation_of(score, settings_hash, base, tuned, champion, samples, preference_tuned_model.method, items)
     context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows, gate))

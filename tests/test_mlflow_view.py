@@ -60,10 +60,12 @@ def test_samples_shown_have_personal_data_redacted():
         * 2,
         expected=['{"category": "billing"}', "write to bob@corp.io"],
     )
-    frame = samples_frame(examples, {"base": ["ok", "jane.doe@example.com"], "tuned": ["x", "y"], "champion": None})
+    answers = {"base": ["ok", "jane.doe@example.com"], "tuned": ["x", "y"], "champion": None}
+    frame = samples_frame(examples, answers, {"base": (0.0, 0.0), "tuned": (1.0, 0.25)}, "rougeL")
     text = frame.to_string()
     assert "@" not in text and "555" not in text and "[EMAIL]" in text and "[PHONE]" in text
-    assert list(frame.columns) == ["prompt", "expected", "base", "tuned"]
+    assert list(frame.columns) == ["prompt", "expected", "base", "base rougeL", "tuned", "tuned rougeL"]
+    assert list(frame["tuned rougeL"]) == ["right", "0.2500"] and list(frame["base rougeL"]) == ["wrong", "wrong"]
 
 
 def test_links_between_the_uis_use_their_configured_addresses():
