@@ -24,11 +24,14 @@ from tests.conftest import make_settings, run_all
 
 pytestmark = pytest.mark.e2e
 
-# A short, real training run: enough steps for SmolLM2 to learn the ticket format.
+# A short, real training run: enough steps for SmolLM2 to learn the ticket format. It raises the probe
+# perplexity by about 9% (its interval over the probe texts reaching 11%, above the default 10% budget):
+# the budget here leaves the verdict to the primary metric, which is what these candidates differ in.
 QUICK_TRAINING = {
     "training": {"sft": {"max_steps": 40, "per_device_train_batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 4}},
     "evaluation": {"max_new_tokens": 32, "batch_size": 16, "max_eval_examples": 0},
     "split": {"drops_window": 1},
+    "gate": {"max_forgetting_pct": 20.0},
 }
 
 
@@ -66,6 +69,9 @@ def test_good_candidate_learns_and_takes_champion(gate_runs):
     assert good.success
     evaluation = good.output_for_node("model_evaluation")
     assert evaluation.tuned["exact_match"] > evaluation.base["exact_match"] + 0.05
+    vs_base = good.output_for_node("registered_model").gate.criteria[0]
+    assert vs_base.criterion == "exact_match vs base" and vs_base.items == evaluation.eval_examples
+    assert vs_base.low > 0.05, "the gain is shown by the interval, not only by the mean"
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
 
@@ -82,3 +88,5 @@ def test_bad_candidate_stays_challenger_and_champion_does_not_move(gate_runs):
     challenger = client.get_model_version_by_alias(settings.model_name, "challenger")
     assert str(challenger.version) == "2"
     assert challenger.tags["gate.passed"] == "false" and "vs champion v1" in challenger.tags["gate.reason"]
+    vs_champion = bad.output_for_node("registered_model").gate.criteria[1]
+    assert vs_champion.criterion == "exact_match vs champion v1" and vs_champion.value < 0 and not vs_champion.passed
