@@ -115,16 +115,10 @@ def reply_logprobs(
     return sums
 
 
-def preference_metrics(
-    model, pad_id: int, pairs: list[tuple], batch_size: int, max_batch_tokens: int = 0
-) -> dict[str, float]:
-    """On (prompt, chosen, rejected) token ids: how often the model finds the chosen reply likelier
-    than the rejected one (`preference_accuracy`), and by how much on average (`preference_margin`)."""
-    return margin_summary(*pair_logprobs(model, pad_id, pairs, batch_size, max_batch_tokens))
-
-
 def pair_logprobs(model, pad_id: int, pairs: list[tuple], batch_size: int, max_batch_tokens: int = 0):
-    """Each pair's chosen and rejected reply log-probabilities (two lists, in the pairs' order)."""
+    """On (prompt, chosen, rejected) token ids: each pair's chosen and rejected reply log-probabilities
+    (two lists, in the pairs' order), which `margin_summary` turns into `preference_accuracy` and
+    `preference_margin`."""
     chosen = reply_logprobs(model, pad_id, [(p, c) for p, c, _ in pairs], batch_size, max_batch_tokens)
     rejected = reply_logprobs(model, pad_id, [(p, r) for p, _, r in pairs], batch_size, max_batch_tokens)
     return chosen, rejected

@@ -19,7 +19,7 @@ from assets.domain.significance import Interval, detectable_gain, paired_interva
 from assets.domain.values import Criterion, Evaluation, GateVerdict
 
 GATE_CHECK = "promotion_gate"
-# The metric the gate holds a preference-trained version to (see model_evaluation `preference_metrics`).
+# The metric the gate holds a preference-trained version to (see model_evaluation `pair_logprobs`).
 PREFERENCE_METRIC = "preference_accuracy"
 # The per-text measure forgetting is taken on (`Evaluation.items`).
 PROBE_METRIC = "probe_perplexity"

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from assets.domain.preferences import chosen_conversations, reply_tokens
+from assets.domain.preferences import chosen_conversations, margin_summary, reply_tokens
 from assets.domain.training import TrainingConfig, cpu_has_native_bf16, resolve_method, trainer_setup, uses_bf16
 from assets.domain.values import TrainedModel
-from assets.model_evaluation import candidate_model, preference_metrics
+from assets.model_evaluation import candidate_model, pair_logprobs
 from assets.preference_tuned_model import starting_point
 from assets.recipes import dpo, sft
 from assets.recipes.job import RecipeJob, save_models
@@ -156,7 +156,7 @@ def margin(model, tokenizer, pairs: pd.DataFrame) -> float:
         (*reply_tokens(tokenizer, m, c), reply_tokens(tokenizer, m, r)[1])
         for m, c, r in zip(pairs["messages"], pairs["chosen"], pairs["rejected"])
     ]
-    return preference_metrics(model, tokenizer.pad_token_id, triples, batch_size=4)["preference_margin"]
+    return margin_summary(*pair_logprobs(model, tokenizer.pad_token_id, triples, batch_size=4))["preference_margin"]
 
 
 @pytest.mark.parametrize("adapter", ["lora", "full"])
