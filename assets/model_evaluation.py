@@ -369,6 +369,12 @@ def model_evaluation(
     return result
 
 
+def forgetting_pct(base: tuple[float, ...], tuned: tuple[float, ...]) -> float:
+    """The forgetting: the mean rise, in percent, of the probe perplexity over the probe's texts (the
+    figure whose interval the gate holds to its budget)."""
+    return sum(100 * (t / b - 1) for b, t in zip(base, tuned)) / len(base)
+
+
 def evaluation_of(
     score: Scorer, settings_hash: str, base: dict, tuned: dict, champion, samples, method: str, items: dict
 ) -> Evaluation:
@@ -380,7 +386,7 @@ def evaluation_of(
         base=base,
         tuned=tuned,
         champion=champion,
-        forgetting_pct=100 * (tuned["probe_perplexity"] / base["probe_perplexity"] - 1),
+        forgetting_pct=forgetting_pct(items["base"]["probe_perplexity"], items["tuned"]["probe_perplexity"]),
         eval_examples=len(examples.conversations),
         eval_set_hash=examples.eval_hash,
         settings_hash=settings_hash,

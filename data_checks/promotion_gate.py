@@ -100,7 +100,8 @@ def within(name: str, key: str, interval: Interval, bound: float, unit: str, upp
 
 
 def forgetting_interval(evaluation: Evaluation, gate: GateConfig) -> Interval:
-    """The mean rise, in percent, of the probe perplexity over the probe's texts, and its interval."""
+    """The mean rise, in percent, of the probe perplexity over the probe's texts (`Evaluation.forgetting_pct`),
+    and its interval."""
     base, tuned = evaluation.items["base"][PROBE_METRIC], evaluation.items["tuned"][PROBE_METRIC]
     rises = [100 * (t / b - 1) for t, b in zip(tuned, base)]
     return paired_interval(rises, [0.0] * len(rises), gate.confidence, gate.seed)

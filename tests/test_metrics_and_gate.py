@@ -113,7 +113,7 @@ def evaluation(base=BASE, tuned=TUNED, champion=None, probe=PROBE_TUNED, task="j
         champion=None
         if champion is None
         else ChampionScores("3", False, {"exact_match": mean(champion)}, {"exact_match": champion}),  # fmt: skip
-        forgetting_pct=100 * (mean(probe) / mean(PROBE) - 1),
+        forgetting_pct=mean([100 * (t / b - 1) for b, t in zip(PROBE, probe)]),
         eval_examples=len(tuned),
         eval_set_hash="abc",
         settings_hash="def",
@@ -383,3 +383,11 @@ def test_make_runs_summary_gives_each_criterion_its_interval_and_outcome(tmp_pat
         "\n    - probe perplexity change %: +2.0000 [+2.0000, +2.0000] on 8 probe texts: passed "
         "(upper bound <= +10.0000)"
     )
+
+
+def test_the_forgetting_shown_is_the_figure_the_gate_holds_to_its_budget():
+    from assets.model_evaluation import forgetting_pct
+
+    spread = tuple(p * (1.01 if i % 2 else 1.13) for i, p in enumerate(PROBE))
+    criterion = gate_verdict(evaluation(probe=spread), GateConfig()).criteria[-1]
+    assert forgetting_pct(PROBE, spread) == pytest.approx(criterion.value) == pytest.approx(7.0)
