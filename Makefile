@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
-.PHONY: venv run preview test test-fast dev server mlflow-ui promote serve lint format bench bench-train sample-data clean-state
+.PHONY: venv run preview test test-fast dev server mlflow-ui promote serve lint format bench bench-eval bench-train sample-data clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,15 +38,15 @@ test: venv  ## the whole test suite: unit, integration (tiny model), end-to-end 
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -q -m "not integration and not e2e"
 
-dev: venv  ## the Dagster UI on http://$(HOST):3000 (another port: make dev PORT=3001), Data Docs on FT_DOCS_URL (:3030)
+dev: venv  ## the Dagster UI on http://$(HOST):3000 (another port: make dev PORT=3001), Data Docs and the links between the UIs on FT_DOCS_URL (:3030)
 	$(PY) -m pipelines.retraining
-	$(PY) -m pipelines.docs_server & DAGSTER_HOME=$$($(PY) -m pipelines.settings dagster_home) $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(or $(PORT),3000)
+	$(PY) -m pipelines.docs_server --dagster-url http://$(HOST):$(or $(PORT),3000) & DAGSTER_HOME=$$($(PY) -m pipelines.settings dagster_home) $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(or $(PORT),3000)
 
 server: venv  ## the server profile (FT_PROFILE=server, FT_POSTGRES_URL): MLflow server + Dagster webserver, daemon, code server on PostgreSQL
 	FT_HOST=$(or $(FT_HOST),$(HOST)) $(PY) -m pipelines.server
 
-mlflow-ui: venv  ## the MLflow UI on http://$(HOST):5000 (another port: make mlflow-ui PORT=5002)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow ui --backend-store-uri $$($(PY) -m pipelines.settings mlflow_tracking_uri) --host $(HOST) --port $(or $(PORT),5000)
+mlflow-ui: venv  ## the MLflow UI on http://$(HOST):5000, opening on the training runs and the gate (another port: make mlflow-ui PORT=5002)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pipelines.mlflow_ui --host $(HOST) --port $(or $(PORT),5000)
 
 promote: venv  ## move alias champion to VERSION (roll-back): make promote VERSION=3 REASON="v4 regressed"
 	@test -n "$(VERSION)" || (echo "usage: make promote VERSION=n [REASON=...]" && exit 2)
@@ -68,6 +68,9 @@ format: venv
 
 bench: venv  ## ingest -> validate -> format on 10k, 100k and 1M rows, beside one pandas frame (BENCHMARKS.md)
 	$(PY) -m tests.bench.ingest --rows 10000 100000 1000000 --frame 100000 1000000
+
+bench-eval: venv  ## the regression suite's cost (chat template vs plain text) and the bundled model as a judge (BENCHMARKS.md)
+	$(PY) -m tests.bench.eval_extras
 
 bench-train: venv  ## our training stage (cpu preset) beside plain TRL on the same examples; batched vs one-at-a-time generation (BENCHMARKS.md)
 	$(PY) -m tests.bench.train --steps 12

@@ -4,6 +4,7 @@ recipe (`assets/recipes/sft.py`, TRL's SFTTrainer) in a job of its own."""
 import dagster as dg
 import pandas as pd
 
+from assets.domain.figures import shown_floats
 from assets.domain.preferences import chosen_conversations
 from assets.domain.training import TrainingConfig, resolve_method, trains_sft
 from assets.domain.values import TrainedModel
@@ -46,8 +47,9 @@ def trained_model(training: TrainingConfig, train: pd.DataFrame, launched: Launc
 
 
 def training_metadata(trained: TrainedModel, launched: Launched) -> dict:
+    """The SFT stage's metadata, figures rounded as the UI shows them."""
     run = launched.report
-    return {
+    metadata = {
         "preset": trained.preset,
         "device": trained.device,
         "train_examples": trained.train_examples,
@@ -65,6 +67,7 @@ def training_metadata(trained: TrainedModel, launched: Launched) -> dict:
         "adapter_dir": dg.MetadataValue.path(trained.adapter_dir or "(none: all weights trained)"),
         "merged_dir": dg.MetadataValue.path(trained.merged_dir),
     }
+    return shown_floats(metadata)
 
 
 @dg.asset(

@@ -13,10 +13,11 @@ from pydantic import Field
 
 from assets.domain.chat import conversation_text, normalize, prompt_hash
 from assets.domain.drops import DROPS, by_drop
+from assets.domain.figures import table_counts
 from assets.domain.rows import row_location
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import EXAMPLE_ROWS, PairsSummary
-from data_checks.record_checks import IN_TRAINING
+from data_checks.record_checks import IN_TRAINING, drop_metadata
 from resources.records import MESSAGES, FirstSeen, RecordSet, RecordWriter
 from resources.state import StateStore
 
@@ -64,13 +65,13 @@ def split_of(prompt_digest: str, eval_fraction: float, salt: str = "") -> str:
 # The validated columns a pair is built from (the features, PII counts and warnings are not read).
 PAIR_SOURCE_COLUMNS = [
     *("kind", "messages", "chosen", "rejected", "tools", "n_tokens"),
-    *("drop", "source_file", "source_line", "gx_result"),
+    *("drop", "source_file", "source_line", "gx_result", "category"),
 ]
 
 
 def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> list[dict]:
     """One pair per validated row: the conversation, its `example_id` (hash of the normalized
-    prompt), its `split` by that hash, and its source."""
+    prompt), its `split` by that hash, its source and its `category` (None when it has none)."""
     pairs = []
     for r in validated:
         example_id = prompt_hash(r["messages"])
@@ -83,6 +84,7 @@ def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> 
                 **{k: r[k] for k in ("n_tokens", "drop", "source_file", "source_line")},
                 "gx_result": r.get("gx_result"),
                 "excluded_reason": None,
+                "category": r.get("category"),  # absent from drops validated before categories were kept
             }
         )
     return pairs
@@ -222,18 +224,16 @@ PAIRS_SCHEMA = pa.schema(
         ("source_line", pa.int64()),
         ("gx_result", pa.string()),
         ("excluded_reason", pa.string()),
+        ("category", pa.string()),  # the record's category field (ingest.category_field), or null
     ]
 )
-
-
-REJECTED = dg.AssetKey("rejected_records")
 
 
 def quality_row(drop: str, value: dict | None) -> str:
     if value is None:
         return f"| {drop} | not validated: its ingestion failed (see its raw_records run) | | | | | | | |"
-    reasons = "; ".join(f"{rule} ({n})" for rule, n in (value.get("top_reasons") or {}).items())
-    pii = ", ".join(f"{kind} {n}" for kind, n in (value.get("pii_counts") or {}).items())
+    reasons = "; ".join(f"{rule} ({n})" for rule, n in table_counts(value.get("top_reasons")).items())
+    pii = ", ".join(f"{kind} {n}" for kind, n in table_counts(value.get("pii_counts")).items())
     share = value.get("rejected_share")
     cuts = "; ".join(f"{cut} ({n})" for cut, n in (value.get("truncations") or {}).items())
     left_out = value.get("rows_left_out") or 0
@@ -248,7 +248,7 @@ def quality_row(drop: str, value: dict | None) -> str:
 def quality_table(metadata: dict[str, dict | None]) -> str:
     """Each drop's data quality in one table (`drop_metadata`)."""
     lines = [
-        "| drop | status | rows | rejected | rejected share (bad data) | top reasons | possible personal data "
+        "| drop | status | rows | rejected as bad data | rejected share | top reasons | possible personal data "
         "| cut to fit max_tokens | left out for length |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -305,7 +305,8 @@ def write_pairs(
     with tempfile.TemporaryDirectory(dir=scratch) as tmp, RecordWriter(path, PAIRS_SCHEMA, ("tools",)) as out:
         seen = FirstSeen(Path(tmp) / "seen.sqlite")
         for _, records in drops:
-            for batch in records.batches(columns=PAIR_SOURCE_COLUMNS):
+            stored = records.column_names()  # a drop validated before a column existed lacks it
+            for batch in records.batches(columns=[c for c in PAIR_SOURCE_COLUMNS if c in stored]):
                 pairs = build_pairs(batch, config.eval_fraction, config.split_salt)
                 mark_cross_drop_duplicates(pairs, seen)
                 out.write(pairs)
@@ -320,20 +321,6 @@ def write_pairs(
     out, tally = moved(out.record_set(), example_id, side)
     note = f"the prompt hash put every example in {other}; the prompt with the smallest hash moved to {side}"
     return out, tally, note
-
-
-def drop_metadata(instance: dg.DagsterInstance, drops: list[str]) -> dict[str, dict | None]:
-    """Each drop's data quality from its latest validation (the metadata of its rejected_records
-    partition, written whether the drop passed or was held back), as plain values; None for a drop
-    never validated."""
-    found = {}
-    for drop in drops:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=REJECTED, asset_partitions=[drop]), limit=1
-        ).records
-        metadata = records[0].asset_materialization.metadata if records else None
-        found[drop] = None if metadata is None else {k: v.value for k, v in metadata.items()}
-    return found
 
 
 @dataclass(frozen=True)
@@ -413,8 +400,9 @@ def instruction_pairs(
     turns, with tool calls and tool replies where the data has them), `tools`, `chosen`/`rejected`,
     `split` ('train' or 'eval' by a hash of the normalized prompt, so the split is deterministic and
     an example never changes side as drops arrive; 'excluded' with an `excluded_reason` for repeats
-    of an earlier drop's row), `example_id` (that hash), `n_tokens`, and the row's source (`drop`,
-    `source_file`, `source_line`, `gx_result`).
+    of an earlier drop's row), `example_id` (that hash), `n_tokens`, the row's source (`drop`,
+    `source_file`, `source_line`, `gx_result`) and `category` (the record's category field, null when
+    it has none), which evaluation results are also broken down by.
 
     Streamed drop by drop and batch by batch into a Parquet file under FT_HOME/datasets; repeats
     across drops are found through an on-disk table, so memory does not grow with the data. The

@@ -2,7 +2,7 @@
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +10,27 @@ import dagster as dg
 import pandas as pd
 
 from assets.domain.chat import prompt_text, training_chat_template, training_tokens
-from assets.domain.evaluation import ITEMS_ARTIFACT, EvaluationConfig, generation_budget
+from assets.domain.evaluation import (
+    ITEMS_ARTIFACT,
+    JUDGE_METRIC,
+    SAMPLES_ARTIFACT,
+    EvaluationConfig,
+    JudgeConfig,
+    SuiteConfig,
+    generation_budget,
+)
 from assets.domain.lineage import ADAPTER_ON_TAG, BASE_MODEL_PATH_TAG
-from assets.domain.metrics import DEFAULT_PRIMARY, SHOWN_DECIMALS, mean_scores, metrics_table, score_answer, task_type
+from assets.domain.metrics import (
+    DEFAULT_PRIMARY,
+    SHOWN_DECIMALS,
+    mean_scores,
+    metrics_table,
+    score_answer,
+    slice_rows,
+    slice_values,
+    slices_table,
+    task_type,
+)
 from assets.domain.preferences import chosen_conversations, margin_summary, reply_tokens
 from assets.domain.significance import detectable_gain, paired_interval
 from assets.domain.tool_calls import reply_text
@@ -20,7 +38,9 @@ from assets.domain.values import ChampionScores, Evaluation, TrainedModel
 from data_checks.pii import scan
 from data_checks.promotion_gate import GateConfig
 from resources.batch_order import length_sorted_batches
+from resources.benchmark_suites import METRICS, Suite, score_suite, suite_kind
 from resources.generation import greedy_answers
+from resources.judge import Comparison, EndpointJudge, LocalJudge, pairwise_scores
 from resources.mlflow_registry import CHAMPION, MlflowRegistry
 from resources.models import ModelLoader
 from resources.records import RecordSet
@@ -134,6 +154,10 @@ class Scorer:
     config: EvaluationConfig
     probe: list[str]
     """The probe's texts (`probe_texts`)."""
+    suites: list[Suite] = field(default_factory=list)
+    """The regression suites (`regression_suites`), scored through lm-evaluation-harness."""
+    chat_template: str | None = None
+    """The template the suites' questions are rendered with: the one training renders with."""
     speeds: dict[str, float] = field(default_factory=dict)
     cut: dict[str, int] = field(default_factory=dict)
     """Per named model, how many generations ran out of budget instead of ending their turn."""
@@ -160,7 +184,35 @@ class Scorer:
             metrics |= margin_summary(chosen, rejected)
             items["preference_accuracy"] = tuple(float(c > r) for c, r in zip(chosen, rejected))
             items["preference_margin"] = tuple(c - r for c, r in zip(chosen, rejected))
+        for suite in self.suites:
+            scores = score_suite(model, tokenizer, suite, self.chat_template, config.batch_size)
+            metrics[suite_key(suite)] = sum(scores) / len(scores)
+            items[suite_key(suite)] = tuple(scores)
         return metrics, answers, items
+
+
+def suite_key(suite: Suite) -> str:
+    """The suite's metric among a model's metrics and items: 'suite.<name>.<metric>'."""
+    return f"suite.{suite.name}.{suite.metric}"
+
+
+def regression_suites(configs: list[SuiteConfig]) -> list[Suite]:
+    """The configured suites, each with its kind (from its file's columns) and its metric (auto:
+    acc for multiple choice, exact_match for prompt and reference); an error naming the suite when
+    its file is missing or its metric does not fit its kind."""
+    suites = []
+    for config in configs:
+        if not Path(config.path).is_file():
+            raise FileNotFoundError(f"evaluation.suites {config.name!r}: no such file {config.path}")
+        kind = suite_kind(config.path)
+        metric = METRICS[kind][0] if config.metric == "auto" else config.metric
+        if metric not in METRICS[kind]:
+            raise ValueError(
+                f"evaluation.suites {config.name!r} ({config.path}): metric {metric!r} does not score a {kind} "
+                f"suite; use one of {', '.join(METRICS[kind])}"
+            )
+        suites.append(Suite(config.name, config.path, kind, metric, config.max_new_tokens, config.max_regression))
+    return suites
 
 
 @dataclass(frozen=True)
@@ -180,6 +232,10 @@ class EvalSet:
     """The generation budget: the configured one, or derived from the references (auto)."""
     preferences: list[tuple[list[int], list[int], list[int]]] = field(default_factory=list)
     """The eval split's preference pairs as (prompt, chosen, rejected) token ids (`reply_tokens`)."""
+    slices: dict[str, tuple] = field(default_factory=dict)
+    """Each conversation's drop, source file and category (`slice_values`), in their order."""
+    pair_slices: dict[str, tuple] = field(default_factory=dict)
+    """The same for each preference pair."""
 
     @classmethod
     def of(cls, pairs: RecordSet, config: EvaluationConfig, tokenizer, template: str) -> "EvalSet":
@@ -207,6 +263,8 @@ class EvalSet:
                 (*reply_tokens(tokenizer, m, c), reply_tokens(tokenizer, m, r)[1])
                 for m, c, r in zip(preferences["messages"], preferences["chosen"], preferences["rejected"])
             ],
+            slices=slice_values(evals),
+            pair_slices=slice_values(preferences),
         )
 
 
@@ -245,7 +303,8 @@ def champion_scores(
         metrics = registry.run_metrics(version.run_id)
         tuned = {k.removeprefix("tuned."): v for k, v in metrics.items() if k.startswith("tuned.")}
         items = {metric: tuple(values) for metric, values in items.items()}
-        return ChampionScores(version=number, rescored=False, metrics=tuned, items=items), None
+        answers = logged_answers(registry, version.run_id, len(score.examples.prompts))
+        return ChampionScores(version=number, rescored=False, metrics=tuned, items=items), answers
     # Versions registered before the tag existed had their adapter on the base model.
     if (
         tags.get(BASE_MODEL_PATH_TAG, tags.get("base_model")) == base_model
@@ -262,6 +321,45 @@ def champion_scores(
     else:
         metrics, answers, items = score(models.load_model(registry.download_model_weights(number)).eval())
     return ChampionScores(version=number, rescored=True, metrics=metrics, items=items), answers
+
+
+def logged_answers(registry: MlflowRegistry, run_id: str, count: int) -> list[str] | None:
+    """A registered version's answers to the eval prompts, as its run logged them when it was the
+    candidate (the `tuned` column of eval/samples.json, personal data already masked); None when
+    that run has none for this many prompts."""
+    table = registry.run_dict(run_id, SAMPLES_ARTIFACT) or {}
+    columns, rows = table.get("columns", []), table.get("data", [])
+    if "tuned" not in columns or len(rows) != count:
+        return None
+    return [row[columns.index("tuned")] for row in rows]
+
+
+def judge_scores(config: JudgeConfig, samples: pd.DataFrame, models: ModelLoader, base_model: str) -> dict:
+    """The judge's verdicts (`resources/judge.py`): per model the candidate is compared with (the base,
+    the champion when its answers are known), the candidate's score on each prompt (1 won, 0.5 tie or
+    one win each, 0 lost; both orders asked). On the samples' answers, personal data masked, so a
+    judge behind an endpoint never receives what the `personal_data_scan` flags. Empty when off."""
+    if config.kind == "off":
+        return {}
+    if config.kind == "endpoint":
+        judge = EndpointJudge(config.base_url, config.model, config.api_key_env)
+    else:
+        path = config.model or base_model
+        judge = LocalJudge(models.load_model(path).eval(), models.load_tokenizer(path))
+    rows = samples.head(config.max_prompts) if config.max_prompts else samples
+    judged = {}
+    for other in ("base", "champion"):
+        if other in rows and rows[other].notna().all():
+            pairs = zip(rows["prompt"], rows["expected"], rows["tuned"], rows[other])
+            judged[other] = tuple(pairwise_scores(judge, [Comparison(*pair) for pair in pairs]))
+    return judged
+
+
+def judged(evaluation: Evaluation, verdicts: dict) -> Evaluation:
+    """The evaluation with the judge's verdicts (`judge_scores`) and, among the candidate's metrics, its
+    win rate over each model it was compared with (`judge_win_rate_vs_base`, `..._vs_champion`)."""
+    rates = {f"{JUDGE_METRIC}_vs_{other}": sum(s) / len(s) for other, s in verdicts.items()}
+    return replace(evaluation, judge=verdicts, tuned=evaluation.tuned | rates)
 
 
 def samples_frame(examples: EvalSet, answers: dict[str, list[str] | None], scores: dict | None = None,
@@ -295,20 +393,31 @@ def evaluation_metadata(ev: Evaluation, samples: pd.DataFrame, sample_rows: int,
         f"{primary}_gain_vs_base": f"{vs_base.shown()} ({gate.confidence:.0%} interval, {vs_base.n} prompts)",
         "smallest_detectable_gain": round(detectable_gain(vs_base), SHOWN_DECIMALS),
         "forgetting_pct": round(ev.forgetting_pct, 2),
-        "champion": dg.MetadataValue.json(
-            {"version": champion.version, "rescored": champion.rescored} if champion else {"version": None}
+        "champion": dg.MetadataValue.md(
+            pd.DataFrame(
+                [{"version": champion.version, "scores": "re-scored here" if champion.rescored else "from its run"}]
+            ).to_markdown(index=False)
+            if champion
+            else "none yet: the first version to pass the gate becomes champion"
         ),
         "eval_examples": ev.eval_examples,
         "eval_set_hash": ev.eval_set_hash,
         "metrics": dg.MetadataValue.md(
             metrics_table(ev.base, ev.tuned, primary, champion.metrics if champion else None)
         ),
+        "slices": dg.MetadataValue.md(slices_table(slice_rows(ev.model_items, ev.slices, primary, ev.pair_slices))),
         "samples": dg.MetadataValue.md(samples.head(sample_rows).to_markdown(index=False)),
         "generation_tokens_per_second": dg.MetadataValue.json(
             {k: round(v, 1) for k, v in ev.generation_tokens_per_second.items()}
         ),
         "max_new_tokens": ev.max_new_tokens,
-        "generations_cut": dg.MetadataValue.json(ev.generations_cut),
+        "generations_cut": dg.MetadataValue.md(
+            pd.DataFrame(
+                [{"model": m, "answers cut at max_new_tokens": n} for m, n in ev.generations_cut.items()]
+            ).to_markdown(index=False)
+            if ev.generations_cut
+            else "-"
+        ),
     }
 
 
@@ -333,29 +442,27 @@ def model_evaluation(
     adapter that applies to it is switched on there, any other candidate loads from its merged
     folder. Metrics per model: exact match; JSON validity and field accuracy for JSON answers;
     ROUGE-L, token F1 and chrF for text; end-of-turn rate; eval loss and perplexity on the
-    assistant's tokens; perplexity on a general-text probe, whose rise is the forgetting; on the eval
-    split's preference pairs, how often the chosen reply is likelier than the rejected one and the
-    mean log-probability margin. Plus the primary metric's name, the task type, the eval set's hash,
-    and sample generations. Each metric is kept per item too (`Evaluation.items`), for the gate's paired
-    intervals; the metadata shows the primary metric's gain over the base with its interval at the gate's
-    confidence, and the smallest gain this eval set could show.
+    assistant's tokens; perplexity on a general-text probe (its rise: the forgetting); preference
+    accuracy and margin on the eval split's preference pairs; each regression suite's score
+    (`evaluation.suites`, through lm-evaluation-harness); with `evaluation.judge` on, the judge's win
+    rate of the candidate over the base and the champion. Each metric kept per item too
+    (`Evaluation.items`: the gate's paired intervals) and per drop, source file and category
+    (`slices`); the metadata shows the primary metric's gain over the base with its interval, and the
+    smallest gain this eval set could show.
     """
     tokenizer = models.load_tokenizer(base_model)
     template = training_chat_template(tokenizer) or tokenizer.chat_template
     examples = EvalSet.of(instruction_pairs, evaluation, tokenizer, template)
     settings_hash = evaluation.settings_hash(examples.max_new_tokens)
     probe = probe_texts(Path(evaluation.probe_path).read_text(encoding="utf-8"))
-    score = Scorer(tokenizer, examples, evaluation, probe)
+    suites = regression_suites(evaluation.suites)
+    score = Scorer(tokenizer, examples, evaluation, probe, suites, template)
 
     model = models.load_model(base_model).eval()
     base, base_answers, base_items = score(model, "base")
     tuned_model = candidate_model(models, model, preference_tuned_model, base_model)
     tuned, tuned_answers, tuned_items = score(tuned_model, "tuned")
-    if examples.primary not in tuned:
-        raise ValueError(
-            f"primary_metric {examples.primary!r} is not among the computed metrics ({', '.join(sorted(tuned))}); "
-            "set evaluation.primary_metric to one of them, or to auto."
-        )
+    require_primary(examples.primary, tuned)
     host = tuned_model if hasattr(tuned_model, "peft_config") else model  # where the champion's adapter goes
     champion, champion_answers = champion_scores(mlflow_registry, models, score, settings_hash, base_model, host)
     answers = {"base": base_answers, "tuned": tuned_answers, "champion": champion_answers}
@@ -365,8 +472,18 @@ def model_evaluation(
     samples = samples_frame(examples, answers, scores, primary)
     items = {"base": base_items, "tuned": tuned_items}
     result = evaluation_of(score, settings_hash, base, tuned, champion, samples, preference_tuned_model.method, items)
+    result = judged(result, judge_scores(evaluation.judge, samples, models, base_model))
     context.add_output_metadata(evaluation_metadata(result, samples, evaluation.sample_rows, gate))
     return result
+
+
+def require_primary(primary: str, metrics: dict) -> None:
+    """An error naming the computed metrics when the configured primary metric is not among them."""
+    if primary not in metrics:
+        raise ValueError(
+            f"primary_metric {primary!r} is not among the computed metrics ({', '.join(sorted(metrics))}); "
+            "set evaluation.primary_metric to one of them, or to auto."
+        )
 
 
 def forgetting_pct(base: tuple[float, ...], tuned: tuple[float, ...]) -> float:
@@ -397,4 +514,7 @@ def evaluation_of(
         preference_pairs=len(examples.preferences),
         method=method,
         items=items,
+        slices=examples.slices,
+        pair_slices=examples.pair_slices,
+        suites={suite_key(suite): suite.max_regression for suite in score.suites},
     )

@@ -7,6 +7,7 @@ from dataclasses import replace
 import dagster as dg
 
 from assets.domain.evaluation import EvaluationConfig
+from assets.domain.figures import shown_floats
 from assets.domain.metrics import task_type
 from assets.domain.preferences import chosen_conversations
 from assets.domain.tool_calls import reply_text
@@ -100,7 +101,7 @@ def stage_metadata(candidate: TrainedModel, launched: Launched) -> dict:
         metadata |= {"grpo_prompts": stage.prompts, "grpo_rewards": ", ".join(stage.rewards), "grpo_kl": stage.kl,
                      "grpo_first_reward": stage.first_reward, "grpo_last_reward": stage.last_reward,
                      "reward_curve": dg.MetadataValue.md(curve_markdown(stage.reward_curve, "reward"))}  # fmt: skip
-    return metadata | {"adapter_applies_to": dg.MetadataValue.path(candidate.adapter_base_dir)}
+    return shown_floats(metadata) | {"adapter_applies_to": dg.MetadataValue.path(candidate.adapter_base_dir)}
 
 
 @dg.asset(

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from assets.domain.drops import DROPS
-from assets.domain.formats import MAPPED, REQUIRED_FIELDS, detect_format
+from assets.domain.formats import CATEGORY_FIELD, MAPPED, REQUIRED_FIELDS, detect_format
 from assets.domain.values import FileSummary, RawSummary
 from resources.landing import DATA_SUFFIXES, LandingFile, LandingZone
 from resources.records import BATCH_ROWS, RecordSet, RecordWriter, row_groups
@@ -32,8 +32,9 @@ class IngestError(ValueError):
 
 
 class IngestConfig(dg.ConfigurableResource):
-    """How raw files are read as records: the record format (detected per file by default) and a
-    column mapping for data in no known format. The `ingest` section of the preset."""
+    """How raw files are read as records: the record format (detected per file by default), a column
+    mapping for data in no known format, and the field naming a record's category. The `ingest` section
+    of the preset."""
 
     format: str = Field(
         default="auto",
@@ -45,6 +46,12 @@ class IngestConfig(dg.ConfigurableResource):
         description="Our field -> your column, for data in no known format: keys among instruction, "
         "input, output, system; instruction and output are required. Example: "
         '{"instruction": "question", "output": "answer"}.',
+    )
+    category_field: str = Field(
+        default=CATEGORY_FIELD,
+        description="The field a record names its category in (Dolly's `category`, a topic, a task name), "
+        "whatever the format: kept with each example so evaluation results are also shown per category. "
+        "A file without this field has no categories; empty: none are read.",
     )
 
 
@@ -317,7 +324,7 @@ def stream_drop(
 ) -> dict[str, FileSummary]:
     """Read every file of one drop, handing rows to `write` in batches of BATCH_ROWS: `row_id`,
     `drop`, `source_file`, `source_line` and `record` (the fields, unchanged). Returns each file's
-    rows, format and mapping; a file's format is known once all its fields have been seen.
+    rows, format, mapping and category field; a file's format is known once all its fields have been seen.
 
     Any unreadable file fails the whole drop (the caller discards what was written): half a drop
     is never passed on."""
@@ -335,7 +342,8 @@ def stream_drop(
             raise IngestError(f"{file.name}: the file holds no records. Remove it or add data.")
         fmt = file_format(columns, ingest, file.name)
         mapping = dict(ingest.column_mapping) if fmt == MAPPED else None
-        per_file[file.name] = FileSummary(rows=rows, format=fmt, mapping=mapping)
+        category = ingest.category_field if ingest.category_field in columns else None
+        per_file[file.name] = FileSummary(rows=rows, format=fmt, mapping=mapping, category=category)
     return per_file
 
 

@@ -8,9 +8,9 @@ import pandas as pd
 
 from assets.domain import tool_calls
 from assets.domain.drops import by_drop
-from assets.domain.evaluation import ITEMS_ARTIFACT
+from assets.domain.evaluation import ITEMS_ARTIFACT, SAMPLES_ARTIFACT
 from assets.domain.lineage import DataCounts, RunLineage, base_model_name, model_card
-from assets.domain.metrics import comparison_rows
+from assets.domain.metrics import comparison_rows, slice_rows
 from assets.domain.values import Evaluation, RegisteredVersion, TrainedModel, short_run_id
 from data_checks.promotion_gate import GATE_CHECK_SPEC, GateConfig, gate_check_result, gate_verdict
 from resources.mlflow_registry import CHALLENGER, MlflowRegistry, TrackedRun, is_transient
@@ -39,12 +39,14 @@ def lineage_rows(pairs: RecordSet) -> pd.DataFrame:
 
 
 def data_counts(raw_records: Any, rejected_records: Any, pairs: RecordSet) -> DataCounts:
-    """Rows raw, valid and rejected in the drops the pairs were built from."""
+    """Rows raw, valid and rejected as bad data in the drops the pairs were built from (the
+    rejected_records partitions also hold the rows left out for length, counted apart)."""
     summary = pairs.summary
     raw, rejected = by_drop(raw_records), by_drop(rejected_records)
     rows_raw = sum(len(raw[d]) for d in summary.drops if raw.get(d) is not None)
     rows_rejected = sum(len(rejected[d]) for d in summary.drops if rejected.get(d) is not None)
-    return DataCounts.of(summary, rows_raw=rows_raw, rows_valid=len(pairs), rows_rejected=rows_rejected)
+    bad_data = rows_rejected - summary.rows_left_out
+    return DataCounts.of(summary, rows_raw=rows_raw, rows_valid=len(pairs), rows_rejected=bad_data)
 
 
 def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -> str:
@@ -60,7 +62,7 @@ def log_run(run: TrackedRun, lineage: RunLineage, pairs: RecordSet, card: str) -
         run.log_series("dpo.loss", trained.preference.loss_curve)
     log_comparison(run, evaluation)
     log_datasets(run, lineage, pairs)
-    run.log_table(pd.DataFrame(list(evaluation.samples)), "eval/samples.json")
+    run.log_table(pd.DataFrame(list(evaluation.samples)), SAMPLES_ARTIFACT)
     run.log_dict(eval_summary(evaluation), "eval/metrics.json")
     run.log_dict({k: list(v) for k, v in evaluation.items.get("tuned", {}).items()}, ITEMS_ARTIFACT)
     if trained.adapter_dir is not None:  # none when all weights were trained: the logged model holds them
@@ -106,8 +108,54 @@ def comparison_chart(frame: pd.DataFrame):
     return fig
 
 
+def slices_frame(evaluation: Evaluation) -> pd.DataFrame:
+    """Every per-item metric per drop, source file and category (`slice_rows`), rounded for reading;
+    no rows when no slice field has more than one value."""
+    ev = evaluation
+    return pd.DataFrame(slice_rows(ev.model_items, ev.slices, ev.primary_metric, ev.pair_slices))
+
+
+def charted_slices(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per slice field (in the frame's order), the rows its chart panel shows: its primary metric's,
+    or its first metric's when it has none (a field that only slices preference pairs)."""
+    parts = []
+    for name in dict.fromkeys(frame["slice"]):
+        rows = frame[frame["slice"] == name]
+        metric = (rows[rows["primary"]] if rows["primary"].any() else rows)["metric"].iloc[0]
+        parts.append((name, rows[rows["metric"] == metric]))
+    return parts
+
+
+def slices_chart(frame: pd.DataFrame):
+    """The primary metric per slice (or, for a slice field that has none, as of preference pairs, its
+    first metric): one panel per slice field, a group of bars (base, tuned, champion) per value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = charted_slices(frame)
+    models = [m for m in MODELS if m in frame and frame[m].notna().any()]
+    widths = [max(len(part), 2) for _, part in parts]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4 + 0.6 * sum(widths), 3.8), dpi=90, width_ratios=widths)
+    for ax, (name, part) in zip(axes if len(parts) > 1 else [axes], parts):
+        width = 0.8 / len(models)
+        for i, model in enumerate(models):
+            ax.bar([x + i * width for x in range(len(part))], part[model].fillna(0), width, label=model)
+        labels = [f"{value} ({n})" for value, n in zip(part["value"], part["items"])]
+        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(part))], labels, rotation=30, ha="right")
+        ax.set_title(f"{part['metric'].iloc[0]} per {name}")
+        if (part[models].fillna(0) >= 0).all().all():  # scores start at 0; a margin may be below it
+            ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(models, loc="upper center", ncol=len(models))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
 def log_comparison(run: TrackedRun, evaluation: Evaluation) -> None:
-    """The comparison as one table (CSV, shown as a table in the run's artifacts) and one chart."""
+    """The comparison as one table (CSV, shown as a table in the run's artifacts) and one chart; the
+    same per slice (`eval/slices.csv`, `eval/slices.png`) when the eval items have slices."""
     import matplotlib.pyplot as plt
 
     frame = comparison_frame(evaluation)
@@ -115,6 +163,12 @@ def log_comparison(run: TrackedRun, evaluation: Evaluation) -> None:
     figure = comparison_chart(frame)
     run.log_figure(figure, "eval/comparison.png")
     plt.close(figure)
+    slices = slices_frame(evaluation)
+    if len(slices):
+        run.log_text(slices.to_csv(index=False), "eval/slices.csv")
+        figure = slices_chart(slices)
+        run.log_figure(figure, "eval/slices.png")
+        plt.close(figure)
 
 
 def log_datasets(run: TrackedRun, lineage: RunLineage, pairs: RecordSet) -> None:
@@ -231,7 +285,9 @@ def register(lineage: RunLineage, pairs: RecordSet, registry: MlflowRegistry) ->
         model_uri = log_run(run, lineage, pairs, card)
         run.describe(card)
     version = registry.register_version(model_uri, lineage.version_tags(), description=card, alias=CHALLENGER)
-    registry.describe_model(model_description(lineage, registry.model_url()), model_tags(lineage))
+    registry.describe_model(model_description(lineage, registry.model_route()), model_tags(lineage))
+    gate_metrics = [k for k in lineage.mlflow_metrics() if k.startswith("gate.")]
+    registry.save_gate_view(gate_metrics, list(lineage.gate_tags()))
     evaluation = lineage.evaluation
     registered = RegisteredVersion(
         model_name=lineage.model_name,

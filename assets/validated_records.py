@@ -212,6 +212,7 @@ VALIDATED_SCHEMA = pa.schema(
         ("tools", pa.string()),  # JSON: the functions the conversation may call
         ("chosen", pa.string()),
         ("rejected", pa.string()),
+        ("category", pa.string()),  # the record's category field (ingest.category_field), or null
         *FEATURE_FIELDS,
         ("truncated", pa.bool_()),
         ("truncation", pa.string()),  # what was cut to fit max_tokens (record_rules.fit_to_budget)
@@ -289,7 +290,7 @@ def features_pass(
     """First pass: every raw row as a conversation with its features and its raw `record`, written
     to a candidates file in `scratch`; the feature columns also go to the features file for Great
     Expectations. Returns the candidates, the personal-data tally and the conversion warnings."""
-    pii, warnings = PiiTally(), Counter()
+    pii, warnings = PiiTally(mode=rules.pii), Counter()
     seen = FirstSeen(scratch / "seen.sqlite")
     with RecordWriter(scratch / "candidates.parquet", CANDIDATE_SCHEMA, ("pii", "tools", "mapping", "record")) as out:
         for batch, rows in featured_batches(raw, tokenizer, rules, workers):
@@ -378,8 +379,9 @@ def validated_output(split: Split, quality: dict, warnings: Counter, report: Val
             description="Raw rows that pass every expectation of the record suite, as conversations: "
             "`kind` (sft or preference), `messages` (system prompt filled in; tool calls, tool replies and "
             "turn weights kept), `tools` (the functions a row may call), `chosen`/`rejected` for "
-            "preference pairs, the measured `n_tokens`, `truncated` (cut to fit max_tokens) and `truncation` "
-            "(what was cut), `pii` counts, and their source.",
+            "preference pairs, `category` (the record's category field, when it has one), the measured "
+            "`n_tokens`, `truncated` (cut to fit max_tokens) and `truncation` (what was cut), `pii` counts, "
+            "and their source.",
             kinds={"parquet"},
         ),
         "rejected_records": dg.AssetOut(
@@ -441,7 +443,6 @@ def validated_records(
         context.log.error(f"Drop {drop} held back from training: {share_result.description}")
     yield suite_result
     yield share_result
-    yield pii.result(validation.pii)
 
 
 def length_figures(budget: LengthBudget, tally: Tally) -> dict:

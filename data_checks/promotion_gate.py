@@ -32,8 +32,9 @@ GATE_CHECK_SPEC = dg.AssetCheckSpec(
     blocking=True,
     description="The promotion gate, on paired intervals: the new version's gain on the primary metric over "
     "the base and the champion is shown (the interval's lower bound clears the margin), its forgetting is "
-    "shown to stay within budget, and (when it trained on preference pairs) its preference accuracy is shown "
-    "not to fall below the base's. Blocks champion_model; the version stays challenger.",
+    "shown to stay within budget, (when it trained on preference pairs) its preference accuracy is shown "
+    "not to fall below the base's, and on each regression suite with a tolerance it is shown not to fall "
+    "further below the base and the champion. Blocks champion_model; the version stays challenger.",
 )
 
 
@@ -72,6 +73,12 @@ class GateConfig(dg.ConfigurableResource):
         "holds some: the lower bound the paired difference of its preference_accuracy (share of held-out "
         "pairs whose chosen reply it finds likelier than the rejected one) over the base model's must reach; "
         "0: it must be shown not to fall below it, -0.1: a loss of up to 0.1 is tolerated.",
+    )
+    min_judge_win_rate: float | None = Field(
+        default=None,
+        description="When the judge is on (evaluation.judge): the lower bound the candidate's win rate over the "
+        "base and over the champion must clear (0.5: shown better than each). None: the win rates are shown, "
+        "not gated.",
     )
 
 
@@ -136,9 +143,44 @@ def gate_verdict(evaluation: Evaluation, gate: GateConfig) -> GateVerdict:
                 f"{PREFERENCE_METRIC} vs base", "preference_vs_base", interval, gate.min_preference_gain, "pairs", False
             )
         )
+    criteria += suite_criteria(evaluation, gate) + judge_criteria(evaluation, gate)
     failed = [c for c in criteria if not c.passed]
     reason = verdict_reason(criteria, failed)
     return GateVerdict(passed=not failed, reason=reason, criteria=tuple(criteria), confidence=confidence)
+
+
+def suite_criteria(evaluation: Evaluation, gate: GateConfig) -> list[Criterion]:
+    """Per regression suite with a `max_regression`: the candidate must be shown not to fall further below
+    the base, and below the champion when the champion was scored on the suite, than that tolerance."""
+    criteria, champion = [], evaluation.champion
+    others = {"base": evaluation.items["base"]}
+    if champion is not None:
+        others[f"champion v{champion.version}"] = champion.items
+    for key, tolerance in evaluation.suites.items():
+        if tolerance is None:
+            continue
+        suite = key.split(".")[1]
+        for name, items in others.items():
+            if key not in items:
+                continue
+            interval = paired_interval(evaluation.items["tuned"][key], items[key], gate.confidence, gate.seed)
+            label = f"{key.removeprefix('suite.')} vs {name}"
+            mlflow_key = f"suite_{suite}_vs_{name.split()[0]}"
+            criteria.append(within(label, mlflow_key, interval, -tolerance, "suite items", False))
+    return criteria
+
+
+def judge_criteria(evaluation: Evaluation, gate: GateConfig) -> list[Criterion]:
+    """With `min_judge_win_rate` set: the judge's win rate of the candidate over the base and over the
+    champion (per prompt 1, 0.5 or 0), each shown above it."""
+    if gate.min_judge_win_rate is None:
+        return []
+    criteria = []
+    for other, scores in evaluation.judge.items():
+        interval = paired_interval(list(scores), [0.0] * len(scores), gate.confidence, gate.seed)
+        criteria.append(gain(f"judge win rate vs {other}", f"judge_vs_{other}", interval, gate.min_judge_win_rate,
+                             "prompts"))  # fmt: skip
+    return criteria
 
 
 def criterion_text(c: Criterion) -> str:

@@ -1,9 +1,13 @@
 """Asset checks on validated_records, built from the Great Expectations results of its own run.
 
 The suite and share checks are blocking: a failure stops training on data that did not pass the
-gate. The personal-data scan only warns: it flags rows for a person to look at. The checks are
-partitioned like the asset, so each drop keeps its own verdicts (the partitions view of a check).
-`drop_quality` is the same drop's figures in one place, for the materializations' metadata.
+gate. They are partitioned like the asset, so each drop keeps its own verdicts (the partitions view of
+a check). `drop_quality` is the same drop's figures in one place, for the materializations' metadata,
+among them the possible personal data each drop's scan found. The personal-data scan only warns: it
+flags rows for a person to look at, once for the examples that train (`personal_data_result`, the
+check `personal_data_scan` on `instruction_pairs`), so the check list and the check's latest execution
+say the same thing (a partitioned warning reads "Failed" in the list, for one drop, beside a later
+drop's "Passed").
 """
 
 import warnings
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from assets.domain.drops import DROPS
-from assets.domain.figures import significant
+from assets.domain.figures import counts_table, shown, table_counts
 from assets.domain.rows import row_location
 from assets.domain.values import EXAMPLE_ROWS
 from data_checks.record_suite import NOT_BAD_DATA
@@ -45,14 +49,10 @@ with warnings.catch_warnings():
             blocking=True,
             description="The share of rejected rows stays within max_rejected_fraction.",
         ),
-        dg.AssetCheckSpec(
-            PII_CHECK,
-            asset="validated_records",
-            partitions_def=DROPS,
-            description="Possible e-mail addresses, phone and card numbers in the examples (warning; "
-            "set pii: redact to replace them).",
-        ),
     ]
+# Each drop's quality figures (`drop_quality`) are the metadata of its rejected_records partition,
+# written whether the drop passed or was held back.
+REJECTED = dg.AssetKey("rejected_records")
 
 
 def expectation_table(report: ValidationReport) -> str:
@@ -80,9 +80,9 @@ def suite_check_result(report: ValidationReport) -> dg.AssetCheckResult:
 def share_check_result(
     rows_raw: int, rejected: "Rejections", examples: list[str], max_fraction: float, report: ValidationReport
 ) -> dg.AssetCheckResult:
-    """The share of rows rejected as bad data against its limit; the metadata shows both, the
-    over-long rows (left out of training but not counted: they are not bad data), the top rules and
-    example rows. A failing check's description names the top rules."""
+    """The share of rows rejected as bad data against its limit; the metadata shows both, the rows
+    left out for length (out of training but not counted: they are not bad data), the top rules of
+    the bad data and example rows. A failing check's description names the top rules."""
     share = rejected.bad / rows_raw if rows_raw else 0.0
     passed = share <= max_fraction
     description = f"{rejected.bad} of {rows_raw} rows rejected as bad data ({share:.1%}); limit {max_fraction:.1%}"
@@ -96,13 +96,12 @@ def share_check_result(
         severity=dg.AssetCheckSeverity.ERROR,
         description=description,
         metadata={
-            "rejected_fraction": significant(float(share)),
+            "rejected_fraction": shown(float(share)),
             "max_rejected_fraction": float(max_fraction),
-            "rows_rejected": rejected.total,
-            "rows_bad_data": rejected.bad,
-            "rows_over_long": rejected.over_long,
+            "rows_rejected": rejected.bad,
+            "rows_left_out": rejected.over_long,
             "rows_raw": rows_raw,
-            "top_reasons": dg.MetadataValue.json(top_reasons(report)),
+            "top_reasons": dg.MetadataValue.md(counts_table(top_reasons(report, bad_only=True), "rule")),
             "example_rows": dg.MetadataValue.json(examples[:EXAMPLE_ROWS]),
             "expectations": dg.MetadataValue.md(expectation_table(report)),
             "data_docs": dg.MetadataValue.url(report.docs_url or ""),
@@ -147,20 +146,36 @@ def drop_status(rows_raw: int, rows_valid: int, rejected: "Rejections", report: 
 
 def drop_quality(rows_raw: int, rejected: "Rejections", report: ValidationReport, pii: "PiiTally", status: str) -> dict:
     """One drop's data quality as metadata of its partitions: its status (`drop_status`), its rows,
-    the share rejected as bad data, the rows left out for length and why, the top reasons, and the
-    possible personal data found."""
+    those rejected as bad data, their share and top rules, the rows left out for length (good data
+    over the budget, not counted as rejected) and why, and the possible personal data its scan found
+    (rows, counts per kind, what became of them, the first rows)."""
     share = rejected.bad / rows_raw if rows_raw else 0.0
     return {
         "drop_status": status,
         "rows_raw": rows_raw,
-        "rows_rejected": rejected.total,
+        "rows_rejected": rejected.bad,
+        "rejected_share": shown(share),
+        "top_reasons": dg.MetadataValue.md(counts_table(top_reasons(report, bad_only=True), "rule")),
         "rows_left_out": rejected.over_long,
         "left_out_reason": rejected.over_long_rule if rejected.over_long else "",
-        "rejected_share": significant(share),
-        "top_reasons": dg.MetadataValue.json(top_reasons(report)),
         "pii_rows": pii.flagged,
-        "pii_counts": dg.MetadataValue.json(dict(pii.totals)),
+        "pii_counts": dg.MetadataValue.md(counts_table(dict(pii.totals), "kind", "found")),
+        "pii_mode": pii.mode,
+        "pii_examples": dg.MetadataValue.json(pii.examples),
     }
+
+
+def drop_metadata(instance: dg.DagsterInstance, drops: list[str]) -> dict[str, dict | None]:
+    """Each drop's data quality (`drop_quality`) from its latest validation, as plain values; None
+    for a drop never validated."""
+    found = {}
+    for drop in drops:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=REJECTED, asset_partitions=[drop]), limit=1
+        ).records
+        metadata = records[0].asset_materialization.metadata if records else None
+        found[drop] = None if metadata is None else {k: v.value for k, v in metadata.items()}
+    return found
 
 
 @dataclass(frozen=True)
@@ -181,8 +196,9 @@ class Rejections:
 @dataclass
 class PiiTally:
     """Possible personal data over a drop's rows, gathered batch by batch: rows flagged, counts per
-    kind, and the first example rows."""
+    kind, and the first example rows; `mode` says what became of it (`validation.pii`)."""
 
+    mode: str = "warn"
     flagged: int = 0
     totals: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
@@ -196,20 +212,43 @@ class PiiTally:
                     self.examples.append(f"{row_location(r)}: {', '.join(sorted(r['pii']))}")
         return self
 
-    def result(self, mode: str) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(
-            check_name=PII_CHECK,
-            passed=not self.flagged or mode == "redact",
-            severity=dg.AssetCheckSeverity.WARN,
-            description=(
-                "no possible personal data found"
-                if not self.flagged
-                else f"{self.flagged} rows with possible personal data ({'redacted' if mode == 'redact' else 'kept'})"
-            ),
-            metadata={
-                "rows_flagged": self.flagged,
-                "counts": dg.MetadataValue.json(dict(self.totals)),
-                "mode": mode,
-                "example_rows": dg.MetadataValue.json(self.examples),
-            },
-        )
+
+def personal_data_result(quality: dict[str, dict | None], drops: list[str] | tuple) -> dg.AssetCheckResult:
+    """The personal-data warning for the examples that train: the rows each of `drops` flagged
+    (from its `drop_quality`), kept or redacted. Fails (as a warning) when flagged rows were kept."""
+    found = {d: q for d in drops if (q := quality.get(d)) and q.get("pii_rows")}
+    kept = {d: q["pii_rows"] for d, q in found.items() if q.get("pii_mode", "warn") != "redact"}
+    lines = ["| drop | rows flagged | found | handling | first rows |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {d} | {q['pii_rows']} | {pii_kinds(q)} | {'kept' if d in kept else 'redacted'} | "
+        f"{'<br>'.join(q.get('pii_examples') or [])} |"
+        for d, q in found.items()
+    ]
+    return dg.AssetCheckResult(
+        check_name=PII_CHECK,
+        passed=not kept,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=personal_data_line(found, kept, len(drops)),
+        metadata={
+            "rows_flagged": sum(q["pii_rows"] for q in found.values()),
+            "rows_kept": sum(kept.values()),
+            "drops": dg.MetadataValue.md("\n".join(lines) if found else "-"),
+        },
+    )
+
+
+def personal_data_line(found: dict[str, dict], kept: dict[str, int], drops: int) -> str:
+    """The personal-data check's verdict in one sentence, naming each drop's flagged rows."""
+    if not found:
+        return f"no possible personal data found in the {drops} drops that train"
+    flagged, n_kept = sum(q["pii_rows"] for q in found.values()), sum(kept.values())
+    where = "; ".join(f"drop {d}: {q['pii_rows']} rows, {pii_kinds(q)}" for d, q in found.items())
+    line = f"{flagged} rows with possible personal data in the examples that train ({where}): "
+    if n_kept in (0, flagged):
+        return line + ("kept (set pii: redact to replace them)" if n_kept else "redacted")
+    return line + f"{n_kept} kept (set pii: redact to replace them), {flagged - n_kept} redacted"
+
+
+def pii_kinds(quality: dict) -> str:
+    """A drop's personal data by kind, in one line: 'email 1, phone 1'."""
+    return ", ".join(f"{kind} {n}" for kind, n in table_counts(quality.get("pii_counts")).items()) or "-"

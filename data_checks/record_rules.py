@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from assets.domain.chat import conversation_text, normalize, with_system
-from assets.domain.formats import PREFERENCE_FORMATS, to_example
+from assets.domain.formats import PREFERENCE_FORMATS, category_of, to_example
 from assets.domain.rows import row_location
 from assets.domain.token_lengths import TOKENIZE_CHUNK, token_lengths
 from data_checks.pii import scan
@@ -245,9 +245,9 @@ def cut_user_turn(messages: list[dict], index: int, lengths, tokenizer, max_toke
 
 
 def conversation_row(raw: dict, settings: RuleSettings) -> dict:
-    """One raw row (with its file's `format` and `mapping`) as a conversation (`kind`, `messages`,
-    `chosen`, `rejected`) with the features that need no tokenizer and no other row, its `pii`
-    counts (text redacted when settings say so) and conversion `warnings`."""
+    """One raw row (with its file's `format`, `mapping` and `category_field`) as a conversation (`kind`,
+    `messages`, `chosen`, `rejected`) and its `category`, with the features that need no tokenizer and no
+    other row, its `pii` counts (text redacted when settings say so) and conversion `warnings`."""
     kind = "preference" if raw["format"] in PREFERENCE_FORMATS else "sft"
     ex = to_example(raw["record"], raw["format"], raw.get("mapping"))
     pii: dict[str, int] = {}
@@ -281,6 +281,7 @@ def conversation_row(raw: dict, settings: RuleSettings) -> dict:
         "chosen": chosen,
         "rejected": rejected,
         "tools": ex.tools,
+        "category": category_of(raw["record"], raw.get("category_field")),
         "missing_fields": ", ".join(ex.missing) or None,
         "structure_error": structure,
         "tool_call_error": tool_calls,

@@ -19,7 +19,7 @@ from assets.raw_records import raw_records
 from assets.registered_model import registered_model
 from assets.training_preview import training_preview
 from assets.validated_records import validated_records
-from data_checks.pair_checks import train_eval_disjoint
+from data_checks.pair_checks import personal_data_scan, train_eval_disjoint
 from pipelines.pod_resources import (
     GPU_NODE_SELECTOR,
     GPU_POD_LIMITS,
@@ -53,7 +53,7 @@ ASSETS = [
     registered_model,
     champion_model,
 ]
-CHECKS = [train_eval_disjoint]
+CHECKS = [train_eval_disjoint, personal_data_scan]
 
 base_model_job = dg.define_asset_job(
     "prepare_base_model", selection=dg.AssetSelection.assets(base_model), description="The base model folder."
@@ -124,6 +124,7 @@ def build_resources(settings: Settings, overrides: dict[str, dict] | None = None
             model_name=settings.model_name,
             ui_url=settings.mlflow_ui_url,
             dagster_ui_url=settings.dagster_ui_url,
+            links_url=settings.links_url,
         ),
         **stage_resources(settings.preset, overrides),
     }

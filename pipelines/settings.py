@@ -225,6 +225,13 @@ class Settings:
         return "local" if self.server is None else "server"
 
     @property
+    def links_url(self) -> str:
+        """Where links between the UIs go (`pipelines/ui_links.py`): the links server `make dev` runs
+        beside the Data Docs (FT_DOCS_URL), which sends each link on to wherever its UI runs when the
+        link is opened; none in the server profile, whose UIs keep the ports its settings give them."""
+        return self.docs_url if self.server is None else ""
+
+    @property
     def instance_yaml(self) -> str:
         """The Dagster instance configuration for this profile ($FT_HOME/dagster/dagster.yaml)."""
         return DAGSTER_INSTANCE_YAML if self.server is None else DAGSTER_SERVER_INSTANCE_YAML

@@ -4,7 +4,10 @@ Every MLflow call of the project goes through here. Assets say *what* to record 
 tags, files) and this module says how MLflow stores it.
 """
 
+import json
+import math
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,15 +22,59 @@ CHALLENGER = "challenger"
 # The served model's code (logged as code, never imported here) and its default reply length.
 SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
 DEFAULT_MAX_NEW_TOKENS = 256
-# MLflow 3.17's UI shows an experiment as a GenAI app (traces) or as model training (runs, charts):
-# the experiment's kind tag says which, and the UI's own switch follows `workflowType` in its links.
+# MLflow 3.17's UI shows an experiment as a GenAI app (traces) or as model training (runs, charts).
+# Its sidebar switch decides, not the experiment's kind tag (kept for other clients): the switch
+# follows `workflowType` in a link, else the browser's last choice, GenAI at first.
+# `pipelines/mlflow_ui.py` makes the training view the first choice; links name it.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 TRAINING_VIEW = "workflowType=machine_learning"
+EXPERIMENT = "fine-tuning"
+# The experiment's saved view of the runs list with the gate's columns (MLflow's saved views are
+# experiment tags `mlflow.sharedViewState.<key>`; a link with `viewStateShareKey=<key>` opens one).
+SAVED_VIEW_TAG, GATE_VIEW, GATE_VIEW_NAME = "mlflow.sharedViewState.", "promotion-gate", "Promotion gate"
+# MLflow's UI shows a metric as it was logged, so metrics are logged as the UIs show figures: 4
+# decimals, or 4 significant digits below 0.001 (the rule of `assets.domain.figures.shown`;
+# resources import no assets: a test keeps the two equal). The full values are in the run's
+# `eval/metrics.json` and the asset values.
+SHOWN_DECIMALS, SIGNIFICANT_DIGITS, SMALL = 4, 4, 1e-3
 # How many characters of a Dagster run id name its MLflow run: the rule of
 # `assets.domain.values.short_run_id` (resources import no assets; a test keeps the two equal).
 SHORT_RUN_ID = 8
 # The run tag naming the Dagster run, and the one linking to it in the Dagster UI.
 DAGSTER_RUN_TAG, DAGSTER_RUN_URL_TAG = "dagster.run_id", "dagster.run_url"
+
+
+def logged(value: float) -> float:
+    """A metric value as it is logged (and shown): see SHOWN_DECIMALS."""
+    value = float(value)
+    if not math.isfinite(value) or not value:
+        return value
+    if abs(value) >= SMALL:
+        return round(value, SHOWN_DECIMALS)
+    return round(value, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(value))))
+
+
+def column(kind: str, key: str) -> str:
+    """A column of MLflow's runs list: `metrics`, `params` or `tags` and the key."""
+    return f"{kind}.`{key}`"
+
+
+def saved_view(name: str, columns: list[str], now_ms: int) -> str:
+    """A saved view of MLflow's runs list (an experiment tag's value): `columns` shown, newest first."""
+    state = {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
+    return json.dumps({"name": name, "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)})
+
+
+def landing_route(tracking_uri: str, experiment: str = EXPERIMENT) -> str | None:
+    """Where MLflow's UI opens (its hash route): the experiment's runs list in the training view,
+    in the gate's saved view once a registration saved it; None while the experiment does not exist."""
+    from mlflow import MlflowClient
+
+    found = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    view = f"&viewStateShareKey={GATE_VIEW}" if f"{SAVED_VIEW_TAG}{GATE_VIEW}" in found.tags else ""
+    return f"#/experiments/{found.experiment_id}/runs?{TRAINING_VIEW}{view}"
 
 
 def chat_signature(default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
@@ -117,12 +164,12 @@ class TrackedRun:
         self._mlflow.log_params(params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._mlflow.log_metrics(metrics, step=step)
+        self._mlflow.log_metrics({k: logged(v) for k, v in metrics.items()}, step=step)
 
     def log_series(self, name: str, points: list[tuple[int, float]] | tuple) -> None:
         """A metric over steps, such as the training loss curve."""
         for step, value in points:
-            self._mlflow.log_metric(name, value, step=step)
+            self._mlflow.log_metric(name, logged(value), step=step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
@@ -186,11 +233,18 @@ class MlflowRegistry(dg.ConfigurableResource):
         description="Folder for the experiment's artifacts (absolute); empty: the tracking server's own "
         "artifact store (server profile: artifacts go through the server)."
     )
-    experiment: str = Field(default="fine-tuning", description="MLflow experiment for pipeline runs.")
+    experiment: str = Field(default=EXPERIMENT, description="MLflow experiment for pipeline runs.")
     model_name: str = Field(description="FT_MODEL_NAME: the registered model's name.")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="FT_MLFLOW_UI_URL: the MLflow UI, for links.")
     dagster_ui_url: str = Field(
         default="http://127.0.0.1:3000", description="FT_DAGSTER_UI_URL: the Dagster UI, for links back from MLflow."
+    )
+    links_url: str = Field(
+        default="",
+        description="The links server (FT_DOCS_URL, started by `make dev` beside the Data Docs): links between "
+        "the UIs go through it (`/go/mlflow/...`, `/go/dagster/...`) and it sends each on to wherever that UI runs "
+        "when the link is opened, so a UI started on another port keeps earlier runs' links working. Empty: links "
+        "go straight to ui_url and dagster_ui_url.",
     )
 
     def _connect(self):
@@ -214,7 +268,15 @@ class MlflowRegistry(dg.ConfigurableResource):
             mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return mlflow
 
+    def _mlflow_link(self, route: str) -> str:
+        """A link to MLflow's UI page `route` (its hash route, without '#/'), in the training view."""
+        if self.links_url:
+            return f"{self.links_url.rstrip('/')}/go/mlflow/{route}?{TRAINING_VIEW}"
+        return f"{self.ui_url.rstrip('/')}/#/{route}?{TRAINING_VIEW}"
+
     def dagster_run_url(self, dagster_run_id: str) -> str:
+        if self.links_url:
+            return f"{self.links_url.rstrip('/')}/go/dagster/runs/{dagster_run_id}"
         return f"{self.dagster_ui_url.rstrip('/')}/runs/{dagster_run_id}"
 
     def training_run_name(self, dagster_run_id: str) -> str:
@@ -224,13 +286,24 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def run_url(self, run_id: str) -> str:
         experiment_id = self.client().get_run(run_id).info.experiment_id
-        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+        return self._mlflow_link(f"experiments/{experiment_id}/runs/{run_id}")
 
     def version_url(self, version: str) -> str:
-        return f"{self.ui_url.rstrip('/')}/#/models/{self.model_name}/versions/{version}?{TRAINING_VIEW}"
+        return self._mlflow_link(f"models/{self.model_name}/versions/{version}")
 
-    def model_url(self) -> str:
-        return f"{self.ui_url.rstrip('/')}/#/models/{self.model_name}?{TRAINING_VIEW}"
+    def model_route(self) -> str:
+        """The registered model's page as a link inside MLflow's own pages (relative: it holds
+        wherever MLflow runs)."""
+        return f"#/models/{self.model_name}?{TRAINING_VIEW}"
+
+    def save_gate_view(self, metrics: list[str], tags: list[str]) -> None:
+        """The experiment's saved view `Promotion gate` (GATE_VIEW): the runs list with these run tags
+        (the verdict) and metrics (each criterion's difference and interval) as its columns. MLflow's
+        UI opens on it (`landing_route`) and lists it under the runs list's saved views."""
+        columns = [column("tags", t) for t in tags] + [column("metrics", m) for m in metrics]
+        experiment = self._connect().get_experiment_by_name(self.experiment)
+        value = saved_view(GATE_VIEW_NAME, columns, int(time.time() * 1000))
+        self.client().set_experiment_tag(experiment.experiment_id, f"{SAVED_VIEW_TAG}{GATE_VIEW}", value)
 
     def client(self):
         from mlflow import MlflowClient

@@ -96,6 +96,10 @@ class RecordSet:
                 row[column] = unpacked_messages(row[column])
         return rows
 
+    def column_names(self) -> list[str]:
+        """The stored columns (a file written before a column was added lacks it)."""
+        return pq.read_schema(self.path).names
+
     def tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """The stored row groups as Arrow tables, undecoded (JSON columns as text, messages as
         stored): for passing rows on or filtering them without turning each into a dict."""

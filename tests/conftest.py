@@ -14,6 +14,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 from pipelines.settings import SAMPLE_LANDING, Settings  # noqa: E402
 
+SAMPLE_SUITE = SAMPLE_LANDING.parent / "suites" / "general_knowledge.jsonl"
+
 
 @pytest.fixture(scope="session")
 def bundled_tokenizer_dir(tmp_path_factory) -> Path:
@@ -33,6 +35,29 @@ def bundled_tokenizer(bundled_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def prepared_bundled_base(tmp_path_factory) -> Path:
+    """The bundled SmolLM2 prepared once per session exactly as `base_model` prepares it (dequantized,
+    made ready for chat): end-to-end tests that are not about the conversion seed their state with it
+    (`seed_base_model`) instead of converting the GGUF file again (tests/test_e2e_bundled.py does)."""
+    from assets.base_model import cache_name
+    from assets.domain.chat import ready_for_chat
+    from resources.models import BUNDLED_BASE_MODEL, ModelLoader
+
+    folder = tmp_path_factory.mktemp("bundled_base") / cache_name(BUNDLED_BASE_MODEL)
+    folder.mkdir()
+    ModelLoader(base_model=BUNDLED_BASE_MODEL).materialize_base(folder, prepare=ready_for_chat)
+    return folder
+
+
+def seed_base_model(settings: Settings, prepared: Path) -> None:
+    """The prepared base model where `base_model` looks for it under the settings' home (hard links):
+    the asset reuses it."""
+    import shutil
+
+    shutil.copytree(prepared, settings.home / "artifacts" / "base_model" / prepared.name, copy_function=os.link)
 
 
 @pytest.fixture(scope="session")
@@ -200,6 +225,10 @@ def pipeline(tmp_path_factory, tiny_model_dir):
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, str(tiny_model_dir)).prepare()
     lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0, "min_preference_gain": -1.0}}
+    # The shipped regression suite (never blocking here) and the judge (the tiny model itself): both scored
+    # for base, candidate and, in the second run, the champion.
+    suite = {"name": "general_knowledge", "path": str(SAMPLE_SUITE), "max_regression": 1.0}
+    lower_bar["evaluation"] = {"suites": [suite], "judge": {"kind": "local"}}
     defs, instance, first, _ = run_all(settings, lower_bar)
     _, _, second, _ = run_all(settings, lower_bar, instance)
     job = defs.resolve_job_def("finetune")

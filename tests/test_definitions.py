@@ -29,7 +29,7 @@ def test_definitions_module_loads_with_the_graph_checks_and_job(tmp_path, monkey
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSET_KEYS
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {
-        ("validated_records", "personal_data_scan"),
+        ("instruction_pairs", "personal_data_scan"),
         ("validated_records", "rows_pass_record_suite"),
         ("validated_records", "rejected_share_within_limit"),
         ("instruction_pairs", "train_eval_disjoint"),

@@ -20,7 +20,7 @@ from assets.instruction_pairs import split_of
 from pipelines.run import gate_only_failure
 from pipelines.settings import SAMPLE_LANDING
 from resources.models import BUNDLED_BASE_MODEL
-from tests.conftest import make_settings, run_all
+from tests.conftest import make_settings, run_all, seed_base_model
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +46,12 @@ def shuffled_training_answers(rows: list[dict], eval_fraction: float = 0.15) -> 
 
 
 @pytest.fixture(scope="module")
-def gate_runs(tmp_path_factory):
+def gate_runs(tmp_path_factory, prepared_bundled_base):
     landing, home = tmp_path_factory.mktemp("landing"), tmp_path_factory.mktemp("ft_gate")
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(home / "dagster"))
     settings = make_settings(home, BUNDLED_BASE_MODEL, landing=landing).prepare()
+    seed_base_model(settings, prepared_bundled_base)
 
     shutil.copytree(SAMPLE_LANDING / "2026-01-05", landing / "2026-03-01")
     _, instance, good, _ = run_all(settings, QUICK_TRAINING)

@@ -143,8 +143,8 @@ def test_bad_rows_are_rejected_or_excluded_with_reasons_and_counted_in_mlflow(mi
     run_id = result.output_for_node("registered_model").mlflow_run_id
     params = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(run_id).data.params
     counts = [params[f"data.rows_{k}"] for k in ("raw", "valid", "rejected", "excluded")]
-    assert counts == ["120", "115", "5", "1"]
-    assert (params["data.rows_truncated"], params["data.rows_left_out"]) == ("3", "3")
+    assert counts == ["120", "115", "2", "1"], "rejected as bad data: the two broken chats"
+    assert (params["data.rows_truncated"], params["data.rows_left_out"]) == ("3", "3"), "left out apart"
 
 
 def test_over_long_rows_are_cut_or_left_out_without_holding_the_drop_back(mixed):
@@ -154,7 +154,7 @@ def test_over_long_rows_are_cut_or_left_out_without_holding_the_drop_back(mixed)
     assert all(r.startswith("the final answer alone is longer than max_tokens=512: ") for r in rejected["reason"])
     share = latest_check(instance, "rejected_share_within_limit", "2026-02-05")
     assert share.passed
-    assert share.metadata["rows_over_long"].value == 3 and share.metadata["rows_bad_data"].value == 0
+    assert share.metadata["rows_left_out"].value == 3 and share.metadata["rows_rejected"].value == 0
     assert "3 rows left out of training and not counted: the final answer alone is longer" in share.description
     pairs = result.output_for_node("instruction_pairs").frame()
     stories = pairs[pairs["drop"] == "2026-02-05"].sort_values("source_line")

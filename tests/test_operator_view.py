@@ -1,10 +1,13 @@
 """What an operator sees: runs of `make run` belong to the code location (the UI's run list), the
 terminal shows stages and not Dagster's debug log, drops stay in sync after a run, each drop keeps its
-own check verdicts and quality figures, Data Docs read offline over http, the UI's text is clean."""
+own check verdicts and quality figures, Data Docs read offline over http, the UI's text is clean,
+figures are rounded and small counts are tables, links between the UIs survive a UI moving port."""
 
 import io
 import json
 import re
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -12,9 +15,12 @@ import dagster as dg
 import pytest
 
 from assets.domain.drops import DROPS
-from assets.domain.figures import significant
+from assets.domain.figures import counts_table, shown, shown_floats, significant, table_counts
 from data_checks.record_checks import CHECK_SPECS
 from data_checks.record_suite import FEATURE_SQL_COLUMNS, record_suite
+from pipelines.docs_server import serve
+from pipelines.settings import Settings
+from pipelines.ui_links import forward, record_address
 from resources.expectations import GreatExpectations
 from resources.models import BUNDLED_BASE_MODEL
 from tests.conftest import make_settings
@@ -22,9 +28,54 @@ from tests.conftest import make_settings
 DROP_NAMES = ["2026-01-05", "2026-01-12", "2026-01-19", "2026-01-26"]
 
 
-def test_figures_are_rounded_to_four_significant_digits():
+def test_figures_are_rounded_to_four_decimals_and_tiny_ones_to_four_significant_digits():
     assert significant(0.5964912280701754) == 0.5965
     assert significant(0.000123456) == 0.0001235 and significant(0.0) == 0.0
+    assert shown(0.007692) == 0.0077 and shown(0.5964912280701754) == 0.5965 and shown(48022.21259827196) == 48022.2126
+    assert shown(7.70666566718009e-7) == 7.707e-7 and shown(0.00025) == 0.00025, "below 0.001: 4 significant digits"
+    metadata = {"loss": 10.781965891520182, "steps": 3, "name": "x"}
+    assert shown_floats(metadata) == {"loss": 10.782, "steps": 3, "name": "x"}
+
+
+def test_small_counts_are_markdown_tables_read_back_as_counts():
+    table = counts_table({"email": 1, "phone": 2}, "kind", "found")
+    assert table == "| kind | found |\n|---|---|\n| phone | 2 |\n| email | 1 |"
+    assert table_counts(table) == {"phone": 2, "email": 1} and table_counts(counts_table({}, "kind")) == {}
+    assert table_counts({"email": 1}) == {"email": 1}, "metadata written as JSON before still reads"
+
+
+def test_links_lead_to_where_each_ui_runs_when_opened(tmp_path):
+    known = {"dagster": "http://127.0.0.1:3001", "mlflow": "http://0.0.0.0:5002"}
+    assert forward("/go/dagster/runs/abc", known) == "http://127.0.0.1:3001/runs/abc"
+    assert forward("/go/mlflow/models/m/versions/3?workflowType=machine_learning", known, "box") == (
+        "http://box:5002/#/models/m/versions/3?workflowType=machine_learning"
+    ), "MLflow's pages are routes after '#'; a UI on every interface is reached by the host the link named"
+    assert forward("/2026-01-12-records.html", known) is None and forward("/go/other/x", known) is None
+
+    settings = Settings.from_env({"FT_HOME": str(tmp_path), "FT_MLFLOW_UI_URL": "http://127.0.0.1:5000"})
+    server = serve(str(tmp_path), "http://127.0.0.1:0", settings)
+    hub = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert where(f"{hub}/go/mlflow/experiments/1/runs/r") == "http://127.0.0.1:5000/#/experiments/1/runs/r"
+        record_address(tmp_path, "mlflow", "http://127.0.0.1:5002")  # `make mlflow-ui PORT=5002` later on
+        assert where(f"{hub}/go/mlflow/experiments/1/runs/r") == "http://127.0.0.1:5002/#/experiments/1/runs/r"
+    finally:
+        server.shutdown()
+
+
+def where(url: str) -> str:
+    """Where the links server sends `url` (its redirect, not followed)."""
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    try:
+        urllib.request.build_opener(Stay).open(url, timeout=5)
+    except urllib.error.HTTPError as redirect:
+        assert redirect.code == 307
+        return redirect.headers["Location"]
+    raise AssertionError(f"{url} was not redirected")
 
 
 def test_every_resource_and_asset_reads_well_in_the_ui(tmp_path):
@@ -112,15 +163,23 @@ def test_drops_stay_in_sync_and_keep_their_own_quality(pipeline):
         status = resolver.get_status(dg.AssetKey("validated_records"), drop)
         assert status == StaleStatus.FRESH, (drop, resolver.get_stale_causes(dg.AssetKey("validated_records"), drop))
 
-    key = dg.AssetCheckKey(dg.AssetKey("validated_records"), "personal_data_scan")
-    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=20)
-    verdicts = {r.event.dagster_event.event_specific_data.partition: r.status.value for r in history}
-    assert verdicts == {d: ("FAILED" if d == "2026-01-12" else "SUCCEEDED") for d in DROP_NAMES}
+    # The personal-data warning: one verdict for what trains (the check list and the latest execution
+    # agree), naming the drop whose rows carry contact details; each drop's figures in its metadata.
+    key = dg.AssetCheckKey(dg.AssetKey("instruction_pairs"), "personal_data_scan")
+    (latest, *_) = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+    evaluation = latest.event.dagster_event.event_specific_data
+    assert latest.status.value == "FAILED" and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert "(drop 2026-01-12: 2 rows, email 1, phone 1): kept" in evaluation.description
+    second_drop = dg.AssetRecordsFilter(asset_key=dg.AssetKey("validated_records"), asset_partitions=["2026-01-12"])
+    drop = instance.fetch_materializations(second_drop, limit=1).records[0].asset_materialization.metadata
+    assert (drop["pii_rows"].value, drop["rows_rejected"].value, drop["rejected_share"].value) == (2, 1, 0.0077)
+    assert drop["pii_counts"].value == "| kind | found |\n|---|---|\n| email | 1 |\n| phone | 1 |"
 
     metadata = instance.get_latest_materialization_event(dg.AssetKey("instruction_pairs")).asset_materialization
     table = metadata.metadata["drop_quality"].value
     assert "| 2026-01-12 | passed: in training | 130 | 1 | 0.8% | required field missing or blank (1) |" in table
     assert "email 1, phone 1" in table
+    assert "| 2026-01-19 | passed: in training | 120 | 0 | 0.0% | - | - | 1 (last user turn cut (1)) | 0 |" in table
 
 
 @pytest.mark.integration

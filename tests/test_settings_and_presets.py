@@ -48,6 +48,10 @@ def settings_as_named(config, values: dict, where: str) -> None:
     for key, value in values.items():
         if isinstance(value, dict):
             settings_as_named(getattr(config, key), value, f"{where}.{key}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):  # a list of sections (suites)
+            assert len(getattr(config, key)) == len(value), f"{where}.{key}"
+            for i, item in enumerate(value):
+                settings_as_named(getattr(config, key)[i], item, f"{where}.{key}[{i}]")
         else:
             assert getattr(config, key) == value, f"{where}.{key}={value} but the setting is {getattr(config, key)}"
 

@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from assets.validated_records import ValidationConfig
-from data_checks.record_checks import PiiTally, Rejections, share_check_result, suite_check_result
+from data_checks.record_checks import (
+    IN_TRAINING,
+    PiiTally,
+    Rejections,
+    drop_quality,
+    personal_data_result,
+    share_check_result,
+    suite_check_result,
+)
 from data_checks.record_rules import mark_duplicates, rows_with_features, structure_problem
 from data_checks.record_suite import FEATURE_COLUMNS, FEATURE_SQL_COLUMNS, failure_detail, record_suite
 from resources.expectations import GreatExpectations
@@ -177,6 +185,10 @@ def test_a_row_whose_answer_alone_is_too_long_is_left_out_with_that_reason(valid
     assert frame.loc[1, "n_tokens"] > 300 and not frame.loc[1, "truncated"]
     _, _, reasons = validate(rows[2:], fmt="preference", truncate_over_long=True)
     assert reasons[0].startswith("the final answer alone is longer than max_tokens=128: "), "never an answer cut"
+    # the drop's quality tells the row left out for length apart from rows rejected as bad data
+    quality = drop_quality(2, Rejections(total=1, over_long=1), report, PiiTally(), IN_TRAINING)
+    assert (quality["rows_rejected"], quality["rejected_share"], quality["rows_left_out"]) == (0, 0.0, 1)
+    assert quality["top_reasons"].value == "-", "the length rule is not among the reasons for bad data"
 
 
 def test_rows_the_chat_template_refuses_are_rejected_as_bad_data_with_its_message(validate, bundled_tokenizer_dir):
@@ -210,13 +222,36 @@ def test_personal_data_is_flagged_or_redacted(validate):
     frame, _, reasons = validate(rows)
     assert reasons == {}
     assert frame.loc[0, "pii"] == {"email": 1, "phone": 1} and frame.loc[1, "pii"] is None
-    warn = PiiTally().add(frame.to_dict("records")).result("warn")
-    assert not warn.passed and warn.metadata["counts"].value == {"email": 1, "phone": 1}
-    assert warn.metadata["example_rows"].value == ["d/t.jsonl:1: email, phone"]
+    warn = PiiTally().add(frame.to_dict("records"))
+    assert (warn.flagged, dict(warn.totals)) == (1, {"email": 1, "phone": 1})
+    assert warn.examples == ["d/t.jsonl:1: email, phone"]
 
     frame, _, _ = validate(rows, pii="redact")
     assert "Reach me at [EMAIL] or [PHONE]." in frame.loc[0, "messages"][1]["content"]
-    assert PiiTally().add(frame.to_dict("records")).result("redact").passed
+
+
+def test_personal_data_warns_once_for_the_drops_that_train(validate):
+    """One verdict over the drops that train, from each drop's figures: a warning naming the drop and
+    its rows while they are kept, a pass once they are redacted; a drop held back does not count."""
+    rows = [{**GOOD, "input": "Reach me at dana@example.com or +1 415-555-0132."}, GOOD]
+    frame, report, _ = validate(rows)
+
+    def quality(mode: str) -> dict:
+        tally = PiiTally(mode=mode).add(frame.to_dict("records"))
+        figures = drop_quality(2, Rejections(0), report, tally, IN_TRAINING)
+        return {k: getattr(v, "value", v) for k, v in figures.items()}  # as read back from the metadata
+
+    clean = {**quality("warn"), "pii_rows": 0}
+    kept = personal_data_result({"d1": clean, "d2": quality("warn"), "d3": quality("warn")}, ["d1", "d2"])
+    assert not kept.passed and kept.severity.value == "WARN"
+    assert kept.description == (
+        "1 rows with possible personal data in the examples that train (drop d2: 1 rows, email 1, phone 1): "
+        "kept (set pii: redact to replace them)"
+    )
+    assert "| d2 | 1 | email 1, phone 1 | kept | d/t.jsonl:1: email, phone |" in kept.metadata["drops"].value
+    redacted = personal_data_result({"d2": quality("redact")}, ["d2"])
+    assert redacted.passed and redacted.description.endswith(": redacted")
+    assert personal_data_result({"d1": clean, "d2": None}, ["d1", "d2"]).passed
 
 
 def test_token_count_is_of_the_formatted_chat_example(validate, bundled_tokenizer):
@@ -236,11 +271,11 @@ def test_check_results_show_values_beside_thresholds(validate):
     assert not over.passed
     assert over.metadata["rejected_fraction"].value == pytest.approx(0.2)
     assert over.metadata["max_rejected_fraction"].value == pytest.approx(0.1)
-    assert over.metadata["top_reasons"].value == {"required field missing or blank": 1}
+    assert over.metadata["top_reasons"].value == "| rule | rows |\n|---|---|\n| required field missing or blank | 1 |"
     assert share_check_result(10, Rejections(1), [], 0.1, report).passed
     # over-long rows are good data kept out of training: counted apart, never against the limit
     long = share_check_result(10, Rejections(total=6, over_long=5), [], 0.1, report)
-    assert long.passed and long.metadata["rows_over_long"].value == 5 and long.metadata["rows_bad_data"].value == 1
+    assert long.passed and long.metadata["rows_left_out"].value == 5 and long.metadata["rows_rejected"].value == 1
     assert "1 of 10 rows rejected as bad data" in long.description
     assert "5 rows left out of training and not counted: longer than max_tokens" in long.description
 

@@ -8,11 +8,15 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
 GENERAL_PROBE = Path(__file__).resolve().parent / "general_probe.txt"
+# The regression suite shipped with the sample: general-knowledge questions a model must not forget.
+SAMPLE_SUITES = Path(__file__).resolve().parents[2] / "pipelines" / "sample_data" / "suites"
+GENERAL_KNOWLEDGE = SAMPLE_SUITES / "general_knowledge.jsonl"
 # Hex characters of a sha256 that name an evaluation's settings.
 HASH_CHARS = 16
 
@@ -20,6 +24,52 @@ HASH_CHARS = 16
 # Where a registered version's run keeps its per-item scores (`Evaluation.items["tuned"]`), so that a
 # later candidate is compared with it item by item without scoring it again.
 ITEMS_ARTIFACT = "eval/items.json"
+# Where it keeps its answers to the eval prompts (the samples table, personal data masked): the judge
+# compares a later candidate's answers with them.
+SAMPLES_ARTIFACT = "eval/samples.json"
+# The judge's win rate of the candidate over another model (`<JUDGE_METRIC>_vs_base`, `..._vs_champion`).
+JUDGE_METRIC = "judge_win_rate"
+
+
+class SuiteConfig(dg.Config):
+    """A benchmark set every model is also scored on (base, candidate, champion), through
+    lm-evaluation-harness (`resources/benchmark_suites.py`): a local JSONL or Parquet file, multiple
+    choice (`question`, `choices`, `answer`) or prompt and reference (`prompt`, `reference`)."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The suite's name (letters, digits, _ and -), in metrics (`suite.<name>.<metric>`) and gate "
+        "criteria.",
+    )
+    path: str = Field(description="The JSONL or Parquet file; a relative path is taken from the preset file's folder.")
+    metric: str = Field(
+        default="auto",
+        description="acc or acc_norm for multiple choice; exact_match or rougeL for prompt and reference; "
+        "auto: acc, or exact_match.",
+    )
+    max_regression: float | None = Field(
+        default=None,
+        description="Gate: how far the candidate's score may fall below the base's and the champion's, shown "
+        "by the lower bound of the paired difference's interval (0: no loss at all). None: scored and shown, "
+        "not gated.",
+    )
+    max_new_tokens: int = Field(default=64, description="Generation budget per answer (prompt and reference).")
+
+
+class JudgeConfig(dg.Config):
+    """A judge model comparing the candidate's answers with the base's and the champion's, prompt by
+    prompt, in both orders (`resources/judge.py`)."""
+
+    kind: Literal["off", "endpoint", "local"] = Field(
+        default="off",
+        description="off; endpoint: any OpenAI-compatible chat completions endpoint (base_url, model, the key "
+        "from the environment variable api_key_env); local: a Hugging Face model folder (model; empty: the "
+        "base model).",
+    )
+    model: str = Field(default="", description="The endpoint's model name, or the local model's folder.")
+    base_url: str = Field(default="", description="The endpoint, e.g. http://127.0.0.1:8000/v1 (empty: OpenAI's).")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="The environment variable holding the key.")
+    max_prompts: int = Field(default=0, ge=0, description="Judge at most this many eval prompts (0: all).")
 
 
 class EvaluationConfig(dg.ConfigurableResource):
@@ -65,6 +115,17 @@ class EvaluationConfig(dg.ConfigurableResource):
         default=0, description="Score at most this many eval examples (0: all), the same ones every time."
     )
     sample_rows: int = Field(default=12, description="Generations shown in the samples table.")
+    suites: list[SuiteConfig] = Field(
+        default=[{"name": "general_knowledge", "path": str(GENERAL_KNOWLEDGE), "max_regression": 0.1}],
+        validate_default=True,
+        description="Benchmark sets scored for base, candidate and champion beside the eval split (regression "
+        "suites); each may hold the gate to a largest regression.",
+    )
+    judge: JudgeConfig = Field(
+        default=JudgeConfig(),
+        description="A judge model's pairwise verdicts on the answers (win rate over base and champion); off "
+        "by default.",
+    )
     probe_path: str = Field(
         default=str(GENERAL_PROBE),
         description="General text whose perplexity before and after fine-tuning measures forgetting.",
@@ -73,11 +134,16 @@ class EvaluationConfig(dg.ConfigurableResource):
     def settings_hash(self, max_new_tokens: int) -> str:
         """Identifies everything that makes two evaluations comparable, apart from the eval set:
         the generation budget in force (`max_new_tokens`, resolved when auto), the example count,
-        the answer pattern and the probe."""
+        the answer pattern, the probe and the suites (their names, metrics and files' contents)."""
         probe = Path(self.probe_path).read_bytes()
         fields = {"max_new_tokens": max_new_tokens, "max_eval_examples": self.max_eval_examples}
         if self.answer_pattern:
             fields["answer_pattern"] = self.answer_pattern
+        if self.suites:
+            fields["suites"] = [
+                [s.name, s.metric, s.max_new_tokens, hashlib.sha256(Path(s.path).read_bytes()).hexdigest()]
+                for s in self.suites
+            ]
         payload = json.dumps(fields, sort_keys=True).encode() + hashlib.sha256(probe).digest()
         return hashlib.sha256(payload).hexdigest()[:HASH_CHARS]
 

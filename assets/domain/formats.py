@@ -25,6 +25,8 @@ REQUIRED_FIELDS = {
 PREFERENCE_FORMATS = ("hosted_preference", "preference")
 MAPPED = "mapped"
 MAPPABLE_FIELDS = ("instruction", "input", "output", "system")
+# The field a record names its category in unless `ingest.category_field` says otherwise (Dolly's, for one).
+CATEGORY_FIELD = "category"
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 CHAT_ROLES = ("system", "user", "assistant")
 # OpenAI chat rows may also call tools: `tool` turns answer an assistant turn's `tool_calls`.
@@ -68,6 +70,13 @@ def is_blank(value) -> bool:
 
 def as_text(value) -> str:
     return "" if is_blank(value) else str(value).strip()
+
+
+def category_of(record: dict, field: str | None) -> str | None:
+    """A record's category, what evaluation results are broken down by beside drop and file: its
+    `field` (the file's `FileSummary.category`) as text, whatever the format; None when the file has no
+    such field (`field` None) or the record leaves it blank."""
+    return (as_text(record.get(field)) or None) if field else None
 
 
 def _turns(value, example: Example, name: str) -> list[dict]:

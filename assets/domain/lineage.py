@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.domain.metrics import SHOWN_DECIMALS, metrics_table
+from assets.domain.metrics import SHOWN_DECIMALS, metrics_table, slice_rows, slices_table
 from assets.domain.values import Evaluation, GateVerdict, PairsSummary, TrainedModel, short_run_id
 
 # How many trailing path parts name a Great Expectations result in a version tag.
@@ -63,7 +63,7 @@ class DataCounts:
     rows_truncated: int = 0
     """Rows cut to fit max_tokens (they trained, cut)."""
     rows_left_out: int = 0
-    """Rows left out for length (counted among the rejected)."""
+    """Rows left out for length: good data over the budget, not among `rows_rejected` (bad data)."""
 
     @classmethod
     def of(cls, pairs: PairsSummary, rows_raw: int, rows_valid: int, rows_rejected: int) -> "DataCounts":
@@ -257,6 +257,20 @@ def base_notes_line(lineage: RunLineage) -> str:
     return "".join(f"{note}\n" for note in lineage.base_notes)
 
 
+def slices_section(ev: Evaluation) -> str:
+    """The card's per-slice results: the primary metric per drop, source file and category where the
+    eval prompts hold more than one of them (`metrics.slice_rows`); every metric is in the run's
+    `eval/slices.csv`. Empty when there is no breakdown."""
+    rows = slice_rows(ev.model_items, ev.slices, ev.primary_metric, ev.pair_slices)
+    shown = [row for row in rows if row["primary"]]
+    if not shown:
+        return ""
+    return (
+        f"\n### Per slice\n`{ev.primary_metric}` per slice of the eval prompts, to see where this version "
+        f"gained or lost (every metric: the run's `eval/slices.csv`):\n\n{slices_table(shown)}\n"
+    )
+
+
 def model_card(lineage: RunLineage, title: str) -> str:
     """The markdown card logged with each version: data, metrics against base, intended use, limits."""
     ev, data, gate = lineage.evaluation, lineage.data, lineage.gate
@@ -270,8 +284,8 @@ Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, line
 
 ## Data
 - Drops: {",".join(data.drops)}
-- Rows: {data.rows_raw} raw, {data.rows_valid} valid, {data.rows_rejected} rejected
-  ({data.rows_left_out} of them left out for length), {data.rows_excluded} excluded as repeats of earlier
+- Rows: {data.rows_raw} raw, {data.rows_valid} valid, {data.rows_rejected} rejected as bad data,
+  {data.rows_left_out} left out for length, {data.rows_excluded} excluded as repeats of earlier
   drops; {data.rows_truncated} cut to fit the length budget
 - Train / eval examples: {data.train_rows} / {ev.eval_examples}
   (split by a hash of the normalized prompt; train set hash `{data.train_set_hash}`,
@@ -281,7 +295,7 @@ Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, line
 {metrics_table(ev.base, ev.tuned, ev.primary_metric, champion)}
 
 Forgetting: perplexity on a general-text probe changed by {ev.forgetting_pct:+.1f}%.{preference_line(lineage)}
-
+{slices_section(ev)}
 ## Promotion gate
 Each criterion on the paired difference (this version minus what it is compared with, item by item) and
 its {gate.confidence:.0%} interval:

@@ -148,3 +148,115 @@ def metrics_table(base: dict, tuned: dict, primary: str, champion: dict | None =
             cells.append(_shown(row["champion"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---- per-slice results --------------------------------------------------------------------------
+
+# The fields eval items are broken down by (`Evaluation.slices`), in the order they are shown.
+SLICE_FIELDS = ("drop", "source_file", "category")
+# How an item without a value of a slice field (a row without a category) is shown.
+NO_VALUE = "(none)"
+# Metrics `Evaluation.items` keeps per held-out preference pair, per probe text, and per question of a
+# regression suite (`suite.<name>.<metric>`): not per eval prompt.
+PAIR_METRICS = ("preference_accuracy", "preference_margin")
+PROBE_METRICS = ("probe_perplexity",)
+SUITE_PREFIX = "suite."
+
+
+def slice_values(rows) -> dict[str, tuple]:
+    """Each slice field's value per row, from rows holding them as columns (a data frame of eval rows,
+    or a dict of lists); a field they lack (rows written before it existed) is left out."""
+    return {name: tuple(_label(v) for v in rows[name]) for name in SLICE_FIELDS if name in rows}
+
+
+def _label(value) -> str | None:
+    """A slice field's value as text; None for none (a null, NaN where a data frame had one, blank)."""
+    return None if value is None or value != value or not str(value).strip() else str(value)
+
+
+def slice_groups(slices: dict[str, tuple]) -> dict[str, dict[str, list[int]]]:
+    """Per slice field worth a breakdown, each of its values (sorted) with the positions of the items
+    holding it. Worth one: more than one value, and not the very grouping of a field before it
+    (source_file when each drop is one file: its rows would repeat the drop's)."""
+    groups: dict[str, dict[str, list[int]]] = {}
+    for name in (f for f in SLICE_FIELDS if f in slices):
+        by_value: dict[str, list[int]] = {}
+        for position, value in enumerate(slices[name]):
+            by_value.setdefault(_label(value) or NO_VALUE, []).append(position)
+        grouping = sorted(by_value.values())
+        if len(by_value) > 1 and all(grouping != sorted(g.values()) for g in groups.values()):
+            groups[name] = dict(sorted(by_value.items()))
+    return groups
+
+
+def _mean_over(values: tuple | None, positions: list[int], items: int) -> float | None:
+    """The mean of `values` at `positions`; None when a model has no such scores, or not one per item."""
+    if values is None or len(values) != items:
+        return None
+    return sum(values[i] for i in positions) / len(positions)
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _slice_metric_rows(items: dict, slices: dict[str, tuple], metrics: list[str], primary: str) -> list[dict]:
+    """`slice_rows` for one kind of item (eval prompts, or held-out pairs) and its metrics (those the
+    tuned model has one score per labelled item of)."""
+    count = len(next(iter(slices.values()), ()))
+    rows = []
+    for name, values in slice_groups(slices).items():
+        for metric in (m for m in metrics if len(items.get("tuned", {}).get(m, ())) == count):
+            for value, positions in values.items():
+                means = {m: _mean_over(items.get(m, {}).get(metric), positions, count) for m in items}
+                row = {"slice": name, "value": value, "items": len(positions), "metric": metric}
+                rows.append(row | {"primary": metric == primary} | changes(means))
+    return rows
+
+
+def changes(means: dict[str, float | None]) -> dict[str, float | None]:
+    """A slice's means per model (base, tuned, champion) and the tuned model's change over the other two."""
+    base, tuned, champion = (means.get(m) for m in ("base", "tuned", "champion"))
+    return {
+        "base": base,
+        "tuned": tuned,
+        "change": _difference(tuned, base),
+        "champion": champion,
+        "change_vs_champion": _difference(tuned, champion),
+    }
+
+
+def slice_rows(
+    items: dict[str, dict[str, tuple]], slices: dict[str, tuple], primary: str, pair_slices: dict | None = None
+) -> list[dict]:
+    """Every per-item metric per slice (`slice_groups`: drop, source file, category): one row per slice
+    field, metric and value with the number of items, each model's mean over them (`items`: model ->
+    metric -> scores per item, the 'champion' too when it has them; None where a model lacks them),
+    and the tuned model's change over the base and over the champion, rounded for showing. The task
+    metrics are sliced by `slices` (each eval prompt's labels), the preference metrics by `pair_slices`
+    (each held-out pair's); the primary metric first. The one source of the slices: the metadata's
+    and the card's tables and MLflow's `eval/slices.csv` and chart show these."""
+    tuned = items.get("tuned", {})
+    per_prompt = (m for m in tuned if m not in PAIR_METRICS + PROBE_METRICS and not m.startswith(SUITE_PREFIX))
+    order = sorted(per_prompt, key=lambda m: (m != primary, m))
+    pairs = [m for m in PAIR_METRICS if m in tuned]
+    rows = _slice_metric_rows(items, slices, order, primary)
+    rows += _slice_metric_rows(items, pair_slices or {}, pairs, primary)
+    return [{k: round(v, SHOWN_DECIMALS) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def slices_table(rows: list[dict]) -> str:
+    """Markdown of `slice_rows` (or some of them), in their order; the champion's columns when a row
+    has the champion's scores. A sentence instead when there is no breakdown."""
+    if not rows:
+        return f"No breakdown: no slice field ({', '.join(SLICE_FIELDS)}) has more than one value among the eval items."
+    champion = any(row["champion"] is not None for row in rows)
+    lines = ["| slice | value | items | metric | base | tuned | change |" + (" champion | vs champion |" * champion)]
+    lines.append("|---|---|---|---|---|---|---|" + ("---|---|" * champion))
+    for row in rows:
+        cells = [row["slice"], row["value"], str(row["items"]), row["metric"] + (" (primary)" * row["primary"])]
+        cells += [_shown(row["base"]), _shown(row["tuned"]), _shown(row["change"], signed=True)]
+        if champion:
+            cells += [_shown(row["champion"]), _shown(row["change_vs_champion"], signed=True)]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)

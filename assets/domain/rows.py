@@ -13,5 +13,10 @@ def row_location(row: dict) -> str:
 
 
 def with_format(rows: list[dict], files: dict[str, FileSummary]) -> list[dict]:
-    """Raw rows with their file's `format` and `mapping` (kept per file in the raw summary)."""
-    return [{**r, "format": files[r["source_file"]].format, "mapping": files[r["source_file"]].mapping} for r in rows]
+    """Raw rows with their file's `format`, `mapping` and `category_field` (kept per file in the raw summary)."""
+    return [{**r, **file_fields(files[r["source_file"]])} for r in rows]
+
+
+def file_fields(file: FileSummary) -> dict:
+    """What a raw row is converted by, from its file's summary."""
+    return {"format": file.format, "mapping": file.mapping, "category_field": file.category}

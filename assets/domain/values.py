@@ -31,6 +31,8 @@ class FileSummary:
     rows: int
     format: str
     mapping: dict[str, str] | None = None
+    category: str | None = None
+    """The field its rows name their category in (`ingest.category_field`), when the file has it."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,24 @@ class Evaluation:
     """Per model ('base', 'tuned'), each metric per item, in one order for every model: the task metrics
     per eval prompt, `preference_accuracy` (1 or 0) and `preference_margin` per held-out pair,
     `probe_perplexity` per probe text. What the gate's paired intervals are taken on."""
+    slices: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    """Per slice field (`metrics.SLICE_FIELDS`: drop, source_file, category), each eval prompt's value, in
+    the order of the per-prompt scores in `items` (None: the row has no category). What the per-slice
+    results (`metrics.slice_rows`) group the items by."""
+    pair_slices: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    """The same per held-out preference pair, in the order of `preference_accuracy` in `items`."""
+    suites: dict[str, float | None] = field(default_factory=dict)
+    """Per regression suite scored (its metric's key in `items` and the metrics: `suite.<name>.<metric>`),
+    how far the gate lets the candidate fall below the base and the champion on it (None: not gated)."""
+    judge: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """The judge's verdicts per model the candidate was compared with ('base', 'champion'): per eval prompt,
+    1 (the candidate's answer won in both orders), 0.5 (tie, or one win each), 0 (lost both). Empty when
+    the judge is off."""
+
+    @property
+    def model_items(self) -> dict[str, dict[str, tuple[float, ...]]]:
+        """`items`, and the champion's per-item scores as 'champion' when it has them."""
+        return self.items | ({"champion": self.champion.items} if self.champion and self.champion.items else {})
 
     @property
     def trained_on_preferences(self) -> bool:

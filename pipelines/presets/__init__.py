@@ -58,6 +58,9 @@ def load_preset(name: str) -> dict[str, dict]:
     unknown = sorted(set(values) - set(STAGES))
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; sections are {', '.join(STAGES)}.")
+    suites = (values.get("evaluation") or {}).get("suites")
+    if suites:
+        values["evaluation"]["suites"] = [suite_from(path.parent, suite) for suite in suites]
     return values
 
 
@@ -85,3 +88,9 @@ def stage_resources(name: str, overrides: dict[str, dict] | None = None) -> dict
             settings.setdefault("preset", preset_name(name))
         resources[stage] = cls(**settings)
     return resources
+
+
+def suite_from(folder: Path, suite: dict) -> dict:
+    """A regression suite's settings with its file's relative path taken from the preset file's folder."""
+    path = Path(str(suite.get("path", "")))
+    return suite | ({"path": str((folder / path).resolve())} if suite.get("path") and not path.is_absolute() else {})
