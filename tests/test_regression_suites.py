@@ -71,7 +71,7 @@ def test_the_configured_suites_get_their_metric_and_a_wrong_one_is_refused_by_na
 
 def test_the_default_preset_ships_a_suite_whose_path_is_taken_from_the_preset_folder():
     suites = stage_resources("cpu")["evaluation"].suites
-    assert [s.name for s in suites] == ["general_knowledge"] and suites[0].max_regression == 0.1
+    assert [s.name for s in suites] == ["general_knowledge"] and suites[0].max_regression == 0.15
     (suite,) = regression_suites(suites)
     assert suite.kind == MULTIPLE_CHOICE and len(Path(suite.path).read_text().splitlines()) == 32
 
@@ -192,7 +192,7 @@ def test_a_planted_regression_on_a_suite_blocks_promotion(planted_run):
     assert gate_only_failure(result.all_events), "the run fails on the gate alone"
     evaluation = result.output_for_node("model_evaluation")
     key = "suite.general_knowledge.acc"
-    assert len(evaluation.items["base"][key]) == 32 and evaluation.suites == {key: 0.1}
+    assert len(evaluation.items["base"][key]) == 32 and evaluation.suites == {key: 0.15}
     assert evaluation.base[key] > 0.4, "the base model knows about half of these"
     verdict = result.output_for_node("registered_model").gate
     (suite,) = [c for c in verdict.criteria if c.key == "suite_general_knowledge_vs_base"]

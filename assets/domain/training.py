@@ -7,7 +7,7 @@ one `training` section of a preset, and the recipes (`assets/recipes/`) read it 
     training:
       method: sft+grpo        # what trains (below)
       adapter: lora           # what is trained, and the settings every method shares
-      sft:  {max_steps: 50, learning_rate: 0.0005}
+      sft:  {max_steps: 50, learning_rate: 0.00025}
       dpo:  {max_steps: 4, beta: 0.1}
       grpo: {max_steps: 12, num_generations: 4, rewards: [field_accuracy]}
 
@@ -75,7 +75,7 @@ class SftSettings(Section):
         default=8, ge=1, description="Examples per batch and device, at most (max_batch_tokens may allow fewer)."
     )
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Steps whose gradients are summed.")
-    learning_rate: float = Field(default=5e-4, description="Peak learning rate.")
+    learning_rate: float = Field(default=2.5e-4, description="Peak learning rate.")
     warmup_steps: int = Field(default=10, ge=0, description="Linear warm-up steps before the peak rate.")
     group_by_length: bool = Field(
         default=True,
