@@ -243,7 +243,12 @@ def test_settings_are_typed_and_an_unknown_key_is_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match="greater than or equal to 2"):
         TrainingConfig(grpo={"num_generations": 1})
     config = TrainingConfig(sft={"max_steps": 7}, dpo={"beta": 0.3})
-    assert (config.sft.max_steps, config.sft.learning_rate, config.dpo.beta, config.dpo.max_steps) == (7, 2.5e-4, 0.3, 4)
+    assert (config.sft.max_steps, config.sft.learning_rate, config.dpo.beta, config.dpo.max_steps) == (
+        7,
+        2.5e-4,
+        0.3,
+        4,
+    )
     assert config.flat()["sft.max_steps"] == 7 and "preset" not in config.flat()
 
 
