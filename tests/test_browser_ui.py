@@ -208,7 +208,9 @@ def check_statuses(page, url: str, asset: str, name: str) -> tuple[str, str]:
     page.goto(f"{url}/assets/{asset}?view=checks&checkDetail={name}")
     page.get_by_text("Evaluation result").first.wait_for()
     latest = re.search(r"Evaluation result\s+(\w+)", page.locator("body").inner_text()).group(1)
-    return page.evaluate(LISTED_STATUS, [name, CHECK_STATUS]), latest
+    # The list renders on its own: wait until it shows the check with a status (read once, it may not yet).
+    listed = page.wait_for_function(LISTED_STATUS, arg=[name, CHECK_STATUS])
+    return listed.json_value(), latest
 
 
 def test_dagster_ui_shows_the_graph_metadata_quality_and_launches_a_run(ui_state, uis, browser, shots):
