@@ -82,6 +82,21 @@ def comparison_frame(evaluation: Evaluation) -> pd.DataFrame:
     return pd.DataFrame(comparison_rows(evaluation.base, evaluation.tuned, evaluation.primary_metric, champion))
 
 
+def bar_panels(plt, sizes: list[int], height: float):
+    """A figure of side-by-side panels, each as wide as its number of bar groups (`sizes`), and its axes."""
+    widths = [max(size, 2) for size in sizes]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4 + 0.6 * sum(widths), height), dpi=90, width_ratios=widths)
+    return fig, list(axes) if len(sizes) > 1 else [axes]
+
+
+def grouped_bars(ax, part: pd.DataFrame, models: list[str]) -> list[float]:
+    """One group of bars per row of `part`, a bar per model (its column); the groups' centres, for labels."""
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        ax.bar([x + i * width for x in range(len(part))], part[model].fillna(0), width, label=model)
+    return [x + width * (len(models) - 1) / 2 for x in range(len(part))]
+
+
 def comparison_chart(frame: pd.DataFrame):
     """One grouped bar chart of the comparison: a group of bars (base, tuned, champion) per metric;
     scores between 0 and 1 on the left, losses, perplexities and the like on the right."""
@@ -94,13 +109,9 @@ def comparison_chart(frame: pd.DataFrame):
     bounded = frame[models].fillna(0).apply(lambda row: row.between(0, 1).all(), axis=1)
     parts = [(frame[bounded], "score (0-1)"), (frame[~bounded], "value")]
     parts = [(part, label) for part, label in parts if len(part)]
-    widths = [max(len(part), 2) for part, _ in parts]
-    fig, axes = plt.subplots(1, len(parts), figsize=(4 + 0.6 * sum(widths), 3.6), dpi=90, width_ratios=widths)
-    for ax, (part, label) in zip(axes if len(parts) > 1 else [axes], parts):
-        width = 0.8 / len(models)
-        for i, model in enumerate(models):
-            ax.bar([x + i * width for x in range(len(part))], part[model].fillna(0), width, label=model)
-        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(part))], part["metric"], rotation=30)
+    fig, axes = bar_panels(plt, [len(part) for part, _ in parts], 3.6)
+    for ax, (part, label) in zip(axes, parts):
+        ax.set_xticks(grouped_bars(ax, part, models), part["metric"], rotation=30)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     fig.legend(models, loc="upper center", ncol=len(models))
@@ -136,14 +147,10 @@ def slices_chart(frame: pd.DataFrame):
 
     parts = charted_slices(frame)
     models = [m for m in MODELS if m in frame and frame[m].notna().any()]
-    widths = [max(len(part), 2) for _, part in parts]
-    fig, axes = plt.subplots(1, len(parts), figsize=(4 + 0.6 * sum(widths), 3.8), dpi=90, width_ratios=widths)
-    for ax, (name, part) in zip(axes if len(parts) > 1 else [axes], parts):
-        width = 0.8 / len(models)
-        for i, model in enumerate(models):
-            ax.bar([x + i * width for x in range(len(part))], part[model].fillna(0), width, label=model)
+    fig, axes = bar_panels(plt, [len(part) for _, part in parts], 3.8)
+    for ax, (name, part) in zip(axes, parts):
         labels = [f"{value} ({n})" for value, n in zip(part["value"], part["items"])]
-        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(part))], labels, rotation=30, ha="right")
+        ax.set_xticks(grouped_bars(ax, part, models), labels, rotation=30, ha="right")
         ax.set_title(f"{part['metric'].iloc[0]} per {name}")
         if (part[models].fillna(0) >= 0).all().all():  # scores start at 0; a margin may be below it
             ax.set_ylim(bottom=0)
