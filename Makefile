@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
-.PHONY: venv run preview test test-fast dev server mlflow-ui promote serve lint format bench bench-eval bench-train sample-data clean-state
+.PHONY: venv run preview test test-fast dev server mlflow-ui promote serve lint format bench bench-eval bench-train bench-warm sample-data clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ bench: venv  ## ingest -> validate -> format on 10k, 100k and 1M rows, beside on
 
 bench-eval: venv  ## the regression suite's cost (chat template vs plain text) and the bundled model as a judge (BENCHMARKS.md)
 	$(PY) -m tests.bench.eval_extras
+
+bench-warm: venv  ## a retrain from the champion (warm start, with and without replay) beside one from the base, on Dolly in two drops (BENCHMARKS.md)
+	$(PY) -m tests.bench.warm_start
 
 bench-train: venv  ## our training stage (cpu preset) beside plain TRL on the same examples; batched vs one-at-a-time generation (BENCHMARKS.md)
 	$(PY) -m tests.bench.train --steps 12

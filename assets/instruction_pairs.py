@@ -14,6 +14,7 @@ from pydantic import Field
 from assets.domain.chat import conversation_text, normalize, prompt_hash
 from assets.domain.drops import DROPS, by_drop
 from assets.domain.figures import table_counts
+from assets.domain.mixture import SELECTORS, MixingRule, given, mixing_hash, mixture_markdown, mixture_table
 from assets.domain.rows import row_location
 from assets.domain.tool_calls import reply_text
 from assets.domain.values import EXAMPLE_ROWS, PairsSummary
@@ -54,6 +55,13 @@ class SplitConfig(dg.ConfigurableResource):
     drops_window: int = Field(
         default=0, description="Train and evaluate on the latest N validated drops only (0: all drops to date)."
     )
+    mixing: list[MixingRule] = Field(
+        default=[],
+        description="Mixing weights (assets/domain/mixture.py): rules, each a pattern on one of drop, source_file "
+        "or format and a weight; a train row is trained on (the product of its rules' weights) times per pass, "
+        "sampled from training.seed. Weight 0 keeps a row in the train split but never samples it. Empty: "
+        "every train row once.",
+    )
 
 
 def split_of(prompt_digest: str, eval_fraction: float, salt: str = "") -> str:
@@ -65,13 +73,14 @@ def split_of(prompt_digest: str, eval_fraction: float, salt: str = "") -> str:
 # The validated columns a pair is built from (the features, PII counts and warnings are not read).
 PAIR_SOURCE_COLUMNS = [
     *("kind", "messages", "chosen", "rejected", "tools", "n_tokens"),
-    *("drop", "source_file", "source_line", "gx_result", "category"),
+    *("drop", "source_file", "source_line", "format", "gx_result", "category"),
 ]
 
 
 def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> list[dict]:
     """One pair per validated row: the conversation, its `example_id` (hash of the normalized
-    prompt), its `split` by that hash, its source and its `category` (None when it has none)."""
+    prompt), its `split` by that hash, its source (with its file's `format`) and its `category` (None when
+    it has none)."""
     pairs = []
     for r in validated:
         example_id = prompt_hash(r["messages"])
@@ -85,6 +94,7 @@ def build_pairs(validated: list[dict], eval_fraction: float, salt: str = "") -> 
                 "gx_result": r.get("gx_result"),
                 "excluded_reason": None,
                 "category": r.get("category"),  # absent from drops validated before categories were kept
+                "format": r.get("format"),  # the record format of the row's file, which mixing rules may select
             }
         )
     return pairs
@@ -225,6 +235,7 @@ PAIRS_SCHEMA = pa.schema(
         ("gx_result", pa.string()),
         ("excluded_reason", pa.string()),
         ("category", pa.string()),  # the record's category field (ingest.category_field), or null
+        ("format", pa.string()),  # the record format of the row's file (openai_chat, sharegpt, ...)
     ]
 )
 
@@ -352,6 +363,16 @@ def cause_of(metadata: dict[str, dict | None]) -> str:
     return " ".join(f"Drop {d}: {s}." for d, s in statuses.items() if s and s != IN_TRAINING)
 
 
+def mixing_fields(pairs: RecordSet, rules: list[MixingRule]) -> dict:
+    """The summary's mixing fields (none without rules): the rules as given, their counts over the
+    train split (`mixture_table`) and their hash, which the training stages sample by."""
+    if not rules:
+        return {}
+    train = pairs.frame(columns=list(SELECTORS), where=[("split", "=", "train")])
+    table = tuple(mixture_table(train, rules))
+    return {"mixing": given(rules), "mixing_table": table, "mixing_hash": mixing_hash(rules)}
+
+
 def pairs_metadata(
     summary: PairsSummary,
     tally: PairTally,
@@ -362,7 +383,8 @@ def pairs_metadata(
     path: Path,
 ) -> dict:
     """instruction_pairs' metadata: the split's counts, what the length budget cut or left out, the
-    drops used and held back with each drop's quality, the set hashes, an example, the dataset."""
+    drops used and held back with each drop's quality, the set hashes, the mixing weights' table, an
+    example, the dataset."""
     return {
         "train_rows": summary.train_rows,
         "eval_rows": summary.eval_rows,
@@ -380,6 +402,8 @@ def pairs_metadata(
         "excluded_examples": dg.MetadataValue.json(tally.excluded_examples),
         "train_set_hash": summary.train_set_hash,
         "eval_set_hash": summary.eval_set_hash,
+        "mixing": dg.MetadataValue.md(mixture_markdown(summary.mixing_table) if summary.mixing else "none"),
+        "mixing_hash": summary.mixing_hash or "-",
         "example": dg.MetadataValue.md(show_example(tally.example or [])),
         "dataset": dg.MetadataValue.path(str(path)),
     }
@@ -401,8 +425,9 @@ def instruction_pairs(
     `split` ('train' or 'eval' by a hash of the normalized prompt, so the split is deterministic and
     an example never changes side as drops arrive; 'excluded' with an `excluded_reason` for repeats
     of an earlier drop's row), `example_id` (that hash), `n_tokens`, the row's source (`drop`,
-    `source_file`, `source_line`, `gx_result`) and `category` (the record's category field, null when
-    it has none), which evaluation results are also broken down by.
+    `source_file`, `source_line`, `format`, `gx_result`) and `category` (the record's category field,
+    null when it has none), which evaluation results are also broken down by. The train rows' mixing
+    weights (`split.mixing`) are counted here and applied by the training stages.
 
     Streamed drop by drop and batch by batch into a Parquet file under FT_HOME/datasets; repeats
     across drops are found through an on-disk table, so memory does not grow with the data. The
@@ -421,6 +446,7 @@ def instruction_pairs(
     if split_note:
         context.log.warning(f"Split evened: {split_note}")
     lengths = LengthTally.of(quality, used_drops)
-    summary = replace(tally.summary(), rows_truncated=lengths.truncated, rows_left_out=lengths.left_out)
+    mixing = mixing_fields(out.record_set(), split.mixing)
+    summary = replace(tally.summary(), rows_truncated=lengths.truncated, rows_left_out=lengths.left_out, **mixing)
     context.add_output_metadata(pairs_metadata(summary, tally, lengths, split_note, held_back, quality, path))
     return out.record_set(summary=summary)

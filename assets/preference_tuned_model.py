@@ -9,7 +9,9 @@ import dagster as dg
 from assets.domain.evaluation import EvaluationConfig
 from assets.domain.figures import shown_floats
 from assets.domain.metrics import task_type
+from assets.domain.mixture import mixed
 from assets.domain.preferences import chosen_conversations
+from assets.domain.sweep import apply
 from assets.domain.tool_calls import reply_text
 from assets.domain.training import TrainingConfig, resolve_method, second_stage, trains_sft
 from assets.domain.values import PreferenceStage, RewardStage, TrainedModel
@@ -25,10 +27,13 @@ from resources.training_job import TrainingJobClient
 
 def starting_point(method: str, sft: TrainedModel, base_model: str, training: TrainingConfig) -> TrainedModel:
     """The model the second stage starts from (and, for DPO, is held to as its reference): the SFT
-    stage's for 'sft+dpo' and 'sft+grpo', the base model for 'dpo' and 'grpo'. When this asset is
+    stage's for 'sft+dpo' and 'sft+grpo', the base model (a parent version's on a warm start) for 'dpo'
+    and 'grpo'. When this asset is
     materialized alone after the method changed, its input may be an earlier run's SFT model, whose
     figures do not describe this candidate: a method without SFT never carries them."""
     if not trains_sft(method):
+        if sft.method == method and not sft.steps:  # the SFT stage named the weights: the base's, or a parent's
+            return sft
         return TrainedModel.base(base_model, training.preset, training.flat(), sft.device, method)
     if not trains_sft(sft.method):
         raise ValueError(
@@ -39,17 +44,20 @@ def starting_point(method: str, sft: TrainedModel, base_model: str, training: Tr
 
 
 def dpo_recipe(training: TrainingConfig, pairs: RecordSet, start: TrainedModel, identity: dict) -> Recipe:
-    """DPO on the train split's preference pairs."""
+    """DPO on the train split's preference pairs, each as often as its mixing weight says (`split.mixing`)."""
     train = pairs.frame(where=[("split", "=", "train"), ("kind", "=", "preference")])
+    train = mixed(train, pairs.summary.mixing, training.seed)
     return Recipe("dpo", training, train, start.merged_dir, identity, continues_run=start.mlflow_run_id)
 
 
 def grpo_recipe(training: TrainingConfig, pairs: RecordSet, start: TrainedModel, identity: dict, pattern: str):
     """GRPO on the train split's prompts (the chosen replies' prompts when it holds only preference pairs),
-    rewarded as evaluation scores their answers: the task read from the answers, and evaluation's answer pattern."""
+    rewarded as evaluation scores their answers: the task read from the answers, and evaluation's answer pattern.
+    Each prompt as often as its mixing weight says (`split.mixing`)."""
     train = pairs.frame(where=[("split", "=", "train"), ("kind", "=", "sft")])
     if train.empty:
         train = chosen_conversations(pairs.frame(where=[("split", "=", "train"), ("kind", "=", "preference")]))
+    train = mixed(train, pairs.summary.mixing, training.seed)
     answers = [reply_text(m[-1]) for m in train["messages"]]
     task = task_type(answers, tool_calls=any(m[-1].get("tool_calls") for m in train["messages"]))
     options = {"task": task, "answer_pattern": pattern}
@@ -136,9 +144,11 @@ def preference_tuned_model(
     if stage is None:
         context.add_output_metadata({"method": method, "second_stage": "none: the SFT model, unchanged"})
         return replace(fine_tuned_model, method=method)
+    if fine_tuned_model.sweep_point:  # the SFT model a sweep chose: its point's settings train this stage too
+        training = apply(training, fine_tuned_model.sweep_point)
     start = starting_point(method, fine_tuned_model, base_model, training)
     # Its checkpoints resume only on the same data and the same starting weights (the SFT setup, or the base).
-    identity = {"data": instruction_pairs.summary.train_set_hash, "starts_from": start.setup_key or base_model}
+    identity = {"data": instruction_pairs.summary.train_data_key, "starts_from": start.setup_key or start.merged_dir}
     recipe = (
         dpo_recipe(training, instruction_pairs, start, identity)
         if stage == "dpo"

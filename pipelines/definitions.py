@@ -11,7 +11,8 @@ import dagster as dg
 from assets.base_model import base_model
 from assets.champion_model import champion_model
 from assets.domain.drops import DROPS
-from assets.fine_tuned_model import fine_tuned_model
+from assets.domain.sweep import SweepConfig
+from assets.fine_tuned_model import fine_tuned_model, swept_fine_tuned_model
 from assets.instruction_pairs import instruction_pairs
 from assets.model_evaluation import model_evaluation
 from assets.preference_tuned_model import preference_tuned_model
@@ -130,28 +131,37 @@ def build_resources(settings: Settings, overrides: dict[str, dict] | None = None
     }
 
 
-def run_executor(settings: Settings) -> dg.ExecutorDefinition | None:
+def run_executor(settings: Settings, sweep: bool = False) -> dg.ExecutorDefinition | None:
     """FT_EXECUTOR=k8s: every step in a Kubernetes pod of its own, sized per step (`pod_resources.step_pods`:
-    a GPU for training and evaluation, CPU for the data stages); else Dagster's default."""
+    a GPU for training, a sweep's points included, and evaluation, CPU for the data stages); else Dagster's default."""
     if settings.executor != "k8s":
         return None
     from dagster_k8s import k8s_job_executor
 
     return k8s_job_executor.configured(
-        {"per_step_k8s_config": step_pods(settings.training_launcher)}, name="k8s_job_executor"
+        {"per_step_k8s_config": step_pods(settings.training_launcher, sweep)}, name="k8s_job_executor"
     )
+
+
+def model_assets(sweep: SweepConfig) -> list:
+    """ASSETS, with `fine_tuned_model` as a sweep (same key, inputs and group: one step per point, the best
+    point its value) when the preset's `sweep` section names parameters."""
+    if not sweep.parameters:
+        return ASSETS
+    return [swept_fine_tuned_model if asset is fine_tuned_model else asset for asset in ASSETS]
 
 
 def build_definitions(settings: Settings, overrides: dict[str, dict] | None = None) -> dg.Definitions:
     """Everything Dagster loads. `overrides` (stage -> values) go over the preset, for tests and scripts."""
+    resources = build_resources(settings, overrides)
     return dg.Definitions(
-        assets=ASSETS,
+        assets=model_assets(resources["sweep"]),
         asset_checks=CHECKS,
         jobs=[base_model_job, ingest_job, training_data_job, finetune_job],
         sensors=[build_landing_sensor(ingest_job, base_model_job), retrain_automation],
         schedules=[build_retrain_schedule(finetune_job, settings.retrain_cron)],
-        resources=build_resources(settings, overrides),
-        executor=run_executor(settings),
+        resources=resources,
+        executor=run_executor(settings, sweep=bool(resources["sweep"].parameters)),
     )
 
 

@@ -34,14 +34,17 @@ CPU_POD = {"container_config": {"resources": {"requests": {"cpu": "1", "memory":
 TRAINING_STEPS = ("fine_tuned_model", "preference_tuned_model")
 GPU_STEPS = ("model_evaluation",)
 CPU_STEPS = ("raw_records", "validated_records", "instruction_pairs", "training_preview")
+# A sweep's training step: fine_tuned_model's op that trains one point (k8s_job_executor sizes a step by its op's name).
+SWEEP_TRAINING_STEP = "train_point"
 
 
-def step_pods(training_launcher: str) -> dict[str, dict]:
-    """Each step's pod, by step key: a GPU pod for evaluation, and for training when its job runs inside
-    the step's pod (`local`); a CPU pod for training when the job gets a GPU pod of its own (`k8s`)."""
+def step_pods(training_launcher: str, sweep: bool = False) -> dict[str, dict]:
+    """Each step's pod, by op name: a GPU pod for evaluation, and for training when its job runs inside
+    the step's pod (`local`); a CPU pod for training when the job gets a GPU pod of its own (`k8s`).
+    `sweep`: fine_tuned_model is a sweep, whose points train in steps of op `train_point`."""
     training = CPU_POD if training_launcher == "k8s" else GPU_POD
     return {
         **{step: CPU_POD for step in CPU_STEPS},
         **{step: GPU_POD for step in GPU_STEPS},
-        **{step: training for step in TRAINING_STEPS},
+        **{step: training for step in TRAINING_STEPS + ((SWEEP_TRAINING_STEP,) if sweep else ())},
     }

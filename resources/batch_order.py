@@ -182,7 +182,8 @@ class BatchOrder:
     """What a TRL trainer class mixes in to batch as this module says: `TokenBoundedBatches` where the
     token budget (the constructor's `max_batch_tokens`) binds; otherwise `LengthGroupedBatches` as its
     sampler when the training groups by length (`train_sampling_strategy='group_by_length'`), or
-    exactly the trainer's own batches. `example_lengths` says how wide each example makes its batch."""
+    exactly the trainer's own batches. Validation batches (SFT's validation slice) are bounded by the same
+    budget where it binds, shortest first. `example_lengths` says how wide each example makes its batch."""
 
     def __init__(self, *args, max_batch_tokens: int = 0, **kwargs):
         self.max_batch_tokens = max_batch_tokens
@@ -216,6 +217,28 @@ class BatchOrder:
             prefetch_factor=args.dataloader_prefetch_factor,
             in_order=args.dataloader_in_order,
             worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        return self.accelerator.prepare(loader)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """The validation examples (SFT's validation slice), in `length_sorted_batches` of at most
+        per_device_eval_batch_size rows and max_batch_tokens padded tokens where the budget binds (the
+        same batches at every validation, so their losses compare); otherwise the trainer's own."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, str) or dataset is None:
+            return super().get_eval_dataloader(eval_dataset)
+        lengths, rows = self.example_lengths(dataset), self.args.eval_batch_size
+        if lengths is None or not budget_binds(lengths, rows, self.max_batch_tokens):
+            return super().get_eval_dataloader(eval_dataset)
+        from torch.utils.data import DataLoader
+
+        args = self.args
+        loader = DataLoader(
+            self._remove_unused_columns(dataset, description="Evaluation"),
+            batch_sampler=length_sorted_batches(lengths, rows, self.max_batch_tokens),
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
 

@@ -408,20 +408,22 @@ class MlflowRegistry(dg.ConfigurableResource):
         except (MlflowException, OSError):
             return None
 
-    def download(self, run_id: str, path: str) -> str:
-        """A run's artifact folder, downloaded (or found) locally; returns the local path."""
+    def download(self, run_id: str, path: str, dst: str | None = None) -> str:
+        """A run's artifact folder, downloaded (or found) locally, into `dst` when given (a folder that
+        later steps read too); returns the local path."""
         import mlflow
 
         self._connect()
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst)
 
-    def download_model_weights(self, version: str) -> str:
+    def download_model_weights(self, version: str, dst: str | None = None) -> str:
         """The Hugging Face folder inside a registered version's logged chat model (the merged
-        model it serves), downloaded (or found) locally."""
+        model it serves), downloaded (or found) locally, into `dst` when given."""
         import mlflow
 
         self._connect()
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.model_name}/{version}"))
+        uri = f"models:/{self.model_name}/{version}"
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
         return str(next(folder.rglob("config.json")).parent)
 
     def tag_version(self, version: str, tags: dict[str, str]) -> None:

@@ -183,11 +183,12 @@ class ModelLoader(dg.ConfigurableResource):
             plain.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
 
-    def with_adapter(self, model, adapter_dir: str):
-        """`model` wrapped with the PEFT adapter saved in `adapter_dir` (adapter name 'default')."""
+    def with_adapter(self, model, adapter_dir: str, trainable: bool = False):
+        """`model` wrapped with the PEFT adapter saved in `adapter_dir` (adapter name 'default'),
+        its weights trainable when `trainable` (a warm start trains a champion's adapter on)."""
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, safetensors_adapter(adapter_dir))
+        return PeftModel.from_pretrained(model, safetensors_adapter(adapter_dir), is_trainable=trainable)
 
     def add_adapter(self, peft_model, adapter_dir: str, name: str) -> None:
         """Load another saved adapter onto a PEFT model under `name` (switch with `set_adapter`)."""

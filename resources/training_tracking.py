@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 # Trainer log keys -> the metric names they are tracked under (after the prefix).
 TRACKED = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+# The loss on SFT's validation slice, at each validation (training.sft.eval_steps).
+VALIDATION_LOSS = "validation.loss"
 
 
 def eta_text(seconds: float | None) -> str:
@@ -25,6 +27,12 @@ def progress_line(prefix: str, step: int, max_steps: int, loss: float | None, et
     """'train step 10/50 (20%), loss 0.7251, ETA 2m05s'."""
     shown = f", loss {loss:.4f}" if loss is not None else ""
     return f"{prefix} step {step}/{max_steps} ({100 * step // max(max_steps, 1)}%){shown}, ETA {eta_text(eta)}"
+
+
+def validation_line(step: int, max_steps: int, loss: float, best: float | None) -> str:
+    """'validation at step 20/50: loss 0.8123 (best so far 0.7990)'. `best`: the best before this one."""
+    shown = "" if best is None else f" (best so far {best:.4f})" if best <= loss else " (best so far)"
+    return f"validation at step {step}/{max_steps}: loss {loss:.4f}{shown}"
 
 
 class Progress:
@@ -55,7 +63,8 @@ def live_tracking(
 ):
     """A transformers TrainerCallback sending each log to `run` (a TrackedRun, or None) as
     `<prefix>.<metric>` at its step (the trainer's log keys in `tracked`, plus tokens/s), and a
-    progress line to `say`. Each recipe names the keys its trainer logs (DPO's reward accuracy, GRPO's reward)."""
+    progress line to `say`; and each validation's loss (SFT's validation slice) as `validation.loss`, with
+    a line. Each recipe names the keys its trainer logs (DPO's reward accuracy, GRPO's reward)."""
     from transformers import TrainerCallback
 
     class LiveTracking(TrainerCallback):
@@ -74,5 +83,13 @@ def live_tracking(
                 run.log_metrics(metrics, step=step)
             line = progress_line(prefix, step, max_steps, logs.get("loss"), self.progress.eta(step, max_steps))
             say(line + (f", reward {logs['reward']:.3f}" if "reward" in logs else ""))  # GRPO's
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if not metrics or "eval_loss" not in metrics:
+                return
+            step, loss = state.global_step, float(metrics["eval_loss"])
+            if run is not None:
+                run.log_metrics({VALIDATION_LOSS: loss}, step=step)
+            say(validation_line(step, max_steps, loss, state.best_metric))
 
     return LiveTracking()

@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,7 +45,11 @@ def test_relative_home_becomes_absolute(monkeypatch, tmp_path):
 
 
 def settings_as_named(config, values: dict, where: str) -> None:
-    """Each of `values` is `config`'s, a nested section (`training.sft`) key by key."""
+    """Each of `values` is `config`'s, a nested section (`training.sft`) key by key, a map's entries
+    (`sweep.parameters`) by key; a swept setting's list is short for its `values`."""
+    if isinstance(config, dict):
+        assert set(config) == set(values), where
+        config = SimpleNamespace(**{k: (v.values if isinstance(values[k], list) else v) for k, v in config.items()})
     for key, value in values.items():
         if isinstance(value, dict):
             settings_as_named(getattr(config, key), value, f"{where}.{key}")

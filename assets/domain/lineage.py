@@ -10,6 +10,7 @@ from pathlib import Path
 
 from assets.domain.metrics import SHOWN_DECIMALS, metrics_table, slice_rows, slices_table
 from assets.domain.values import Evaluation, GateVerdict, PairsSummary, TrainedModel, short_run_id
+from assets.domain.warm_start import PARENT_VERSION_TAG
 
 # How many trailing path parts name a Great Expectations result in a version tag.
 VALIDATION_PATH_PARTS = 3
@@ -64,6 +65,11 @@ class DataCounts:
     """Rows cut to fit max_tokens (they trained, cut)."""
     rows_left_out: int = 0
     """Rows left out for length: good data over the budget, not among `rows_rejected` (bad data)."""
+    mixing: tuple[dict, ...] = ()
+    """The mixing rules the train rows were sampled by (`PairsSummary.mixing`); empty: each row once."""
+    mixing_table: tuple[dict, ...] = ()
+    """Per rule, the train rows it matched and the rows expected to train per pass (`PairsSummary.mixing_table`)."""
+    mixing_hash: str = ""
 
     @classmethod
     def of(cls, pairs: PairsSummary, rows_raw: int, rows_valid: int, rows_rejected: int) -> "DataCounts":
@@ -78,6 +84,9 @@ class DataCounts:
             validations=pairs.validations,
             rows_truncated=pairs.rows_truncated,
             rows_left_out=pairs.rows_left_out,
+            mixing=pairs.mixing,
+            mixing_table=pairs.mixing_table,
+            mixing_hash=pairs.mixing_hash,
         )
 
 
@@ -103,6 +112,12 @@ class RunLineage:
     def base_name(self) -> str:
         return self.base_model_name or base_model_name(self.base_model)
 
+    @property
+    def parent(self) -> str | None:
+        """The registered version this one was trained from (`training.start_from: champion`), if any."""
+        warm = self.trained.warm_start
+        return warm.parent if warm is not None else None
+
     def mlflow_params(self) -> dict[str, str]:
         data, ev, trained = self.data, self.evaluation, self.trained
         params = {
@@ -126,7 +141,11 @@ class RunLineage:
             # What ran ('auto' resolved), over the setting of the same name.
             "train.method": trained.method,
             "train.adapter": trained.adapter,
+            **warm_start_params(trained),
+            **mixing_params(data),
         }
+        if trained.best_step is not None:  # SFT with validation: the checkpoint kept, and whether it stopped early
+            params |= {"train.best_step": trained.best_step, "train.stopped_early": trained.stopped_early}
         if trained.preference is not None:
             stage = trained.preference
             params |= {"dpo.pairs": stage.pairs, "dpo.steps": stage.steps, "dpo.beta": stage.beta}
@@ -159,6 +178,8 @@ class RunLineage:
         metrics |= {f"generation.tokens_per_second.{k}": v for k, v in ev.generation_tokens_per_second.items()}
         metrics |= {f"{k}.generations_cut": v for k, v in ev.generations_cut.items()}
         metrics |= {"train.loss_mean": trained.train_loss, "train.seconds": trained.train_seconds}
+        if trained.best_validation_loss is not None:
+            metrics["validation.best_loss"] = trained.best_validation_loss
         if trained.preference is not None:
             metrics |= {"dpo.loss_mean": trained.preference.train_loss, "dpo.seconds": trained.preference.train_seconds}
             if trained.preference.reward_accuracy is not None:
@@ -189,6 +210,7 @@ class RunLineage:
             **({"dagster.run_url": self.dagster_run_url} if self.dagster_run_url else {}),
             "data.drops": ",".join(self.data.drops),
             "data.train_set_hash": self.data.train_set_hash,
+            **({"data.mixing_hash": self.data.mixing_hash} if self.data.mixing_hash else {}),
             "data.eval_set_hash": ev.eval_set_hash,
             "data.validations": json.dumps(validations),
             "base_model": self.base_name,
@@ -197,6 +219,7 @@ class RunLineage:
             "train.method": self.trained.method,
             "train.adapter": self.trained.adapter,
             ADAPTER_ON_TAG: adapter_on(self.trained, self.base_model),
+            **({PARENT_VERSION_TAG: self.parent} if self.parent else {}),
             "eval.primary_metric": ev.primary_metric,
             f"eval.{ev.primary_metric}": f"{ev.tuned_primary:.4f}",
             **self.gate_tags(),
@@ -245,6 +268,47 @@ def preference_line(lineage: RunLineage) -> str:
     return line + "."
 
 
+def warm_start_params(trained: TrainedModel) -> dict[str, object]:
+    """The run params of a warm start: the parent version and the rows new to it and replayed."""
+    warm = trained.warm_start
+    if warm is None or warm.parent is None:
+        return {}
+    return {"train.parent_version": warm.parent, "data.new_rows": warm.new_rows, "data.replay_rows": warm.replay_rows}
+
+
+def warm_start_line(lineage: RunLineage) -> str:
+    """The card's sentence on what the version was trained from: its parent and the replay, when any."""
+    warm = lineage.trained.warm_start
+    if warm is None or warm.parent is None:
+        return ""
+    rows = f"{warm.new_rows} rows of drops new to it and {warm.replay_rows} of its {warm.old_rows} older rows replayed"
+    if not warm.new_rows:
+        rows = "the whole train split again (no drop was new to it)"
+    return f"\nContinued from version {warm.parent} ({warm.how.split(': ', 1)[-1]}), on {rows}."
+
+
+def mixing_params(data: DataCounts) -> dict[str, object]:
+    """The run params of the mixing weights: the rules as JSON ('[]': every train row once) and, with
+    rules, their hash, each rule's counts (`split.mixing_rows`) and the rows expected per pass."""
+    params: dict[str, object] = {"split.mixing": json.dumps(list(data.mixing))}
+    if data.mixing:
+        params |= {"data.mixing_hash": data.mixing_hash, "split.mixing_rows": json.dumps(list(data.mixing_table))}
+        params["data.train_rows_expected"] = data.mixing_table[-1]["expected_rows"]
+    return params
+
+
+def mixing_line(data: DataCounts) -> str:
+    """The card's line on the mixing weights, when there are rules: each rule's rows and weight."""
+    if not data.mixing:
+        return ""
+    *rules, total = data.mixing_table
+    shown = "; ".join(f"`{r['rule']}` x{r['weight']:g} ({r['rows']} rows)" for r in rules)
+    return (
+        f"\n- Mixing (`split.mixing`, hash `{data.mixing_hash}`): {shown}; {total['rows']} train rows sampled to "
+        f"about {total['expected_rows']:g} per pass (training.seed)"
+    )
+
+
 def dagster_link(lineage: RunLineage) -> str:
     """The card's link to the Dagster run that made the version, when its URL is known."""
     if not lineage.dagster_run_url:
@@ -279,7 +343,7 @@ def model_card(lineage: RunLineage, title: str) -> str:
     return f"""# {name} {title}
 
 Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, lineage.trained.method)}, adapter
-`{lineage.trained.adapter}`, preset `{lineage.trained.preset}`, by the fine-tuning pipeline.
+`{lineage.trained.adapter}`, preset `{lineage.trained.preset}`, by the fine-tuning pipeline.{warm_start_line(lineage)}
 {base_notes_line(lineage)}Gate: **{"passed" if gate.passed else "not passed"}** ({gate.reason}).{dagster_link(lineage)}
 
 ## Data
@@ -289,7 +353,7 @@ Fine-tuned from `{base_model}` by {METHOD_WORDS.get(lineage.trained.method, line
   drops; {data.rows_truncated} cut to fit the length budget
 - Train / eval examples: {data.train_rows} / {ev.eval_examples}
   (split by a hash of the normalized prompt; train set hash `{data.train_set_hash}`,
-  eval set hash `{ev.eval_set_hash}`)
+  eval set hash `{ev.eval_set_hash}`){mixing_line(data)}
 
 ## Evaluation ({ev.task_type} task, primary metric `{ev.primary_metric}`)
 {metrics_table(ev.base, ev.tuned, ev.primary_metric, champion)}

@@ -100,6 +100,52 @@ class SftSettings(Section):
         "variable-length kernels). Same loss as padded batches. Pays with FlashAttention; under SDPA (CPU) "
         "the mask is dense over the batch's tokens and length-grouped padded batches are faster.",
     )
+    validation_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the train split's prompts held back from training for validation, chosen by a hash "
+        "of each example_id and the seed (the same examples every run, whatever the row order; "
+        "assets/domain/validation_slice.py); the eval split stays untouched for the promotion gate. When above 0: "
+        "the loss on them every eval_steps (MLflow `validation.loss`), a checkpoint at every validation (in place "
+        "of save_steps, even with save_steps 0: keeping the best model needs its checkpoint), and the checkpoint "
+        "of the lowest validation loss is the model saved. 0: no validation, the last step's model is saved.",
+    )
+    eval_steps: int = Field(
+        default=10,
+        ge=1,
+        description="With validation: measure the validation loss (and checkpoint) every N steps. Make max_steps a "
+        "multiple of it: steps after the last validation are never kept as the best.",
+    )
+    early_stopping_patience: int = Field(
+        default=0,
+        ge=0,
+        description="Stop training after this many validations in a row without an improvement of more than "
+        "early_stopping_threshold over the best validation loss (transformers' EarlyStoppingCallback); the best "
+        "checkpoint is then the model. Needs validation (validation_fraction above 0). 0: never stop early.",
+    )
+    early_stopping_threshold: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="How much lower than the best so far a validation loss must be to count as an improvement "
+        "for early stopping (0: any decrease).",
+    )
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> "SftSettings":
+        if self.early_stopping_patience > 0 and self.validation_fraction == 0:
+            raise ValueError(
+                f"training.sft.early_stopping_patience is {self.early_stopping_patience}, but "
+                "training.sft.validation_fraction is 0: early stopping watches the validation loss, and there is "
+                "no validation slice. Set training.sft.validation_fraction (e.g. 0.1), or "
+                "training.sft.early_stopping_patience to 0."
+            )
+        return self
+
+    @property
+    def validates(self) -> bool:
+        """Whether SFT holds back a validation slice (and keeps the best checkpoint)."""
+        return self.validation_fraction > 0
 
 
 class DpoSettings(Section):
@@ -214,6 +260,22 @@ class TrainingConfig(dg.ConfigurableResource):
         "(LoRA scaled by alpha/sqrt(r), steadier at high rank), 'full' (every weight; use a learning rate "
         "near 1e-5), or 'qlora' (LoRA on a 4-bit base through bitsandbytes; needs a CUDA GPU).",
     )
+    start_from: Literal["base", "champion"] = Field(
+        default="base",
+        description="What a retrain starts from: 'base' (the base model, on every drop to date or the latest "
+        "split.drops_window) or 'champion' (the registered version holding alias champion: its adapter trained on, "
+        "when it is an adapter of this kind and shape on this base model, else a new adapter on its merged weights; "
+        "on the drops it has not learnt from plus a replay share of the ones it has, `replay_fraction`). With no "
+        "champion yet, or one trained on another base model, it starts from the base and says so.",
+    )
+    replay_fraction: float = Field(
+        default=0.25,
+        ge=0.0,
+        lt=1.0,
+        description="start_from 'champion': the share of the examples drawn from drops the champion already learnt "
+        "from (sampled by example hash and seed), so it rehearses what it knew while it learns the new drops "
+        "(0: the new drops alone). When every train drop is old, the whole train split trains.",
+    )
     lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(default=32, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
@@ -254,9 +316,14 @@ class TrainingConfig(dg.ConfigurableResource):
         default=10,
         ge=0,
         description="Checkpoint every N steps under FT_HOME/checkpoints/<setup>/ (every method); a training killed "
-        "midway resumes from its last checkpoint when launched again (0: no checkpoints).",
+        "midway resumes from its last checkpoint when launched again (0: no checkpoints). SFT with validation "
+        "(sft.validation_fraction) checkpoints at every validation instead (sft.eval_steps).",
     )
-    keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept per training setup (the newest).")
+    keep_checkpoints: int = Field(
+        default=2,
+        ge=1,
+        description="Checkpoints kept per training setup: the newest (and, with SFT validation, the best one besides).",
+    )
     seed: int = Field(default=0, description="Seed for adapter init, data order and sampling.")
     sft: SftSettings = Field(default_factory=SftSettings, description="Supervised fine-tuning (TRL's SFTTrainer).")
     dpo: DpoSettings = Field(default_factory=DpoSettings, description="Preference training (TRL's DPOTrainer).")
@@ -364,6 +431,8 @@ class TrainerSetup:
     max_batch_tokens: int
     """Padded tokens per batch and device, for SFT's and DPO's batch samplers
     (`resources.batch_order.BatchOrder`): TRL has no such setting."""
+    callbacks: tuple = ()
+    """transformers callbacks the settings ask for: SFT's early stopping (`EarlyStoppingCallback`)."""
 
 
 def trainer_setup(
@@ -386,6 +455,7 @@ def trainer_setup(
         peft=peft_config(config, new_tokens),
         model_kwargs=model_kwargs(config),
         max_batch_tokens=config.max_batch_tokens,
+        callbacks=early_stopping(config) if stage == "sft" else (),
     )
 
 
@@ -417,7 +487,7 @@ def sft_config(config: TrainingConfig, output_dir: Path, use_cpu: bool, max_leng
 
     sft = config.sft
     return SFTConfig(
-        **common_args(config, output_dir, use_cpu, sft),
+        **(common_args(config, output_dir, use_cpu, sft) | validation_args(sft)),
         # Validation bounded every example's length (max_tokens), so nothing is cut either way; TRL
         # wants no max_length with padding-free batches that are not packed across examples.
         padding_free=sft.padding_free,
@@ -431,6 +501,39 @@ def sft_config(config: TrainingConfig, output_dir: Path, use_cpu: bool, max_leng
         assistant_only_loss=False,
         logging_steps=config.logging_steps,
     )
+
+
+def validation_args(sft: SftSettings) -> dict[str, Any]:
+    """With a validation slice: its loss every eval_steps, and the checkpoint of the lowest one loaded at the
+    end (then saved as the model). transformers loads the best only from a checkpoint and wants save_steps a
+    multiple of eval_steps, so a checkpoint is written at every validation: the best is always one of them,
+    and save_total_limit (keep_checkpoints) never deletes it (transformers keeps the best checkpoint besides
+    the newest). Without validation: nothing (common_args' checkpoints)."""
+    if not sft.validates:
+        return {}
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": sft.eval_steps,
+        "per_device_eval_batch_size": sft.per_device_train_batch_size,
+        "save_strategy": "steps",
+        "save_steps": sft.eval_steps,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        # A resumed training goes on counting validations without improvement where it stopped.
+        "restore_callback_states_from_checkpoint": True,
+    }
+
+
+def early_stopping(config: TrainingConfig) -> tuple:
+    """transformers' EarlyStoppingCallback when `sft.early_stopping_patience` asks for it (it stops on the
+    validation loss that validation_args selects the best model by)."""
+    sft = config.sft
+    if not sft.early_stopping_patience:
+        return ()
+    from transformers import EarlyStoppingCallback
+
+    return (EarlyStoppingCallback(sft.early_stopping_patience, sft.early_stopping_threshold),)
 
 
 def dpo_config(config: TrainingConfig, output_dir: Path, use_cpu: bool, max_length: int = 0):

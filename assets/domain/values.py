@@ -11,6 +11,8 @@ asset that uses it.
 from dataclasses import dataclass, field
 from typing import Any
 
+from assets.domain.warm_start import WarmStart
+
 # How many example rows a check or a table shows (the rest are in the dataset).
 EXAMPLE_ROWS = 10
 # How many characters of a Dagster run id name a run in folder names, run names and card titles.
@@ -61,6 +63,20 @@ class PairsSummary:
     """Rows of those drops cut to fit validation's max_tokens (they train, cut)."""
     rows_left_out: int = 0
     """Rows of those drops left out for length: too long even when cut (among their rejected rows)."""
+    mixing: tuple[dict, ...] = ()
+    """The mixing rules as given (`split.mixing`, assets/domain/mixture.py), each a selector and its
+    weight: how often the training stages sample each train row. Empty: every train row once."""
+    mixing_table: tuple[dict, ...] = ()
+    """Per rule, the train rows it matches and the rows expected to train per pass from them; then the
+    whole train split (`mixture.mixture_table`). Empty without rules."""
+    mixing_hash: str = ""
+    """Names the rules ('' without rules): beside `train_set_hash`, what a model trained on this split learned from."""
+
+    @property
+    def train_data_key(self) -> str:
+        """What a training setup names its data by: the train set hash, and the mixing rules' hash when
+        there are rules (the same rows sampled otherwise are other training data)."""
+        return f"{self.train_set_hash}+{self.mixing_hash}" if self.mixing_hash else self.train_set_hash
 
 
 # ---- model stages -------------------------------------------------------------------------------
@@ -152,6 +168,22 @@ class TrainedModel:
     setup_key: str = ""
     """The SFT stage's training setup (its checkpoint folder's name): what a second stage starting from
     this model names its starting weights by, so that its own checkpoints resume only on the same SFT model."""
+    validation_examples: int = 0
+    """Train-split examples the SFT stage held back as its validation slice (0: no validation;
+    `train_examples` counts those it trained on)."""
+    validation_curve: tuple[tuple[int, float], ...] = ()
+    """(step, loss on the validation slice) at each validation."""
+    best_step: int | None = None
+    """The SFT step whose checkpoint is this model: the lowest validation loss (None without validation)."""
+    best_validation_loss: float | None = None
+    stopped_early: bool = False
+    """Whether early stopping ended the SFT stage before its max_steps (at `steps`)."""
+    sweep_point: dict[str, Any] = field(default_factory=dict)
+    """The sweep's point this SFT model was chosen from (setting path -> value), which the second stage trains
+    with too; empty without a sweep."""
+    warm_start: WarmStart | None = None
+    """What the training started from (`training.start_from`): the parent version it continued and the rows
+    it replayed, or the base model; None in values made before warm starts."""
 
     @classmethod
     def base(cls, base_model: str, preset: str, settings: dict[str, Any], device: str, method: str) -> "TrainedModel":

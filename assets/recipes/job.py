@@ -81,6 +81,13 @@ class RecipeReport:
     """The last logged value of each tracked metric (DPO's reward accuracy, GRPO's reward and KL)."""
     curves: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
     """Other logged series by name, as (step, value) (GRPO's reward)."""
+    validation_curve: tuple[tuple[int, float], ...] = ()
+    """(step, loss on the validation slice) at each validation (SFT with training.sft.validation_fraction)."""
+    best_step: int | None = None
+    """The step of the checkpoint saved as the model: the lowest validation loss (None without validation)."""
+    best_validation_loss: float | None = None
+    stopped_early: bool = False
+    """Whether early stopping ended the training before max_steps (at `steps`)."""
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> "RecipeReport":
@@ -88,7 +95,10 @@ class RecipeReport:
             return tuple((int(step), float(value)) for step, value in points)
 
         curves = {name: series(points) for name, points in message.get("curves", {}).items()}
-        return cls(**{**message, "loss_curve": series(message["loss_curve"]), "curves": curves})
+        validation = series(message.get("validation_curve", ()))
+        return cls(
+            **{**message, "loss_curve": series(message["loss_curve"]), "curves": curves, "validation_curve": validation}
+        )
 
 
 def write_examples(examples: pd.DataFrame, folder: Path) -> None:
@@ -117,6 +127,23 @@ class Trained:
 
     def curve(self, key: str = "loss") -> tuple[tuple[int, float], ...]:
         return tuple((h["step"], float(h[key])) for h in self.history if key in h)
+
+    def validation_curve(self) -> tuple[tuple[int, float], ...]:
+        """(step, validation loss) at each validation."""
+        return tuple((h["step"], float(h["eval_loss"])) for h in self.trainer.state.log_history if "eval_loss" in h)
+
+    def best(self) -> tuple[int | None, float | None]:
+        """The step and validation loss of the checkpoint loaded at the end as the model (load_best_model_at_end),
+        or (None, None) when no best checkpoint was kept (no validation)."""
+        state = self.trainer.state
+        if not self.trainer.args.load_best_model_at_end or state.best_model_checkpoint is None:
+            return None, None
+        return int(Path(state.best_model_checkpoint).name.removeprefix("checkpoint-")), float(state.best_metric)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether a callback (early stopping) ended the training before max_steps."""
+        return self.trainer.state.global_step < self.trainer.state.max_steps
 
     def last(self, keys: dict[str, str]) -> dict[str, float]:
         """The last logged value of each log key in `keys`, under its name there."""
@@ -149,6 +176,7 @@ def report(trained: Trained, job: RecipeJob, models: ModelLoader, **extra) -> Re
     adapter_dir, merged_dir = save_models(trained, job, models)
     history = trained.history
     tokens = trained.trainer.state.num_input_tokens_seen or (history[-1].get("num_tokens", 0) if history else 0)
+    best_step, best_loss = trained.best()
     return RecipeReport(
         steps=trained.trainer.state.global_step,
         train_loss=trained.train_loss,
@@ -159,6 +187,10 @@ def report(trained: Trained, job: RecipeJob, models: ModelLoader, **extra) -> Re
         device=models.resolved_device(),
         adapter_dir=adapter_dir,
         merged_dir=merged_dir,
+        validation_curve=trained.validation_curve(),
+        best_step=best_step,
+        best_validation_loss=best_loss,
+        stopped_early=trained.stopped_early,
         **extra,
     )
 

@@ -50,6 +50,8 @@ class Recipe:
     options: dict[str, Any] = field(default_factory=dict)
     continues_run: str | None = None
     """The MLflow run to report to when this setup has none yet (the SFT stage's, for a second stage)."""
+    parent_run: str | None = None
+    """The MLflow run a new run of this setup is a child of (a sweep's parent run)."""
 
     @property
     def module(self) -> str:
@@ -89,7 +91,8 @@ def setup_key(recipe: Recipe) -> str:
 
 @contextmanager
 def tracked_training(registry: MlflowRegistry, folder: Path, dagster_run_id: str, resumed_from: int | None,
-                     continues_run: str | None = None, prefix: str = "train"):  # fmt: skip
+                     continues_run: str | None = None, prefix: str = "train",
+                     parent_run: str | None = None):  # fmt: skip
     """The MLflow run a training reports to while it trains: the run of the killed attempt it resumes (its
     id is kept in the checkpoint folder), else `continues_run` (the SFT stage's), else a new one; so one run
     holds the whole curve of every stage. Registration later adds the evaluation to this same run."""
@@ -97,6 +100,8 @@ def tracked_training(registry: MlflowRegistry, folder: Path, dagster_run_id: str
     candidates = [marker.read_text().strip() if marker.is_file() else None, continues_run]
     run_id = next((r for r in candidates if r and registry.run_exists(r)), None)
     tags = {"dagster.run_id": dagster_run_id}
+    if parent_run and run_id is None:  # MLflow shows the run under its parent (a sweep's)
+        tags["mlflow.parentRunId"] = parent_run
     if resumed_from is not None:
         tags[f"{prefix}.resumed_from_step"] = str(resumed_from)
     with registry.start_run(registry.training_run_name(dagster_run_id), tags=tags, run_id=run_id) as run:
@@ -132,7 +137,8 @@ def launch_recipe(context, recipe: Recipe, tools: RecipeTools, asset_name: str) 
     write_examples(recipe.examples, folder)
     run_id = context.run.run_id
     prefix = "train" if recipe.method == "sft" else recipe.method  # as its metrics are named
-    with tracked_training(tools.mlflow_registry, folder, run_id, step, recipe.continues_run, prefix) as mlflow_run:
+    with tracked_training(tools.mlflow_registry, folder, run_id, step, recipe.continues_run, prefix,
+                          recipe.parent_run) as mlflow_run:  # fmt: skip
         job = RecipeJob(
             training=recipe.training.model_dump(), starts_from=recipe.starts_from, checkpoint_dir=str(folder),
             resume=resume and str(resume), resumed_from_step=step, out_dir=str(out_dir),

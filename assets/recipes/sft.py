@@ -5,7 +5,8 @@
 
 Launched by `fine_tuned_model` through Dagster Pipes (`launch.py`), which sends the job (`RecipeJob`):
 the `training` settings (`training.sft` and the shared ones), the weights to start from (the base
-model), the checkpoint folder holding the examples (the train split's conversations) and, when a killed
+model), the checkpoint folder holding the examples (the train split's conversations, those marked
+`validation` held back to choose the checkpoint kept and to stop early) and, when a killed
 training left one, the checkpoint to resume from. Rank 0 saves the adapter and the merged model and
 reports (`RecipeReport`).
 """
@@ -14,6 +15,7 @@ import pandas as pd
 
 from assets.domain.chat import training_chat_template, training_tokens
 from assets.domain.training import TrainingConfig, trainer_setup
+from assets.domain.validation_slice import split_validation
 from assets.recipes.job import RecipeJob, RecipeReport, Trained, rank, read_examples, recipe_main, report, train_timed
 from resources.batch_order import grouping_pays, sft_trainer_class
 from resources.models import ModelLoader
@@ -42,12 +44,30 @@ def with_length_grouping(config: TrainingConfig, lengths: list[int]) -> Training
     return config.with_sft(group_by_length=pays)
 
 
+def starting_model(models: ModelLoader, starts_from: str, setup, continue_adapter: str | None = None):
+    """The model training starts from: the weights in `starts_from`, with the saved adapter in
+    `continue_adapter` on them, trainable, when a warm start trains a champion's adapter on."""
+    model = models.load_model(starts_from, **setup.model_kwargs)
+    return models.with_adapter(model, continue_adapter, trainable=True) if continue_adapter else model
+
+
 def train(config: TrainingConfig, starts_from: str, train: pd.DataFrame, models: ModelLoader, folder, resume,
-          callback=None) -> Trained:  # fmt: skip
+          callback=None, continue_adapter: str | None = None) -> Trained:  # fmt: skip
     """Train `config.adapter` (or all weights) on the conversations in `train`, from the weights in
-    `starts_from`, checkpointing into `folder` and resuming from `resume` when a killed training left one."""
-    # Validation cut or left out every example longer than its max_tokens, so nothing is truncated here.
-    max_length = int(train["n_tokens"].max())
+    `starts_from` (with the adapter in `continue_adapter` trained on, when given), checkpointing into
+    `folder` and resuming from `resume` when a killed training left one. Rows marked `validation`
+    (`with_validation`) are not trained on: the loss on them every `sft.eval_steps` picks the checkpoint
+    kept (and stops training early with `sft.early_stopping_patience`)."""
+    examples = train
+    train, held = split_validation(examples)
+    if config.sft.validates and held.empty:
+        raise ValueError(
+            f"training.sft.validation_fraction is {config.sft.validation_fraction}, but no example is marked for "
+            "validation (column 'validation', set by assets.domain.validation_slice.with_validation)."
+        )
+    # Validation cut or left out every example longer than its max_tokens, so nothing is truncated here
+    # (in the validation slice neither).
+    max_length = int(examples["n_tokens"].max())
     # The stage has decided grouping already (the same answer again); callers of this function alone have not.
     config = with_length_grouping(config, [int(n) for n in train["n_tokens"]])
     # Refuses settings this device cannot run (qlora on a CPU) before any model loads.
@@ -56,13 +76,14 @@ def train(config: TrainingConfig, starts_from: str, train: pd.DataFrame, models:
     tokenizer = models.load_tokenizer(starts_from)  # saved with the model: serving renders as the base did
     # SFTTrainer; batches bounded by max_batch_tokens where it binds, of similar length in random order when grouping
     trainer = sft_trainer_class()(
-        model=models.load_model(starts_from, **setup.model_kwargs),
+        model=starting_model(models, starts_from, setup, continue_adapter),
         args=setup.args,
         max_batch_tokens=setup.max_batch_tokens,
         train_dataset=training_dataset(tokenizer, train),
+        eval_dataset=training_dataset(tokenizer, held) if config.sft.validates else None,
         processing_class=tokenizer,
-        peft_config=setup.peft,
-        callbacks=[callback] if callback is not None else None,
+        peft_config=None if continue_adapter else setup.peft,  # a continued adapter keeps its own shape
+        callbacks=[*([callback] if callback is not None else []), *setup.callbacks] or None,
     )
     return train_timed(trainer, tokenizer, resume)
 
@@ -71,7 +92,8 @@ def train_and_save(job: RecipeJob, say, run) -> RecipeReport | None:
     """The job: train on the examples; rank 0 saves and reports (the other ranks return None)."""
     config, models = job.config, ModelLoader(**job.models)
     callback = live_tracking(run, say, config.sft.max_steps) if run is not None else None
-    trained = train(config, job.starts_from, read_examples(job.folder), models, job.folder, job.resume, callback)
+    examples, adapter = read_examples(job.folder), job.options.get("continue_adapter")
+    trained = train(config, job.starts_from, examples, models, job.folder, job.resume, callback, adapter)
     return report(trained, job, models) if rank() == 0 else None
 
 

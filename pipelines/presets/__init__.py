@@ -1,7 +1,8 @@
 """Named presets: the settings of every stage, one YAML file per preset.
 
 Each file starts with a comment saying when to use it, then one section per stage (`ingest`,
-`validation`, `split`, `training`, `evaluation`, `gate`). Values a preset does not name keep the
+`validation`, `split`, `training`, `evaluation`, `gate`), and optionally `sweep` (training settings to
+try, one SFT training each: `assets/domain/sweep.py`). Values a preset does not name keep the
 stage's default, which is the `cpu` preset. The stage settings are Dagster resources, so every run
 uses the preset, whether launched by `make run`, the UI, the sensor, the schedule or automation.
 FT_PRESET may also be the path of a YAML file of your own (`FT_PRESET=./my-preset.yaml`).
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from assets.domain.evaluation import EvaluationConfig
+from assets.domain.sweep import SweepConfig, plan, refuse_unsweepable
 from assets.domain.training import MOVED, TrainingConfig, refuse_unknown
 from assets.instruction_pairs import SplitConfig
 from assets.raw_records import IngestConfig
@@ -28,6 +30,7 @@ STAGES = {
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
     "gate": GateConfig,
+    "sweep": SweepConfig,
 }
 
 
@@ -82,11 +85,17 @@ def stage_resources(name: str, overrides: dict[str, dict] | None = None) -> dict
         settings = merged(values.get(stage, {}), (overrides or {}).get(stage, {}))
         try:
             refuse_unknown(cls, settings, stage, MOVED if stage == "training" else None)
+            if stage == "sweep":
+                refuse_unsweepable(settings.get("parameters") or {})
         except ValueError as error:
             raise ValueError(f"Preset {name!r} ({preset_path(name)}): {error}") from None
         if stage == "training":
             settings.setdefault("preset", preset_name(name))
         resources[stage] = cls(**settings)
+    try:  # a sweep whose points cannot train is refused as the definitions load, not as the run starts
+        plan(resources["sweep"], resources["training"])
+    except ValueError as error:
+        raise ValueError(f"Preset {name!r} ({preset_path(name)}): {error}") from None
     return resources
 
 
