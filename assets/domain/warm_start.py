@@ -13,8 +13,10 @@ parent) in a version tag, the lineage and the model card.
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # the rows are frames; importing this module (values.py does) loads no pandas
+    import pandas as pd
 
 # The version tag naming the version a model was trained from (absent: trained from the base model).
 PARENT_VERSION_TAG = "parent_version"
@@ -64,12 +66,12 @@ def replay_count(new_rows: int, old_rows: int, fraction: float) -> int:
     return min(old_rows, round(new_rows * fraction / (1 - fraction)))
 
 
-def replay_order(example_ids: pd.Series, seed: int) -> pd.Series:
+def replay_order(example_ids: "pd.Series", seed: int) -> "pd.Series":
     """A stable random rank per example: its id hashed with the seed (never its row position)."""
     return example_ids.map(lambda i: hashlib.sha256(f"{seed}\x1f{i}".encode()).hexdigest())
 
 
-def with_replay(train: pd.DataFrame, parent_drops: tuple[str, ...], fraction: float, seed: int):
+def with_replay(train: "pd.DataFrame", parent_drops: tuple[str, ...], fraction: float, seed: int):
     """The rows a retrain from a parent trains on: the rows of drops the parent did not learn from,
     plus `replay_count` rows of those it did, chosen by `replay_order`. When every row is of the
     parent's drops (nothing new landed), the whole train split trains again. Returns the rows (new
@@ -80,5 +82,7 @@ def with_replay(train: pd.DataFrame, parent_drops: tuple[str, ...], fraction: fl
         return train, (0, 0, len(old_rows))
     k = replay_count(len(new_rows), len(old_rows), fraction)
     replay = old_rows.assign(_order=replay_order(old_rows["example_id"], seed)).sort_values("_order").head(k)
+    import pandas as pd
+
     rows = pd.concat([new_rows, replay.drop(columns="_order")], ignore_index=True)
     return rows, (len(new_rows), k, len(old_rows))
