@@ -11,18 +11,27 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from assets.domain.chat import DEFAULT_SYSTEM_PROMPT
 from assets.domain.drops import DROPS
 from assets.domain.rows import row_location, with_format
+from assets.domain.training import refuse_unknown
 from assets.domain.values import EXAMPLE_ROWS, short_run_id
+from data_checks.answer_quality import (
+    AnswerRules,
+    BoilerplateRule,
+    MojibakeRule,
+    RepetitionRule,
+    ShortAnswerRule,
+    TruncatedRule,
+)
 from data_checks.record_checks import (
     CHECK_SPECS,
     PiiTally,
@@ -68,10 +77,112 @@ SANE_MODEL_MAX_LENGTH = 10_000_000
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
+Mode = Literal["reject", "warn", "off"]
+MODE_HELP = "'reject' leaves the row out (in rejected_records, with the measure), 'warn' keeps it and counts it, 'off'."
+
+
+class AnswerRuleSection(dg.Config):
+    """One answer-quality rule's settings (`validation.answer_quality.<rule>`); unknown keys are refused."""
+
+    rule: ClassVar[type] = MojibakeRule
+    section: ClassVar[str] = "mojibake"
+    mode: Mode = Field(default="reject", description=MODE_HELP)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, values: Any) -> Any:
+        return refuse_unknown(cls, values, f"validation.answer_quality.{cls.section}")
+
+    def values(self):
+        """The rule as the plain values a worker process reads (`data_checks.answer_quality`)."""
+        fields = self.model_dump()
+        return self.rule(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+class BoilerplateSection(AnswerRuleSection):
+    rule: ClassVar[type] = BoilerplateRule
+    section: ClassVar[str] = "boilerplate"
+    phrases: list[str] = Field(
+        default=list(BoilerplateRule.phrases),
+        description="Refusal and assistant boilerplate phrases: an answer holding one (any case) breaks the rule.",
+    )
+
+
+class RepetitionSection(AnswerRuleSection):
+    rule: ClassVar[type] = RepetitionRule
+    section: ClassVar[str] = "repetition"
+    mode: Mode = Field(default=RepetitionRule.mode, description=MODE_HELP)
+    min_words: int = Field(
+        default=RepetitionRule.min_words, ge=1, description="Shortest answer measured, in words (Gopher: 50)."
+    )
+    duplicate_line_fraction: float = Field(
+        default=RepetitionRule.duplicate_line_fraction,
+        description="Most of the lines that may repeat an earlier one (Gopher: 0.3).",
+    )
+    top_2gram_fraction: float = Field(
+        default=RepetitionRule.top_2gram_fraction,
+        description="Most of the characters the most frequent word pair may cover (Gopher: 0.2; it flags sound lists).",
+    )
+    duplicate_5gram_fraction: float = Field(
+        default=RepetitionRule.duplicate_5gram_fraction,
+        description="Most of the characters repeated 5-word sequences may cover (Gopher: 0.15).",
+    )
+
+
+class TruncatedSection(AnswerRuleSection):
+    rule: ClassVar[type] = TruncatedRule
+    section: ClassVar[str] = "truncated"
+    mode: Mode = Field(default=TruncatedRule.mode, description=MODE_HELP)
+    min_words: int = Field(
+        default=TruncatedRule.min_words,
+        ge=1,
+        description="Answers of at least this many words that end without sentence punctuation, a closing quote or "
+        "bracket, a code fence or a list item break the rule (shorter ones often rightly have no period).",
+    )
+
+
+class ShortAnswerSection(AnswerRuleSection):
+    rule: ClassVar[type] = ShortAnswerRule
+    section: ClassVar[str] = "short_answer"
+    mode: Mode = Field(default=ShortAnswerRule.mode, description=MODE_HELP)
+    min_words: int = Field(
+        default=ShortAnswerRule.min_words, ge=1, description="Fewest words an answer to a long prompt may have."
+    )
+    prompt_words: int = Field(
+        default=ShortAnswerRule.prompt_words,
+        ge=0,
+        description="A last user turn of more words than this is a long prompt.",
+    )
+
+
+class AnswerQualityConfig(dg.Config):
+    """`validation.answer_quality`: each rule on the answer a row trains on, with its mode and threshold;
+    unknown keys are refused."""
+
+    boilerplate: BoilerplateSection = Field(default_factory=BoilerplateSection, description="Boilerplate refusals.")
+    repetition: RepetitionSection = Field(
+        default_factory=RepetitionSection, description="Gopher's repetition measures (datatrove)."
+    )
+    truncated: TruncatedSection = Field(default_factory=TruncatedSection, description="Answers cut off mid-sentence.")
+    mojibake: AnswerRuleSection = Field(default_factory=AnswerRuleSection, description="Mis-decoded text (ftfy).")
+    short_answer: ShortAnswerSection = Field(
+        default_factory=ShortAnswerSection, description="Too short for the prompt."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, values: Any) -> Any:
+        return refuse_unknown(cls, values, "validation.answer_quality")
+
+    def rules(self) -> AnswerRules:
+        """The sections as the plain values the rules read."""
+        return AnswerRules(**{name: getattr(self, name).values() for name in type(self).model_fields})
+
+
 class ValidationConfig(dg.ConfigurableResource):
     """The quality gate on each drop: the token budget per example, the share of bad rows a drop may
-    have before it is held back, the default system prompt and what to do with personal data. The
-    `validation` section of the preset."""
+    have before it is held back, the default system prompt, what to do with personal data and the
+    answer-quality rules. The `validation` section of the preset."""
 
     # `Any`: Dagster's config types have no "int or 'auto'"; the validator below allows just those.
     max_tokens: Any = Field(
@@ -113,6 +224,11 @@ class ValidationConfig(dg.ConfigurableResource):
         default="warn",
         description="Possible personal data (e-mails, phone and card numbers): 'warn' counts and flags "
         "it; 'redact' replaces it with placeholders such as [EMAIL] before training.",
+    )
+    answer_quality: AnswerQualityConfig = Field(
+        default_factory=AnswerQualityConfig,
+        description="Rules on the answer a row trains on (boilerplate refusals, repetition, cut off mid-sentence, "
+        "mojibake, too short for its prompt), each with its mode (reject, warn or off) and threshold.",
     )
 
     @field_validator("max_tokens")
@@ -170,13 +286,19 @@ def drop_rules(validation: ValidationConfig, model_config: dict, tokenizer) -> t
         model_config,
         getattr(tokenizer, "model_max_length", None),
     )
-    rules = RuleValues(budget.max_tokens, validation.truncate_over_long, validation.system_prompt, validation.pii)
+    rules = RuleValues(
+        budget.max_tokens,
+        validation.truncate_over_long,
+        validation.system_prompt,
+        validation.pii,
+        validation.answer_quality.rules(),
+    )
     return budget, rules
 
 
 def suite_for(rules: RuleValues, table: str):
     """The record suite over `table` of the features file, for the drop's length budget and cutting."""
-    return record_suite(rules.max_tokens, table, rules.truncate_over_long)
+    return record_suite(rules.max_tokens, table, rules.truncate_over_long, rules.answer_quality.modes())
 
 
 def recheck_passing(gx: GreatExpectations, features: FeaturesFile, rules: RuleValues) -> dg.AssetCheckResult:

@@ -20,7 +20,7 @@ from assets.domain.drops import DROPS
 from assets.domain.figures import counts_table, shown, table_counts
 from assets.domain.rows import row_location
 from assets.domain.values import EXAMPLE_ROWS
-from data_checks.record_suite import NOT_BAD_DATA
+from data_checks.record_suite import MODED_COLUMNS, NOT_BAD_DATA, OFF_MARK
 from resources.expectations import ValidationReport
 
 SUITE_CHECK = "rows_pass_record_suite"
@@ -111,12 +111,27 @@ def share_check_result(
 
 def top_reasons(report: ValidationReport, bad_only: bool = False) -> dict[str, int]:
     """The rules most rows broke, with how many rows broke each (`bad_only`: the rules that make a
-    row bad data, not the length budget's)."""
+    row bad data, not the length budget's nor the warnings')."""
     rules = Counter()
     for index, outcome in enumerate(report.outcomes):
-        if not (bad_only and index in NOT_BAD_DATA):
+        if not (bad_only and (index in NOT_BAD_DATA or outcome.warn)):
             rules[outcome.rule] += outcome.unexpected_count
     return {rule: n for rule, n in rules.most_common(TOP_REASONS) if n}
+
+
+def answer_quality_table(report: ValidationReport) -> str:
+    """Each answer-quality rule of a drop's validation: its mode and the rows that broke it."""
+    lines = ["| rule | mode | rows |", "|---|---|---|"]
+    for o in report.outcomes:
+        if o.column in MODED_COLUMNS:
+            mode = "off" if o.rule.endswith(OFF_MARK) else "warn" if o.warn else "reject"
+            lines.append(f"| {o.rule} | {mode} | {o.unexpected_count} |")
+    return "\n".join(lines)
+
+
+def answer_warnings(report: ValidationReport) -> dict[str, int]:
+    """The warnings of a drop's validation (rules in warn mode), with the rows kept that broke each."""
+    return {o.rule: o.unexpected_count for o in report.outcomes if o.warn and o.unexpected_count}
 
 
 def reasons_line(reasons: dict[str, int]) -> str:
@@ -147,8 +162,9 @@ def drop_status(rows_raw: int, rows_valid: int, rejected: "Rejections", report: 
 def drop_quality(rows_raw: int, rejected: "Rejections", report: ValidationReport, pii: "PiiTally", status: str) -> dict:
     """One drop's data quality as metadata of its partitions: its status (`drop_status`), its rows,
     those rejected as bad data, their share and top rules, the rows left out for length (good data
-    over the budget, not counted as rejected) and why, and the possible personal data its scan found
-    (rows, counts per kind, what became of them, the first rows)."""
+    over the budget, not counted as rejected) and why, each answer-quality rule's mode and rows
+    (`answer_quality`), the rows kept with a warning per rule (`rows_warned`), and the possible
+    personal data its scan found (rows, counts per kind, what became of them, the first rows)."""
     share = rejected.bad / rows_raw if rows_raw else 0.0
     return {
         "drop_status": status,
@@ -158,6 +174,8 @@ def drop_quality(rows_raw: int, rejected: "Rejections", report: ValidationReport
         "top_reasons": dg.MetadataValue.md(counts_table(top_reasons(report, bad_only=True), "rule")),
         "rows_left_out": rejected.over_long,
         "left_out_reason": rejected.over_long_rule if rejected.over_long else "",
+        "answer_quality": dg.MetadataValue.md(answer_quality_table(report)),
+        "rows_warned": dg.MetadataValue.json(answer_warnings(report)),
         "pii_rows": pii.flagged,
         "pii_counts": dg.MetadataValue.md(counts_table(dict(pii.totals), "kind", "found")),
         "pii_mode": pii.mode,

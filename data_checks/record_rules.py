@@ -4,8 +4,9 @@ Each raw row becomes a conversation plus the feature columns of `data_checks.rec
 what is missing (`missing_fields`), what is wrong with the chat's shape (`structure_error`), its
 tool calls (`tool_call_error`) or its text (`hygiene_error`), whether the base model's chat template
 refuses it (`template_error`), the token length of the formatted example (`n_tokens`; an over-long
-row is cut to fit, `truncated`, with what was cut in `truncation`) and which earlier row it repeats
-(`duplicate_of`). A feature is None when the row keeps the rule. The tokenizer and the memory of
+row is cut to fit, `truncated`, with what was cut in `truncation`), which earlier row it repeats
+(`duplicate_of`) and what is wrong with its answer (the `answer_*` columns of
+`data_checks.answer_quality`). A feature is None when the row keeps the rule. The tokenizer and the memory of
 rows seen so far are passed in.
 """
 
@@ -18,6 +19,8 @@ from assets.domain.chat import conversation_text, normalize, with_system
 from assets.domain.formats import PREFERENCE_FORMATS, category_of, to_example
 from assets.domain.rows import row_location
 from assets.domain.token_lengths import TOKENIZE_CHUNK, token_lengths
+from data_checks.answer_quality import COLUMNS as ANSWER_COLUMNS
+from data_checks.answer_quality import AnswerRules, answer_features
 from data_checks.pii import scan
 
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -41,6 +44,8 @@ class RuleSettings(Protocol):
     def system_prompt(self) -> str: ...
     @property
     def pii(self) -> str: ...
+    @property
+    def answer_quality(self) -> AnswerRules: ...
 
 
 class Seen(Protocol):
@@ -272,8 +277,10 @@ def conversation_row(raw: dict, settings: RuleSettings) -> dict:
     structure = ex.problems[0] if ex.problems else None
     if structure is None and not ex.missing:
         structure = structure_problem(messages, kind) or answers_problem(chosen, rejected)
-    # Calls are judged in a well-formed conversation only, so a broken row is not blamed twice.
-    tool_calls = tool_call_problem(messages, ex.tools) if structure is None and not ex.missing else None
+    # Calls and answers are judged in a well-formed conversation only, so a broken row is not blamed twice.
+    well_formed = structure is None and not ex.missing
+    tool_calls = tool_call_problem(messages, ex.tools) if well_formed else None
+    answer = answer_features(messages, chosen, settings.answer_quality) if well_formed else {}
     return {
         **{k: raw[k] for k in ("row_id", "drop", "source_file", "source_line", "format")},
         "kind": kind,
@@ -286,6 +293,7 @@ def conversation_row(raw: dict, settings: RuleSettings) -> dict:
         "structure_error": structure,
         "tool_call_error": tool_calls,
         "hygiene_error": hygiene_problem(texts),
+        **{column: answer.get(column) for column in ANSWER_COLUMNS.values()},
         "pii": pii or None,
         "warnings": ", ".join(sorted(set(ex.warnings))) or None,
     }
@@ -310,6 +318,7 @@ class RuleValues:
     truncate_over_long: bool
     system_prompt: str
     pii: str
+    answer_quality: AnswerRules = AnswerRules()
 
 
 # A worker process's tokenizer and settings, set once by `start_feature_worker`.

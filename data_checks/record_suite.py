@@ -40,6 +40,9 @@ class Feature:
     rule_when_cut: str = ""
     """The wording instead of `rule` when over-long rows are cut to fit first (validation's
     truncate_over_long): then only rows whose shortest form is over the budget break the rule."""
+    moded: bool = False
+    """An answer-quality rule: its mode (validation.answer_quality) makes breaking it reject the row,
+    only warn (the expectation's severity 'warning': the row is kept and counted), or it is off."""
 
 
 # In the order of the features table's columns and of the suite's expectations.
@@ -60,6 +63,12 @@ FEATURES = (
         rule_when_cut="the final answer alone is longer than max_tokens={max_tokens}",
     ),
     Feature("duplicate_of", "TEXT", pa.string(), "duplicate of an earlier row", "null"),
+    # Answer-quality rules (`data_checks.answer_quality`): each rejects, warns or is off (`moded`).
+    Feature("answer_boilerplate", "TEXT", pa.string(), "answer is a boilerplate refusal", "null", moded=True),
+    Feature("answer_repetition", "TEXT", pa.string(), "answer repeats itself", "null", moded=True),
+    Feature("answer_truncated", "TEXT", pa.string(), "answer ends mid-sentence", "null", moded=True),
+    Feature("answer_mojibake", "TEXT", pa.string(), "answer has mojibake (mis-decoded text)", "null", moded=True),
+    Feature("answer_short", "TEXT", pa.string(), "answer too short for its prompt", "null", moded=True),
 )
 FEATURE_COLUMNS = tuple(f.column for f in FEATURES)
 # (column, SQLite type) of the features table, for `resources.features_file.FeaturesFile`.
@@ -68,6 +77,10 @@ FEATURE_FIELDS = [pa.field(f.column, f.arrow_type) for f in FEATURES]
 _UNITS = {f.column: f.unit for f in FEATURES if f.unit}
 # Indexes (in suite order) of the expectations whose failure alone does not make a row bad data.
 NOT_BAD_DATA = frozenset(i for i, f in enumerate(FEATURES) if not f.bad_data)
+# The answer-quality columns, whose mode decides what breaking them does.
+MODED_COLUMNS = tuple(f.column for f in FEATURES if f.moded)
+# After the wording of a rule that is off.
+OFF_MARK = " (off)"
 
 
 def rule_of(feature: Feature, max_tokens: int, cut_to_fit: bool = False) -> str:
@@ -87,20 +100,25 @@ def failure_detail(outcome: ExpectationOutcome, value: Any) -> str:
     return f"{outcome.rule}: {value} {unit}" if unit else f"{outcome.rule}: {value}"
 
 
-def _expectation(feature: Feature, max_tokens: int, cut_to_fit: bool):
+def _expectation(feature: Feature, max_tokens: int, cut_to_fit: bool, mode: str):
     import great_expectations.expectations as gxe
 
-    meta = {"rule": rule_of(feature, max_tokens, cut_to_fit)}
+    rule = rule_of(feature, max_tokens, cut_to_fit)
+    # A rule that is off is not measured (its column is empty): shown as off, it passes.
+    meta = {"rule": rule + OFF_MARK if mode == "off" else rule, **({"mode": mode} if feature.moded else {})}
+    severity = "warning" if mode == "warn" else "critical"
     if feature.expectation == "null":
-        return gxe.ExpectColumnValuesToBeNull(column=feature.column, meta=meta)
+        return gxe.ExpectColumnValuesToBeNull(column=feature.column, meta=meta, severity=severity)
     return gxe.ExpectColumnValuesToBeBetween(column=feature.column, max_value=max_tokens, meta=meta)
 
 
-def record_suite(max_tokens: int, name: str = "records", cut_to_fit: bool = False):
+def record_suite(max_tokens: int, name: str = "records", cut_to_fit: bool = False, modes: dict[str, str] | None = None):
     """The suite over the features table: one expectation per feature, in `FEATURES` order.
-    `cut_to_fit`: over-long rows were cut to fit first, so the length rule says why one still is not."""
+    `cut_to_fit`: over-long rows were cut to fit first, so the length rule says why one still is not.
+    `modes`: answer-quality column -> 'reject', 'warn' (severity 'warning') or 'off' (default reject)."""
     import great_expectations as gx
 
+    modes = modes or {}
     # Built unbound (expectations passed to the constructor): the resource adds it to its context.
-    expectations = [_expectation(f, max_tokens, cut_to_fit) for f in FEATURES]
+    expectations = [_expectation(f, max_tokens, cut_to_fit, modes.get(f.column, "reject")) for f in FEATURES]
     return gx.ExpectationSuite(name=name, expectations=expectations)

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 INDEX = "index.html"
+# Beside a rule that only warns (validation.answer_quality mode warn): its rows are counted, not left out.
+WARNING_MARK = " <em>(warning: rows kept)</em>"
 STYLE = """
 body { font: 14px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 72rem;
        color: #1f2933; padding: 0 1rem; }
@@ -52,7 +54,8 @@ def outcome_rows(outcomes) -> str:
     rows = []
     for o in outcomes:
         rows.append(
-            f"<tr><td>{html.escape(o.rule)}</td><td><code>{html.escape(o.column or '')}</code></td>"
+            f"<tr><td>{html.escape(o.rule)}{WARNING_MARK if getattr(o, 'warn', False) else ''}</td>"
+            f"<td><code>{html.escape(o.column or '')}</code></td>"
             f"<td><code>{html.escape(o.expectation)}</code></td><td class='n'>{o.unexpected_count}</td>"
             f"<td class='n'>{o.element_count}</td></tr>"
         )
@@ -69,7 +72,8 @@ def validation_page(summary: PageSummary, suite: str, outcomes, result_path: str
         "<table><tr><th>rule</th><th>column</th><th>expectation</th><th>rows that broke it</th><th>of rows</th></tr>"
         f"{outcome_rows(outcomes)}</table>"
         "<p class='sub'>Rows that break a rule are kept out of training, in <code>rejected_records</code> with their "
-        "reasons. The verdict is the quality gate's: a drop passes while its share of bad rows stays within "
+        "reasons; rows that break a rule marked as a warning are counted and kept. The verdict is the quality "
+        "gate's: a drop passes while its share of bad rows stays within "
         "<code>max_rejected_fraction</code>.</p>"
     )
     if result_path:

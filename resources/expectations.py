@@ -34,6 +34,8 @@ class ExpectationOutcome:
     unexpected_count: int
     unexpected_query: str | None = None
     """SQL selecting (row id, value) of every row that broke the rule, against the validated table."""
+    warn: bool = False
+    """A warning (the expectation's severity is not 'critical'): rows breaking it are counted, not rejected."""
 
 
 @dataclass
@@ -49,10 +51,11 @@ class ValidationReport:
     """The page's name in the Data Docs folder (without .html)."""
 
     def failing_rows(self, db) -> Iterator[tuple[int, int, Any]]:
-        """(row id, index of the expectation, offending value) for every failing row, streamed from
-        `db` (a sqlite3 connection to the validated file) by each expectation's own query."""
+        """(row id, index of the expectation, offending value) for every row failing an expectation
+        that rejects (warnings keep their rows), streamed from `db` (a sqlite3 connection to the
+        validated file) by each expectation's own query."""
         for index, outcome in enumerate(self.outcomes):
-            if outcome.unexpected_count:
+            if outcome.unexpected_count and not outcome.warn:
                 if not outcome.unexpected_query:
                     raise RuntimeError(f"Great Expectations gave no query for the rows breaking {outcome.expectation}.")
                 for row_id, value in db.execute(outcome.unexpected_query):
@@ -154,10 +157,12 @@ class GreatExpectations(dg.ConfigurableResource):
         result_path = self.results_dir(run_name) / f"{suite.name}.json"
         result_path.write_text(json.dumps(result.to_json_dict(), indent=1, default=str))
         page = f"{run_name}-{suite.name}"
+        outcomes = [outcome_of(r) for r in result.results]
         report = ValidationReport(
             suite=suite.name,
-            success=bool(result.success),
-            outcomes=[outcome_of(r) for r in result.results],
+            # Great Expectations fails a suite on any broken expectation; a warning's rows pass here.
+            success=all(o.success or o.warn for o in outcomes),
+            outcomes=outcomes,
             result_path=str(result_path),
             docs_url=self.page_url(page),
             page=page,
@@ -182,4 +187,11 @@ def outcome_of(result) -> ExpectationOutcome:
         element_count=int(res.get("element_count") or 0),
         unexpected_count=int(res.get("unexpected_count") or 0),
         unexpected_query=res.get("unexpected_index_query"),
+        warn=severity_of(config) != "critical",
     )
+
+
+def severity_of(config) -> str:
+    """An expectation's severity ('critical', 'warning' or 'info'); 'critical' when it states none."""
+    severity = getattr(config, "severity", None) or "critical"
+    return str(getattr(severity, "value", severity))

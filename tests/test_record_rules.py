@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from data_checks.answer_quality import AnswerRules
 from data_checks.record_rules import (
     CUT_USER_TURN,
     DROPPED_TURNS,
@@ -34,7 +35,14 @@ def m(role, content):
 
 def settings(**overrides):
     return SimpleNamespace(
-        **{"max_tokens": 64, "truncate_over_long": True, "system_prompt": "Be precise.", "pii": "warn", **overrides}
+        **{
+            "max_tokens": 64,
+            "truncate_over_long": True,
+            "system_prompt": "Be precise.",
+            "pii": "warn",
+            "answer_quality": AnswerRules(),
+            **overrides,
+        }
     )
 
 

@@ -33,6 +33,11 @@ def test_the_suite_checks_every_feature_in_order_with_its_rule():
         ),
         ("expect_column_values_to_be_between", "n_tokens", "formatted example is longer than max_tokens=128", 128),
         ("expect_column_values_to_be_null", "duplicate_of", "duplicate of an earlier row", None),
+        ("expect_column_values_to_be_null", "answer_boilerplate", "answer is a boilerplate refusal", None),
+        ("expect_column_values_to_be_null", "answer_repetition", "answer repeats itself", None),
+        ("expect_column_values_to_be_null", "answer_truncated", "answer ends mid-sentence", None),
+        ("expect_column_values_to_be_null", "answer_mojibake", "answer has mojibake (mis-decoded text)", None),
+        ("expect_column_values_to_be_null", "answer_short", "answer too short for its prompt", None),
     ]
     assert too_long_rule(300) == "formatted example is longer than max_tokens=300"
 
@@ -54,6 +59,11 @@ def test_the_parquet_schemas_carry_the_feature_fields():
         "template_error",
         "n_tokens",
         "duplicate_of",
+        "answer_boilerplate",
+        "answer_repetition",
+        "answer_truncated",
+        "answer_mojibake",
+        "answer_short",
     )
     for schema in (VALIDATED_SCHEMA, CANDIDATE_SCHEMA):
         assert [schema.field(f.name) for f in FEATURE_FIELDS] == FEATURE_FIELDS

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from assets.validated_records import ValidationConfig
+from assets.validated_records import AnswerQualityConfig, ValidationConfig
 from data_checks.record_checks import (
     IN_TRAINING,
     PiiTally,
@@ -53,14 +53,17 @@ def validate(bundled_tokenizer, tmp_path_factory):
 
     def run(rows, fmt="alpaca", tokenizer=bundled_tokenizer, **config):
         n = next(runs)
-        # Over-long rows left whole unless a test asks for the cut (the default), so each rule shows alone.
+        # Over-long rows left whole unless a test asks for the cut (the default), and the answer-quality
+        # rules off (tests/test_answer_quality.py has them), so each rule shows alone.
         values = {"max_tokens": 128, "system_prompt": "Be precise.", "truncate_over_long": False, **config}
+        values.setdefault("answer_quality", {rule: {"mode": "off"} for rule in AnswerQualityConfig.model_fields})
         config = ValidationConfig(**values)
         rows = featured(raw(rows, fmt), tokenizer, config, FirstSeen(folder / f"seen-{n}.sqlite"))
         features = gx.features_file(f"test-{n}", FEATURE_SQL_COLUMNS)
         features.store("records", rows)
+        modes = config.answer_quality.rules().modes()
         report = gx.validate_features(
-            features, "records", record_suite(config.max_tokens, "records", values["truncate_over_long"])
+            features, "records", record_suite(config.max_tokens, "records", values["truncate_over_long"], modes)
         )
         features.record_reasons(report, failure_detail)
         reasons = features.reasons_of([r["row_id"] for r in rows])
