@@ -6,6 +6,7 @@ module wires them into the two outputs and the checks.
 """
 
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from data_checks.answer_quality import (
     ShortAnswerRule,
     TruncatedRule,
 )
+from data_checks.languages import LanguageRule, mix_table
 from data_checks.record_checks import (
     CHECK_SPECS,
     PiiTally,
@@ -72,6 +74,8 @@ PARALLEL_MIN_ROWS = 50_000
 # A tokenizer's model_max_length above this is transformers' placeholder for "not set" (about 1e30),
 # not a context length.
 SANE_MODEL_MAX_LENGTH = 10_000_000
+# ISO 639-1 (two letters); fastText labels a few languages without one by their ISO 639-3 code.
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
 # Where a model's config.json states its context length, in the order they are read (the first
 # is the usual one; the others are older or other architectures' names for it).
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -181,8 +185,8 @@ class AnswerQualityConfig(dg.Config):
 
 class ValidationConfig(dg.ConfigurableResource):
     """The quality gate on each drop: the token budget per example, the share of bad rows a drop may
-    have before it is held back, the default system prompt, what to do with personal data and the
-    answer-quality rules. The `validation` section of the preset."""
+    have before it is held back, the default system prompt, what to do with personal data, the
+    answer-quality rules and the languages rows may be in. The `validation` section of the preset."""
 
     # `Any`: Dagster's config types have no "int or 'auto'"; the validator below allows just those.
     max_tokens: Any = Field(
@@ -230,6 +234,18 @@ class ValidationConfig(dg.ConfigurableResource):
         description="Rules on the answer a row trains on (boilerplate refusals, repetition, cut off mid-sentence, "
         "mojibake, too short for its prompt), each with its mode (reject, warn or off) and threshold.",
     )
+    languages: list[str] = Field(
+        default=[],
+        description="The languages rows may be in, as ISO 639-1 codes (e.g. [en, de]); a row detected in another "
+        "is rejected with its language. Empty: any language, nothing rejected (the mix is still shown per drop).",
+    )
+    min_language_confidence: float = Field(
+        default=LanguageRule.min_confidence,
+        ge=0.0,
+        le=1.0,
+        description="A row detected with less confidence than this is 'und' (undetermined): shown in the mix, "
+        "never rejected for its language.",
+    )
 
     @field_validator("max_tokens")
     @classmethod
@@ -237,6 +253,19 @@ class ValidationConfig(dg.ConfigurableResource):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
         raise ValueError(f"validation.max_tokens must be 'auto' or a positive number of tokens, not {value!r}")
+
+    @property
+    def language(self) -> LanguageRule:
+        """`languages` and `min_language_confidence` as the language rule reads them."""
+        return LanguageRule(tuple(self.languages), self.min_language_confidence)
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, value: list[str]) -> list[str]:
+        codes = [str(code).strip().lower() for code in value]
+        if bad := [code for code in codes if not LANGUAGE_CODE.fullmatch(code)]:
+            raise ValueError(f"validation.languages takes ISO 639-1 codes such as 'en' or 'de', not {bad}")
+        return codes
 
 
 @dataclass(frozen=True)
@@ -292,6 +321,7 @@ def drop_rules(validation: ValidationConfig, model_config: dict, tokenizer) -> t
         validation.system_prompt,
         validation.pii,
         validation.answer_quality.rules(),
+        validation.language,
     )
     return budget, rules
 
@@ -338,6 +368,7 @@ VALIDATED_SCHEMA = pa.schema(
         *FEATURE_FIELDS,
         ("truncated", pa.bool_()),
         ("truncation", pa.string()),  # what was cut to fit max_tokens (record_rules.fit_to_budget)
+        ("language", pa.string()),  # ISO 639-1 code, or 'und' (data_checks.languages)
         ("pii", pa.string()),  # JSON: kind -> count
         ("warnings", pa.string()),
         ("gx_result", pa.string()),
@@ -383,6 +414,8 @@ class Split:
     rejected: RecordSet
     tally: Tally
     examples: list[str]
+    languages: Counter
+    """rows per detected language, rejected rows included: the drop's language mix"""
 
 
 def feature_workers(setting: int, rows: int) -> int:
@@ -449,7 +482,7 @@ def split_pass(
     validated_path = state.dataset_path("validated_records", drop, run_id)
     rejected_path = state.dataset_path("rejected_records", drop, run_id)
     examples: list[str] = []
-    tally = Tally()
+    tally, languages = Tally(), Counter()
     with (
         RecordWriter(validated_path, VALIDATED_SCHEMA, ("pii", "tools")) as validated_out,
         RecordWriter(rejected_path, REJECTED_SCHEMA, ("record", "mapping")) as rejected_out,
@@ -459,9 +492,11 @@ def split_pass(
             validated_out.write_table(good)
             rejected_out.write_table(bad)
             tally.add(good)
+            languages.update(table.column("language").to_pylist())
             head = bad.select(["source_file", "source_line", "reason"]).slice(0, EXAMPLE_ROWS - len(examples))
             examples += [f"{row_location(r)}: {r['reason']}" for r in head.to_pylist()]
-    return Split(validated_out.record_set(partition=drop), rejected_out.record_set(partition=drop), tally, examples)
+    validated, rejected = validated_out.record_set(partition=drop), rejected_out.record_set(partition=drop)
+    return Split(validated, rejected, tally, examples, languages)
 
 
 def rejected_output(rejected: RecordSet, quality: dict) -> dg.Output:
@@ -502,8 +537,8 @@ def validated_output(split: Split, quality: dict, warnings: Counter, report: Val
             "`kind` (sft or preference), `messages` (system prompt filled in; tool calls, tool replies and "
             "turn weights kept), `tools` (the functions a row may call), `chosen`/`rejected` for "
             "preference pairs, `category` (the record's category field, when it has one), the measured "
-            "`n_tokens`, `truncated` (cut to fit max_tokens) and `truncation` (what was cut), `pii` counts, "
-            "and their source.",
+            "`n_tokens`, `truncated` (cut to fit max_tokens) and `truncation` (what was cut), the detected "
+            "`language` (ISO 639-1, or 'und'), `pii` counts, and their source.",
             kinds={"parquet"},
         ),
         "rejected_records": dg.AssetOut(
@@ -553,7 +588,7 @@ def validated_records(
     passed = suite_result.passed and share_result.passed
     status = drop_status(rows_raw, split.tally.rows, rejected, report, passed)
     figures = drop_quality(rows_raw, rejected, report, pii, status) | length_figures(budget, split.tally)
-    quality = gate_outcome(gx, drop, report, share_result, figures, passed)
+    quality = gate_outcome(gx, drop, report, share_result, figures | language_figures(split.languages), passed)
     yield rejected_output(split.rejected, quality)
     # A drop that fails the gate is held back: training never sees its rows; the failed checks say why.
     if passed:
@@ -578,13 +613,23 @@ def length_figures(budget: LengthBudget, tally: Tally) -> dict:
     }
 
 
+def language_figures(languages: Counter) -> dict:
+    """The drop's language mix for the metadata: each language's rows and share (`language_mix`),
+    and the counts as JSON (`languages`, also shown on the drop's Data Docs page)."""
+    return {
+        "language_mix": dg.MetadataValue.md(mix_table(languages)),
+        "languages": dg.MetadataValue.json(dict(languages)),
+    }
+
+
 def gate_outcome(
     gx: GreatExpectations, drop: str, report: ValidationReport, share: dg.AssetCheckResult, quality: dict, passed: bool
 ) -> dict:
     """The drop's Data Docs page, written with the gate's verdict (a drop with a few rejected rows
-    within the limit passes); returns the drop's quality metadata with the page's link."""
+    within the limit passes) and its language mix; returns the drop's quality metadata with the page's link."""
     verdict = f"{'passed the quality gate' if passed else 'held back from training'}: {share.description}"
-    gx.publish_verdict(report, f"Drop {drop}: record suite", passed, verdict)
+    languages = quality.get("languages")
+    gx.publish_verdict(report, f"Drop {drop}: record suite", passed, verdict, languages.value if languages else None)
     return {**quality, "data_docs": dg.MetadataValue.url(report.docs_url)}
 
 

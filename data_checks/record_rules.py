@@ -5,8 +5,9 @@ what is missing (`missing_fields`), what is wrong with the chat's shape (`struct
 tool calls (`tool_call_error`) or its text (`hygiene_error`), whether the base model's chat template
 refuses it (`template_error`), the token length of the formatted example (`n_tokens`; an over-long
 row is cut to fit, `truncated`, with what was cut in `truncation`), which earlier row it repeats
-(`duplicate_of`) and what is wrong with its answer (the `answer_*` columns of
-`data_checks.answer_quality`). A feature is None when the row keeps the rule. The tokenizer and the memory of
+(`duplicate_of`), what is wrong with its answer (the `answer_*` columns of
+`data_checks.answer_quality`) and whether its `language` is one expected (`language_error`,
+`data_checks.languages`). A feature is None when the row keeps the rule. The tokenizer and the memory of
 rows seen so far are passed in.
 """
 
@@ -21,6 +22,7 @@ from assets.domain.rows import row_location
 from assets.domain.token_lengths import TOKENIZE_CHUNK, token_lengths
 from data_checks.answer_quality import COLUMNS as ANSWER_COLUMNS
 from data_checks.answer_quality import AnswerRules, answer_features
+from data_checks.languages import LanguageRule, language_features
 from data_checks.pii import scan
 
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -46,6 +48,8 @@ class RuleSettings(Protocol):
     def pii(self) -> str: ...
     @property
     def answer_quality(self) -> AnswerRules: ...
+    @property
+    def language(self) -> LanguageRule: ...
 
 
 class Seen(Protocol):
@@ -281,6 +285,8 @@ def conversation_row(raw: dict, settings: RuleSettings) -> dict:
     well_formed = structure is None and not ex.missing
     tool_calls = tool_call_problem(messages, ex.tools) if well_formed else None
     answer = answer_features(messages, chosen, settings.answer_quality) if well_formed else {}
+    # Every row's language is measured (the drop's mix); only a well-formed row can break the rule.
+    language = language_features(messages, chosen, settings.language)
     return {
         **{k: raw[k] for k in ("row_id", "drop", "source_file", "source_line", "format")},
         "kind": kind,
@@ -294,6 +300,8 @@ def conversation_row(raw: dict, settings: RuleSettings) -> dict:
         "tool_call_error": tool_calls,
         "hygiene_error": hygiene_problem(texts),
         **{column: answer.get(column) for column in ANSWER_COLUMNS.values()},
+        "language": language["language"],
+        "language_error": language["language_error"] if well_formed else None,
         "pii": pii or None,
         "warnings": ", ".join(sorted(set(ex.warnings))) or None,
     }
@@ -319,6 +327,7 @@ class RuleValues:
     system_prompt: str
     pii: str
     answer_quality: AnswerRules = AnswerRules()
+    language: LanguageRule = LanguageRule()
 
 
 # A worker process's tokenizer and settings, set once by `start_feature_worker`.

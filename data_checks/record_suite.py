@@ -69,6 +69,8 @@ FEATURES = (
     Feature("answer_truncated", "TEXT", pa.string(), "answer ends mid-sentence", "null", moded=True),
     Feature("answer_mojibake", "TEXT", pa.string(), "answer has mojibake (mis-decoded text)", "null", moded=True),
     Feature("answer_short", "TEXT", pa.string(), "answer too short for its prompt", "null", moded=True),
+    # The row's measured `language` is not one of validation.languages (`data_checks.languages`).
+    Feature("language_error", "TEXT", pa.string(), "row in another language", "null"),
 )
 FEATURE_COLUMNS = tuple(f.column for f in FEATURES)
 # (column, SQLite type) of the features table, for `resources.features_file.FeaturesFile`.

@@ -62,8 +62,26 @@ def outcome_rows(outcomes) -> str:
     return "".join(rows)
 
 
-def validation_page(summary: PageSummary, suite: str, outcomes, result_path: str | None) -> str:
-    """One validation: its verdict, then each expectation with the rows that broke it."""
+def language_section(languages: dict[str, int] | None) -> str:
+    """The rows per detected language ('und': too little text to tell), most first."""
+    total = sum((languages or {}).values())
+    if not total:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{html.escape(code)}</code></td><td class='n'>{n}</td><td class='n'>{n / total:.1%}</td></tr>"
+        for code, n in sorted(languages.items(), key=lambda item: (-item[1], item[0]))
+    )
+    return (
+        "<h2>Language mix</h2><table><tr><th>language</th><th>rows</th><th>share</th></tr>"
+        f"{rows}</table><p class='sub'>Every row of the drop, rejected ones too; <code>und</code>: "
+        "too little text, or too little confidence, to tell.</p>"
+    )
+
+
+def validation_page(
+    summary: PageSummary, suite: str, outcomes, result_path: str | None, languages: dict[str, int] | None = None
+) -> str:
+    """One validation: its verdict, each expectation with the rows that broke it, and the language mix."""
     verdict = "passed" if summary.passed else "failed"
     body = (
         f"<p><a href='{INDEX}'>All validations</a></p><h1>{html.escape(summary.title)}</h1>"
@@ -75,6 +93,7 @@ def validation_page(summary: PageSummary, suite: str, outcomes, result_path: str
         "reasons; rows that break a rule marked as a warning are counted and kept. The verdict is the quality "
         "gate's: a drop passes while its share of bad rows stays within "
         "<code>max_rejected_fraction</code>.</p>"
+        f"{language_section(languages)}"
     )
     if result_path:
         body += f"<p class='sub'>Great Expectations result: <code>{html.escape(result_path)}</code></p>"
@@ -102,12 +121,17 @@ def write_atomically(path: Path, text: str) -> None:
     scratch.replace(path)
 
 
-def write_page(folder: Path, name: str, title: str, verdict: tuple[bool, str], report) -> None:
-    """Write (or rewrite) page `name`.html for `report` (a ValidationReport), then the index."""
+def write_page(
+    folder: Path, name: str, title: str, verdict: tuple[bool, str], report, languages: dict[str, int] | None = None
+) -> None:
+    """Write (or rewrite) page `name`.html for `report` (a ValidationReport), with the rows per
+    language when given, then the index."""
     folder.mkdir(parents=True, exist_ok=True)
     written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     summary = PageSummary(page=f"{name}.html", title=title, passed=verdict[0], verdict=verdict[1], written=written)
-    write_atomically(folder / summary.page, validation_page(summary, report.suite, report.outcomes, report.result_path))
+    write_atomically(
+        folder / summary.page, validation_page(summary, report.suite, report.outcomes, report.result_path, languages)
+    )
     write_atomically(folder / f"{name}.json", json.dumps(asdict(summary)))
     summaries = [PageSummary(**json.loads(p.read_text())) for p in folder.glob("*.json")]
     write_atomically(folder / INDEX, index_page(sorted(summaries, key=lambda s: s.written, reverse=True)))

@@ -82,10 +82,13 @@ class GreatExpectations(dg.ConfigurableResource):
         name = page if page.endswith(".html") else f"{page}.html"
         return f"{self.docs_url.rstrip('/')}/{name}" if self.docs_url else (self.docs_dir / name).resolve().as_uri()
 
-    def publish_verdict(self, report: "ValidationReport", title: str, passed: bool, verdict: str) -> None:
+    def publish_verdict(
+        self, report: "ValidationReport", title: str, passed: bool, verdict: str, languages: dict | None = None
+    ) -> None:
         """Write the page of a validation run with `publish=False`, once, with the verdict that decides
-        (the quality gate's: a drop with a few rejected rows within the limit passes)."""
-        write_page(self.docs_dir, report.page, title, (passed, verdict), report)
+        (the quality gate's: a drop with a few rejected rows within the limit passes) and, when given,
+        the rows per detected language."""
+        write_page(self.docs_dir, report.page, title, (passed, verdict), report, languages)
 
     def _context(self):
         import great_expectations as gx

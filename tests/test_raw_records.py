@@ -7,14 +7,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from assets.domain.rows import row_location, with_format
 from assets.domain.values import FileSummary
 from assets.raw_records import READERS, IngestConfig, IngestError, write_drop
-from data_checks.record_rules import conversation_row
+from data_checks.record_rules import RuleValues, conversation_row
 from resources.landing import DATA_SUFFIXES, LandingZone
 
 BAD_FILES = Path(__file__).parent / "bad_files"
@@ -99,7 +98,7 @@ def test_bad_file_stops_its_drop_with_a_precise_message(name, tmp_path):
 def test_bad_rows_in_a_readable_file_are_rejected_by_name(name, tmp_path):
     shutil.copy(BAD_FILES / name, tmp_path / name)
     rows, _ = rows_of_drop(LandingZone(path=str(tmp_path)), name, IngestConfig())
-    rules = SimpleNamespace(max_tokens=512, truncate_over_long=False, system_prompt="Be precise.", pii="warn")
+    rules = RuleValues(max_tokens=512, truncate_over_long=False, system_prompt="Be precise.", pii="warn")
     features = ("missing_fields", "structure_error", "tool_call_error", "hygiene_error")
     converted = [conversation_row(r, rules) for r in rows]
     broken = {r["source_line"]: (f, r[f]) for r in converted for f in features if r[f] is not None}

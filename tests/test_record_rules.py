@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from data_checks.answer_quality import AnswerRules
+from data_checks.languages import LanguageRule
 from data_checks.record_rules import (
     CUT_USER_TURN,
     DROPPED_TURNS,
@@ -41,6 +42,7 @@ def settings(**overrides):
             "system_prompt": "Be precise.",
             "pii": "warn",
             "answer_quality": AnswerRules(),
+            "language": LanguageRule(),
             **overrides,
         }
     )

@@ -38,6 +38,7 @@ def test_the_suite_checks_every_feature_in_order_with_its_rule():
         ("expect_column_values_to_be_null", "answer_truncated", "answer ends mid-sentence", None),
         ("expect_column_values_to_be_null", "answer_mojibake", "answer has mojibake (mis-decoded text)", None),
         ("expect_column_values_to_be_null", "answer_short", "answer too short for its prompt", None),
+        ("expect_column_values_to_be_null", "language_error", "row in another language", None),
     ]
     assert too_long_rule(300) == "formatted example is longer than max_tokens=300"
 
@@ -64,11 +65,13 @@ def test_the_parquet_schemas_carry_the_feature_fields():
         "answer_truncated",
         "answer_mojibake",
         "answer_short",
+        "language_error",
     )
     for schema in (VALIDATED_SCHEMA, CANDIDATE_SCHEMA):
         assert [schema.field(f.name) for f in FEATURE_FIELDS] == FEATURE_FIELDS
     assert VALIDATED_SCHEMA.field("n_tokens").type == pa.int64()
     assert VALIDATED_SCHEMA.field("duplicate_of").type == pa.string()
+    assert VALIDATED_SCHEMA.field("language").type == pa.string(), "the measured language, beside its rule"
 
 
 def outcome(column, rule, unexpected, query=None):

@@ -3,7 +3,6 @@ carried through ingestion and validation to the eval items, to the tables, chart
 
 import io
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -17,7 +16,7 @@ from assets.model_evaluation import evaluation_metadata
 from assets.raw_records import IngestConfig
 from assets.registered_model import log_comparison, slices_chart, slices_frame
 from data_checks.promotion_gate import GateConfig
-from data_checks.record_rules import conversation_row
+from data_checks.record_rules import RuleValues, conversation_row
 from resources.records import RecordWriter
 from tests.test_formats import CASES, MAPPED_CASE, MAPPING, TOOL_CHAT, ingest
 from tests.test_instruction_pairs import VALIDATED_COLUMNS, validated, validated_set
@@ -202,7 +201,7 @@ def test_a_field_that_only_slices_preference_pairs_charts_their_metric():
 
 # ---- the category, from the raw record to the eval items -----------------------------------------
 
-RULES = SimpleNamespace(max_tokens=64, truncate_over_long=True, system_prompt="Be precise.", pii="warn")
+RULES = RuleValues(max_tokens=64, truncate_over_long=True, system_prompt="Be precise.", pii="warn")
 
 
 def with_categories(records: list[dict], field: str = "category") -> list[dict]:
