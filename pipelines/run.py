@@ -106,9 +106,15 @@ def gate_lines(gate) -> str:
 def training_summary(candidate: TrainedModel, evaluation: Evaluation) -> str:
     """How the candidate was trained (SFT, then DPO when there was one), and its preference scores."""
     line = f"  Trained: {candidate.method}, adapter {candidate.adapter}; SFT {candidate.steps} steps"
+    if candidate.best_step is not None:
+        stopped = ", stopped early" if candidate.stopped_early else ""
+        line += f" (best validation loss {candidate.best_validation_loss:.4f} at step {candidate.best_step}{stopped})"
     if candidate.preference is not None:
         stage = candidate.preference
         line += f", DPO {stage.steps} steps on {stage.pairs} pairs (loss {stage.train_loss:.3f})"
+    warm = candidate.warm_start
+    if warm is not None and warm.parent is not None:
+        line += f"\n  Started from {warm.how}: {warm.new_rows} new rows, {warm.replay_rows} replayed"
     if "preference_accuracy" in evaluation.tuned:
         base, tuned = evaluation.base["preference_accuracy"], evaluation.tuned["preference_accuracy"]
         pairs = evaluation.preference_pairs
