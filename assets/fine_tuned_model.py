@@ -68,14 +68,15 @@ def adapter_matches(adapter_dir: str, training: TrainingConfig) -> bool:
 
 
 def find_parent(
-    training: TrainingConfig, base_model: str, tools: RecipeTools, run_id: str, adapter_ok: bool,
+    training: TrainingConfig, base_model: str, tools: RecipeTools, adapter_ok: bool,
     asset_name: str = "fine_tuned_model",
 ) -> tuple[Parent | None, str]:  # fmt: skip
     """The version a retrain continues from (`training.start_from: champion`) and how it starts, in
     words; None (the base model) with the reason when it starts from the base. The champion's adapter
     trains on when it applies to this base model and has the settings' kind and shape (and
     `adapter_ok`: the SFT stage trains it); else a new adapter goes on its merged weights (all weights,
-    for adapter 'full'). Its files are downloaded under this run's artifacts, which later stages read."""
+    for adapter 'full'). Its files are downloaded under FT_HOME/artifacts/fine_tuned_model/parent-v<N>/, which
+    later stages read."""
     if training.start_from == "base":
         return None, "the base model (training.start_from: base)"
     version = tools.mlflow_registry.version_by_alias(CHAMPION)
@@ -85,7 +86,9 @@ def find_parent(
     if tags.get(BASE_MODEL_PATH_TAG) != base_model:
         return None, f"the base model: champion version {number} was trained on another base ({tags.get('base_model')})"
     drops = tuple(d for d in tags.get("data.drops", "").split(",") if d)
-    dst = tools.state.asset_dir(asset_name, run_id) / f"parent-v{number}"  # a sweep's points: one each
+    # One folder per parent version (and per sweep point), not per run: the folder is part of what names the
+    # training setup (the continued adapter, or the weights it starts from), so a killed warm start resumes.
+    dst = tools.state.asset_dir(asset_name, f"parent-v{number}")
     dst.mkdir(parents=True, exist_ok=True)
     if adapter_ok and tags.get(ADAPTER_ON_TAG) == "base_model" and tags.get("train.adapter") == training.adapter:
         adapter = tools.mlflow_registry.download(version.run_id, "adapter", str(dst))
@@ -199,7 +202,7 @@ def sft_stage(
     and each point of a sweep's (`sweep_run`: the sweep's MLflow parent run, which the point's run is a child of;
     `asset_name`: the folder under FT_HOME/artifacts its outputs go to, one per point)."""
     train, method = sft_examples(pairs, training)
-    parent, how = find_parent(training, base_model, tools, context.run.run_id, trains_sft(method), asset_name)
+    parent, how = find_parent(training, base_model, tools, trains_sft(method), asset_name)
     if not trains_sft(method):  # the next stage starts from the parent's weights, or the base model's
         starts = parent.weights if parent else base_model
         value = TrainedModel.base(starts, training.preset, training.flat(), tools.models.resolved_device(), method)

@@ -88,7 +88,9 @@ def test_retrains_continue_from_the_champion(tmp_path, tiny_model_dir, monkeypat
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     base = client.get_model_version("test-model", "1").tags[BASE_MODEL_PATH_TAG]
     assert sft.adapter_applies_to(base), "the champion's adapter, trained on, still applies to the base"
-    parent_adapter = tmp_path / "home" / "artifacts" / "fine_tuned_model" / second.run_id / "parent-v1" / "adapter"
+    # Downloaded once per parent version, not per run: the folder names the training setup, so a killed warm
+    # start resumes when make run is launched again (a run's own folder would make every attempt a new setup).
+    parent_adapter = tmp_path / "home" / "artifacts" / "fine_tuned_model" / "parent-v1" / "adapter"
     assert adapters_differ(parent_adapter, Path(sft.adapter_dir)), "trained on from the champion's adapter"
     version = client.get_model_version("test-model", "2")
     assert version.tags[PARENT_VERSION_TAG] == "1"
