@@ -22,7 +22,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.domain.sweep import point_key
 from pipelines.settings import Settings
 from tests.conftest import make_settings, run_all
 
@@ -52,8 +51,6 @@ LISTED_STATUS = """([name, status]) => {
   return row ? row.innerText.match(new RegExp(status))[1] : null;
 }"""
 SAME_VERDICT = {"Succeeded": "Passed", "Failed": "Failed"}
-# The learning rates the UI test's run sweeps the SFT stage over.
-SWEPT_RATES = [0.0001, 0.001, 0.01]
 
 
 def free_port() -> int:
@@ -135,9 +132,6 @@ def ui_state(tmp_path_factory, tiny_model_dir):
     mp.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     settings = Settings.from_env(env).prepare()
     lower_bar = {"gate": {"min_improvement": -1.0, "max_forgetting_pct": 1000.0, "min_preference_gain": -1.0}}
-    # The SFT stage as a sweep of three learning rates, each validated at every step: its points on the run page.
-    lower_bar["training"] = {"sft": {"validation_fraction": 0.25, "eval_steps": 1}}
-    lower_bar["sweep"] = {"parameters": {"sft.learning_rate": SWEPT_RATES}}
     instance = dg.DagsterInstance.get()
     defs, _, result, problems = run_all(settings, lower_bar, instance)
     assert result is not None and result.success, problems
@@ -274,16 +268,6 @@ def test_dagster_ui_shows_the_graph_metadata_quality_and_launches_a_run(ui_state
     assert check_statuses(page, url, "instruction_pairs", "personal_data_scan") == ("Failed", "Failed")
     page.get_by_text("2026-01-12: 2 rows, email 1, phone 1").first.wait_for()
     page.screenshot(path=shots / "personal_data_scan.png")
-
-    # The sweep: each point a step of the run, and the asset's table of points with the chosen one marked.
-    page.goto(f"{url}/runs/{ui_state['result'].run_id}")
-    for rate in SWEPT_RATES:
-        page.get_by_text(f"train_point[{point_key({'sft.learning_rate': rate})}]").first.wait_for()
-    page.screenshot(path=shots / "sweep_run.png")
-    page.goto(f"{url}/assets/fine_tuned_model")
-    metadata_row(page, "sweep_points").get_by_text("chosen").first.wait_for()
-    chosen = point_key(ui_state["result"].output_for_node("fine_tuned_model").sweep_point)
-    assert metadata_row(page, "chosen_point").inner_text().split()[-1] == chosen
 
     before = {r.run_id for r in instance.get_runs()}
     page.goto(f"{url}/assets/instruction_pairs")
