@@ -120,9 +120,9 @@ def combined(point: dict, held: dict[str, list[dict]]) -> float:
     return sum(point[drop] * len(rows) / total for drop, rows in held.items())
 
 
-def summary(results: list[dict], held) -> None:
+def summary(results: list[dict], held, target: float | None = None) -> None:
     first, second = sorted(held)
-    target = combined(results[0]["points"][-1], held)
+    target = target if target is not None else combined(results[0]["points"][-1], held)
     print(f"\nfrom-base final combined eval loss (the target): {target:.4f}")
     columns = ["retrain", "rows", "final eval loss, old drop", "new drop", "both", "reached the target at step",
                "train s then", "train s in all"]  # fmt: skip
@@ -142,6 +142,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--every", type=int, default=5, help="eval loss every N steps")
     parser.add_argument("--replay", type=float, default=0.25)
+    parser.add_argument("--champion-adapter", help="a champion adapter an earlier run saved: not trained again")
+    parser.add_argument("--target", type=float, help="the from-base retrain's final combined eval loss, measured "
+                        "by an earlier run: the from-base retrain is not run again")  # fmt: skip
     args = parser.parse_args()
     if not DOLLY.is_file():
         raise SystemExit(f"{DOLLY} is missing: this bench measures on Dolly (../shared/data/README.md).")
@@ -153,11 +156,16 @@ def main() -> int:
         first = sorted(held)[0]
         print(f"train rows per drop: {train['drop'].value_counts().sort_index().to_dict()}, held out {HELD_OUT} each")
         old = train[train["drop"].eq(first)]
-        champion = retrain("champion (first drop)", base, old, args.champion_steps, args.batch, held, args.every)
+        adapter = (
+            args.champion_adapter
+            or retrain("champion (first drop)", base, old, args.champion_steps, args.batch, held, args.every)["adapter"]
+        )
         replayed, counts = with_replay(train, (first,), args.replay, seed=0)
         print(f"replay: new, replayed, old rows = {counts}")
-        results = [
-            retrain("from base", base, train.sample(frac=1, random_state=0), args.steps, args.batch, held, args.every),
+        results = [] if args.target is not None else [
+            retrain("from base", base, train.sample(frac=1, random_state=0), args.steps, args.batch, held, args.every)
+        ]  # fmt: skip
+        results += [
             retrain(
                 f"warm, replay {args.replay}",
                 base,
@@ -166,7 +174,7 @@ def main() -> int:
                 args.batch,
                 held,
                 args.every,
-                champion["adapter"],
+                adapter,
             ),  # fmt: skip
             retrain(
                 "warm, no replay",
@@ -176,10 +184,10 @@ def main() -> int:
                 args.batch,
                 held,
                 args.every,
-                champion["adapter"],
+                adapter,
             ),  # fmt: skip
         ]
-        summary(results, held)
+        summary(results, held, args.target)
     return 0
 
 
