@@ -25,6 +25,13 @@ from resources.state import StateStore
 from resources.training_job import TrainingJobClient
 
 
+def trained_with(training: TrainingConfig, sft: TrainedModel) -> TrainingConfig:
+    """The settings the second stage trains with: the preset's, with the point's settings when a sweep chose
+    the SFT model (so a swept shared setting, such as lora_r or seed, holds for both stages)."""
+    point = getattr(sft, "sweep_point", None)  # absent from values stored before sweeps
+    return apply(training, point) if point else training
+
+
 def starting_point(method: str, sft: TrainedModel, base_model: str, training: TrainingConfig) -> TrainedModel:
     """The model the second stage starts from (and, for DPO, is held to as its reference): the SFT
     stage's for 'sft+dpo' and 'sft+grpo', the base model (a parent version's on a warm start) for 'dpo'
@@ -144,8 +151,7 @@ def preference_tuned_model(
     if stage is None:
         context.add_output_metadata({"method": method, "second_stage": "none: the SFT model, unchanged"})
         return replace(fine_tuned_model, method=method)
-    if fine_tuned_model.sweep_point:  # the SFT model a sweep chose: its point's settings train this stage too
-        training = apply(training, fine_tuned_model.sweep_point)
+    training = trained_with(training, fine_tuned_model)
     start = starting_point(method, fine_tuned_model, base_model, training)
     # Its checkpoints resume only on the same data and the same starting weights (the SFT setup, or the base).
     identity = {"data": instruction_pairs.summary.train_data_key, "starts_from": start.setup_key or start.merged_dir}
