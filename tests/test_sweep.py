@@ -114,6 +114,24 @@ def test_apply_puts_the_values_in_and_plan_types_and_checks_every_point():
         plan(sweep(parameters={"lora_r": [8]}, select="train_loss"), TrainingConfig(method="dpo"))
 
 
+def test_the_second_stage_trains_with_the_chosen_points_settings():
+    """A swept shared setting (lora_r, seed) holds for DPO/GRPO too; without a sweep the preset's settings stand,
+    and a value stored before sweeps (no sweep_point attribute) reads as no sweep."""
+    from dataclasses import replace
+
+    from assets.preference_tuned_model import trained_with
+
+    training = TrainingConfig()
+    sft = TrainedModel.base("/base", "cpu", training.flat(), "cpu", "sft")
+    assert trained_with(training, sft) == training
+    chosen = replace(sft, sweep_point={"lora_r": 8, "seed": 3, "sft.learning_rate": 1e-4})
+    stage = trained_with(training, chosen)
+    assert (stage.lora_r, stage.seed, stage.sft.learning_rate, stage.dpo) == (8, 3, 1e-4, training.dpo)
+    old = replace(sft)
+    object.__delattr__(old, "sweep_point")  # as a TrainedModel pickled before the field existed
+    assert trained_with(training, old) == training
+
+
 def result(index: int, **metrics) -> PointResult:
     trained = TrainedModel.base("base", "smoke", {}, "cpu", "sft")
     return PointResult(SweepPoint(index, f"p{index}", {"seed": index}), trained, metrics)
