@@ -186,7 +186,11 @@ def fine_tuned_model(
     loss on the assistant's tokens; plus the merged model. Under `FT_HOME/artifacts/fine_tuned_model/<run id>/`.
     With no SFT in the method ('dpo', 'grpo'): the base model, untouched, for the next stage to start from."""
     tools = RecipeTools(models, state, checkpoints, mlflow_registry, training_job)
-    return sft_stage(context, training, base_model, instruction_pairs, tools)
+    output = sft_stage(context, training, base_model, instruction_pairs, tools)
+    if "skipped" in output.metadata:  # no Pipes job ran: Dagster takes the plain value, its metadata added
+        context.add_output_metadata(dict(output.metadata))
+        return output.value
+    return output
 
 
 def sft_stage(
