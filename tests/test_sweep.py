@@ -6,6 +6,7 @@ evaluation and registration, and the points visible through the Dagster UI's Gra
 import math
 import pickle
 import re
+from dataclasses import replace
 
 import dagster as dg
 import pytest
@@ -254,7 +255,9 @@ def test_each_point_trains_in_its_own_step_and_the_lowest_validation_loss_goes_o
     assert len(set(losses.values())) > 1, f"the rates must train differently for the choice to mean anything: {losses}"
     lowest = min(losses, key=losses.get)
     chosen = run.output_for_node("fine_tuned_model")
-    assert chosen == results[lowest].trained and chosen.validation_examples > 0
+    # The chosen point's model, carrying its point's settings on to the second stage.
+    assert chosen.sweep_point == {"sft.learning_rate": RATES[keys.index(lowest)]}
+    assert replace(chosen, sweep_point={}) == results[lowest].trained and chosen.validation_examples > 0
     assert chosen.settings["sft.learning_rate"] == RATES[keys.index(lowest)]
     assert len({r.trained.merged_dir for r in results.values()}) == 3, "each point its own folder"
     assert f"/fine_tuned_model/{lowest}/" in chosen.merged_dir
