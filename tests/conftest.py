@@ -234,3 +234,43 @@ def pipeline(tmp_path_factory, tiny_model_dir):
     job = defs.resolve_job_def("finetune")
     yield {"settings": settings, "job": job, "instance": instance, "first": first, "second": second}
     mp.undo()
+
+
+@dataclass(frozen=True)
+class ValidatedDrop:
+    """One drop read and validated for real (`validate_drop`): the run's result, the resources it ran
+    with, and the drop's `rejected_records` metadata as plain values."""
+
+    result: Any
+    resources: dict
+    metadata: dict
+
+
+def validate_drop(tmp_path: Path, base_model: Path, drop: str, rows: list[dict], validation: dict) -> ValidatedDrop:
+    """`raw_records` and `validated_records` materialized for one drop of `rows` (a chat.jsonl file) in a
+    landing under `tmp_path`, the base model a stand-in asset, `validation` over the smoke preset's section."""
+    import json
+
+    import dagster as dg
+
+    from assets.raw_records import raw_records
+    from assets.validated_records import validated_records
+    from pipelines.definitions import build_resources
+
+    (tmp_path / "landing" / drop).mkdir(parents=True)
+    (tmp_path / "landing" / drop / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = make_settings(tmp_path / "home", str(base_model), tmp_path / "landing").prepare()
+    resources = build_resources(settings, {"validation": validation})
+
+    @dg.asset(name="base_model")
+    def stand_in_base():
+        return str(base_model)
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("drops", [drop])
+    dg.materialize([stand_in_base], resources=resources, instance=instance)  # stored, as the data stages read it
+    result = dg.materialize([stand_in_base, raw_records, validated_records], selection=[raw_records, validated_records],
+                            resources=resources, instance=instance, partition_key=drop)  # fmt: skip
+    (rejected,) = [m for m in result.asset_materializations_for_node("validated_records")
+                   if m.asset_key.path == ["rejected_records"]]  # fmt: skip
+    return ValidatedDrop(result, resources, {k: v.value for k, v in rejected.metadata.items()})

@@ -2,11 +2,9 @@
 is off as `validation.answer_quality` says, through the suite and a real validated_records run."""
 
 import itertools
-import json
 from pathlib import Path
 from urllib.parse import urlparse
 
-import dagster as dg
 import pytest
 
 from assets.validated_records import AnswerQualityConfig, ValidationConfig
@@ -27,7 +25,7 @@ from data_checks.record_rules import RuleValues, mark_duplicates, rows_with_feat
 from data_checks.record_suite import FEATURE_SQL_COLUMNS, failure_detail, record_suite
 from resources.expectations import GreatExpectations
 from resources.records import FirstSeen
-from tests.conftest import make_settings
+from tests.conftest import validate_drop
 
 LONG_QUESTION = "Explain in detail " + " ".join(f"point{i}" for i in range(60)) + "?"
 EXPLANATION = (
@@ -179,36 +177,11 @@ def test_off_rules_measure_nothing_and_show_as_off(validate):
 def test_validated_records_shows_each_rule_per_drop(tmp_path, tiny_model_dir):
     """A real materialization of a planted drop: rejected rows carry the measure, warned rows are
     kept, and the drop's metadata counts each rule with its mode."""
-    from assets.raw_records import raw_records
-    from assets.validated_records import validated_records
-    from pipelines.definitions import build_resources
-
-    drop = "2026-03-01"
-    (tmp_path / "landing" / drop).mkdir(parents=True)
     filler = [chat(f"Tell me about city {i}.", f"City {i} is a fine place to visit.") for i in range(20)]
-    lines = [json.dumps(r) for r in filler + [chat(*PLANTED[name]) for name in COLUMN]]
-    (tmp_path / "landing" / drop / "chat.jsonl").write_text("\n".join(lines) + "\n")
-    settings = make_settings(tmp_path / "home", str(tiny_model_dir), tmp_path / "landing").prepare()
     answer_quality = {"boilerplate": {"mode": "reject"}, "repetition": {"mode": "reject"}, "mojibake": {"mode": "warn"}}
-    resources = build_resources(settings, {"validation": {"answer_quality": answer_quality}})
-
-    @dg.asset(name="base_model")
-    def base_model():
-        return str(tiny_model_dir)
-
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("drops", [drop])
-    dg.materialize([base_model], resources=resources, instance=instance)
-    result = dg.materialize(
-        [base_model, raw_records, validated_records],
-        selection=[raw_records, validated_records],
-        resources=resources,
-        instance=instance,
-        partition_key=drop,
-    )
-    (rejected,) = [m for m in result.asset_materializations_for_node("validated_records")
-                   if m.asset_key.path == ["rejected_records"]]  # fmt: skip
-    metadata = {k: v.value for k, v in rejected.metadata.items()}
+    rows = filler + [chat(*PLANTED[name]) for name in COLUMN]
+    drop = validate_drop(tmp_path, tiny_model_dir, "2026-03-01", rows, {"answer_quality": answer_quality})
+    result, resources, metadata = drop.result, drop.resources, drop.metadata
     assert metadata["rows_rejected"] == 2
     assert "| answer is a boilerplate refusal | reject | 1 |" in metadata["answer_quality"]
     assert "| answer ends mid-sentence | warn | 1 |" in metadata["answer_quality"]

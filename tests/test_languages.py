@@ -2,11 +2,9 @@
 undetermined, `validation.languages` rejects rows outside the list with their language, and a real
 validated_records run shows the drop's language mix in its metadata and on its Data Docs page."""
 
-import json
 from pathlib import Path
 from urllib.parse import urlparse
 
-import dagster as dg
 import pytest
 
 from assets.validated_records import ValidationConfig
@@ -15,7 +13,7 @@ from data_checks.languages import UNDETERMINED, LanguageRule, detect, language_e
 from data_checks.record_rules import RuleValues, rows_with_features
 from data_checks.record_suite import FEATURE_SQL_COLUMNS, failure_detail, record_suite
 from resources.expectations import GreatExpectations
-from tests.conftest import make_settings
+from tests.conftest import validate_drop
 
 SENTENCES = {
     "en": ("How do I keep bread fresh?", "Keep it in a paper bag at room temperature and eat it within two days."),
@@ -133,35 +131,10 @@ def test_an_empty_list_rejects_nothing(validate):
 def test_validated_records_shows_the_language_mix_per_drop(tmp_path, tiny_model_dir):
     """A real materialization of a drop with a German block and `languages: [en]`: the German rows are
     rejected with their language, and the drop's metadata and Data Docs page show the mix."""
-    from assets.raw_records import raw_records
-    from assets.validated_records import validated_records
-    from pipelines.definitions import build_resources
-
-    drop = "2026-03-02"
-    (tmp_path / "landing" / drop).mkdir(parents=True)
-    lines = [json.dumps(r) for r in planted_landing()]
-    (tmp_path / "landing" / drop / "chat.jsonl").write_text("\n".join(lines) + "\n")
-    settings = make_settings(tmp_path / "home", str(tiny_model_dir), tmp_path / "landing").prepare()
     # Three of fifteen rows rejected: over the default 10%, and this test is about the mix, not the gate.
-    resources = build_resources(settings, {"validation": {"languages": ["en"], "max_rejected_fraction": 0.5}})
-
-    @dg.asset(name="base_model")
-    def base_model():
-        return str(tiny_model_dir)
-
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("drops", [drop])
-    dg.materialize([base_model], resources=resources, instance=instance)
-    result = dg.materialize(
-        [base_model, raw_records, validated_records],
-        selection=[raw_records, validated_records],
-        resources=resources,
-        instance=instance,
-        partition_key=drop,
-    )
-    (rejected,) = [m for m in result.asset_materializations_for_node("validated_records")
-                   if m.asset_key.path == ["rejected_records"]]  # fmt: skip
-    metadata = {k: v.value for k, v in rejected.metadata.items()}
+    validation = {"languages": ["en"], "max_rejected_fraction": 0.5}
+    drop = validate_drop(tmp_path, tiny_model_dir, "2026-03-02", planted_landing(), validation)
+    result, resources, metadata = drop.result, drop.resources, drop.metadata
     assert metadata["rows_rejected"] == 3
     assert metadata["languages"] == {"en": 12, "de": 3}
     assert "| en | 12 | 80.0% |\n| de | 3 | 20.0% |" in metadata["language_mix"]
